@@ -1,0 +1,238 @@
+"""The chunk client: seals bytes into erasure-coded chunks and reads byte ranges back.
+
+Writes: pad, cut into contiguous data shards, encode parity (ISA-L, in a worker thread),
+place the shards on distinct peers (rendezvous), and put them all in parallel. A shard
+whose peer refuses (full, failing) is placed on another peer; if fewer than ``k + m``
+distinct peers can take the shards, the write fails -- the embedded lake never commits a
+chunk below full redundancy (issue 3 relaxes this to ``k + 1`` plus a repair queue).
+
+Reads: fetch only the data-shard ranges that cover the request. If any of them fails
+(missing, corrupt, peer error), read the same intra-shard range from the surviving
+shards and decode just that range. More than ``m`` bad shards -> :class:`DataUnavailable`
+(EIO): never wrong bytes, never a hang (local peers answer or fail; issue 3 adds timeouts).
+
+Concurrent reads of the same chunk range share one fetch (single flight).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+import trio
+import xxhash
+
+from ..errors import DataUnavailable, NoSpace
+from .codec import NotEnoughShards, get_codec
+from .layout import ChunkLayout, data_shards_for, shard_len_for
+from .placement import PeerChoice, place
+from .store import PeerFull, PeerUnavailable, ShardStore
+from .shardfile import ShardCorrupt, ShardMissing
+
+log = logging.getLogger(__name__)
+
+_SHARD_ERRORS = (PeerUnavailable, ShardMissing, ShardCorrupt, OSError)
+
+
+class ChunkClient:
+    def __init__(self, stores: Mapping[int, ShardStore], *, k: int, m: int, min_shard: int,
+                 zones: Mapping[int, str] | None = None, weights: Mapping[int, float] | None = None,
+                 threads: int = 16, on_degraded: Callable[[int, int, str], None] | None = None):
+        self.stores = dict(stores)
+        self.k, self.m, self.min_shard = k, m, min_shard
+        self.choices = [PeerChoice(pid, (zones or {}).get(pid, ""), (weights or {}).get(pid, 1.0))
+                        for pid in self.stores]
+        self.limiter = trio.CapacityLimiter(threads)
+        self.on_degraded = on_degraded
+        self.degraded_reads = 0
+        self._inflight: dict[tuple[int, int, int], trio.Event] = {}
+        self._results: dict[tuple[int, int, int], object] = {}
+
+    # ------------------------------------------------------------------ write
+
+    def _encode(self, data: bytes | memoryview, k: int) -> tuple[int, list[memoryview | bytes], list[int]]:
+        shard_len = shard_len_for(len(data), k)
+        padded = bytearray(shard_len * k)
+        padded[:len(data)] = data
+        view = memoryview(padded)
+        shards: list[memoryview | bytes] = [view[i * shard_len:(i + 1) * shard_len] for i in range(k)]
+        shards += get_codec(k, self.m).encode(shards)
+        sums = [xxhash.xxh3_64_intdigest(s) for s in shards]
+        return shard_len, shards, sums
+
+    async def put_chunk(self, chunk_id: int, data: bytes | memoryview) -> ChunkLayout:
+        k = data_shards_for(len(data), self.k, self.min_shard)
+        width = k + self.m
+        shard_len, shards, sums = await trio.to_thread.run_sync(self._encode, data, k, limiter=self.limiter)
+        peers = place(chunk_id, self.choices, width)
+        if len(peers) < width:
+            raise NoSpace(f"EC {k}+{self.m} needs {width} peers, {len(peers)} available")
+        tried: set[int] = set(peers)
+        failed: list[int] = []
+
+        async def put_one(index: int) -> None:
+            while True:
+                peer_id = peers[index]
+                try:
+                    await trio.to_thread.run_sync(self.stores[peer_id].put, chunk_id, index, shards[index],
+                                                  limiter=self.limiter)
+                    return
+                except PeerUnavailable as exc:
+                    log.warning("chunk %d shard %d: peer %d refused: %s", chunk_id, index, peer_id, exc)
+                    spare = place(chunk_id, self.choices, 1, exclude=sorted(tried | set(peers)))
+                    if not spare:
+                        failed.append(index)
+                        return
+                    tried.add(spare[0])
+                    peers[index] = spare[0]
+
+        async with trio.open_nursery() as nursery:
+            for index in range(width):
+                nursery.start_soon(put_one, index)
+        if failed:
+            await self.delete_chunk(ChunkLayout(chunk_id, len(data), k, self.m, shard_len, peers, sums))
+            raise NoSpace(f"chunk {chunk_id}: no peer could take shard(s) {sorted(failed)}")
+        return ChunkLayout(chunk_id, len(data), k, self.m, shard_len, peers, sums)
+
+    async def delete_chunk(self, layout: ChunkLayout) -> None:
+        async def delete_one(index: int, peer_id: int) -> None:
+            store = self.stores.get(peer_id)
+            if store is None:
+                return
+            try:
+                await trio.to_thread.run_sync(store.delete, layout.chunk_id, index, limiter=self.limiter)
+            except _SHARD_ERRORS as exc:
+                log.warning("chunk %d shard %d: delete failed: %s", layout.chunk_id, index, exc)
+
+        async with trio.open_nursery() as nursery:
+            for index, peer_id in enumerate(layout.peers):
+                nursery.start_soon(delete_one, index, peer_id)
+
+    # ------------------------------------------------------------------- read
+
+    async def _get(self, layout: ChunkLayout, index: int, offset: int, length: int) -> bytes:
+        store = self.stores.get(layout.peers[index])
+        if store is None:
+            raise PeerUnavailable(f"peer {layout.peers[index]} is not known to this client")
+        return await trio.to_thread.run_sync(store.get, layout.chunk_id, index, offset, length,
+                                             limiter=self.limiter)
+
+    async def read(self, layout: ChunkLayout, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of a chunk (clipped to its length); single flight."""
+        key = (layout.chunk_id, offset, length)
+        event = self._inflight.get(key)
+        if event is not None:
+            await event.wait()
+            result = self._results.get(key)
+            if isinstance(result, bytes):
+                return result
+            # the leader failed: try on our own
+            return await self._read(layout, offset, length)
+        event = self._inflight[key] = trio.Event()
+        try:
+            result = await self._read(layout, offset, length)
+            self._results[key] = result
+            return result
+        finally:
+            del self._inflight[key]
+            event.set()
+            self._results.pop(key, None)
+
+    async def _read(self, layout: ChunkLayout, offset: int, length: int) -> bytes:
+        pieces = layout.covering(offset, length)
+        if not pieces:
+            return b""
+        out: list[bytes | None] = [None] * len(pieces)
+        bad: dict[int, str] = {}
+
+        async def fetch(i: int, index: int, shard_off: int, n: int) -> None:
+            try:
+                out[i] = await self._get(layout, index, shard_off, n)
+            except _SHARD_ERRORS as exc:
+                bad[index] = f"{type(exc).__name__}: {exc}"
+
+        if len(pieces) == 1:
+            await fetch(0, *pieces[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for i, piece in enumerate(pieces):
+                    nursery.start_soon(fetch, i, *piece)
+        if bad:
+            return await self._read_degraded(layout, pieces, out, bad)
+        return out[0] if len(out) == 1 else b"".join(out)  # type: ignore[arg-type]
+
+    async def _read_degraded(self, layout: ChunkLayout, pieces: Sequence[tuple[int, int, int]],
+                             out: list[bytes | None], bad: dict[int, str]) -> bytes:
+        self.degraded_reads += 1
+        for index, why in bad.items():
+            log.warning("chunk %d shard %d unreadable (%s): degraded read", layout.chunk_id, index, why)
+            if self.on_degraded:
+                self.on_degraded(layout.chunk_id, index, why)
+        lo = min(p[1] for p in pieces)
+        hi = max(p[1] + p[2] for p in pieces)
+        want = sorted({p[0] for p in pieces})
+        have: dict[int, bytes] = {}
+
+        async def fetch(index: int) -> None:
+            try:
+                have[index] = await self._get(layout, index, lo, hi - lo)
+            except _SHARD_ERRORS as exc:
+                bad[index] = f"{type(exc).__name__}: {exc}"
+
+        candidates = [i for i in range(layout.width) if i not in bad]
+        # First try the cheapest k shards; widen only if some of those fail too.
+        while len(have) < layout.k:
+            batch = [i for i in candidates if i not in have and i not in bad][:layout.k - len(have)]
+            if not batch:
+                break
+            async with trio.open_nursery() as nursery:
+                for index in batch:
+                    nursery.start_soon(fetch, index)
+        if len(have) < layout.k:
+            raise DataUnavailable(
+                f"chunk {layout.chunk_id}: {len(bad)} of {layout.width} shards unreadable "
+                f"(tolerates {layout.m}): {sorted(bad)}")
+        codec = get_codec(layout.k, layout.m)
+        try:
+            decoded = await trio.to_thread.run_sync(codec.decode, have, want, limiter=self.limiter)
+        except NotEnoughShards as exc:  # pragma: no cover - guarded above
+            raise DataUnavailable(str(exc)) from exc
+        parts = []
+        for index, shard_off, n in pieces:
+            rel = shard_off - lo
+            parts.append(bytes(decoded[index][rel:rel + n]))
+        return b"".join(parts)
+
+    async def verify(self, layout: ChunkLayout) -> list[str]:
+        """Health of every shard: 'ok', 'missing', 'corrupt' or 'unreachable'."""
+        result = ["unreachable"] * layout.width
+
+        async def check(index: int) -> None:
+            store = self.stores.get(layout.peers[index])
+            if store is None:
+                return
+            result[index] = await trio.to_thread.run_sync(store.verify, layout.chunk_id, index,
+                                                          layout.checksums[index], limiter=self.limiter)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(layout.width):
+                nursery.start_soon(check, index)
+        return result
+
+    def capacity(self) -> tuple[int, int]:
+        """(total, available) summed over distinct file systems of the peers."""
+        seen: dict[int, tuple[int, int]] = {}
+        for store in self.stores.values():
+            try:
+                total, avail = store.capacity()
+            except OSError:
+                continue
+            dev = getattr(store, "root", None)
+            key = _fs_id(dev) if dev else id(store)
+            seen[key] = (total, avail)
+        return sum(t for t, _ in seen.values()), sum(a for _, a in seen.values())
+
+
+def _fs_id(path: str) -> int:
+    import os
+    return os.stat(path).st_dev

@@ -1,0 +1,117 @@
+"""Shard stores: where one peer keeps its shards. The embedded lake uses local directories.
+
+A store's methods are blocking; the chunk client calls them from worker threads. Issue 3
+adds network peers behind the same methods.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from typing import Protocol
+
+import xxhash
+
+from .shardfile import ShardCorrupt, ShardMissing, ShardReader, write_shard
+
+
+class PeerUnavailable(Exception):
+    """The peer could not serve the request (down, I/O error): try another shard."""
+
+
+class PeerFull(PeerUnavailable):
+    """The peer has no room for the shard."""
+
+
+class ShardStore(Protocol):
+    peer_id: int
+
+    def put(self, chunk_id: int, index: int, payload: bytes | memoryview) -> None: ...
+    def get(self, chunk_id: int, index: int, offset: int, length: int) -> bytes: ...
+    def verify(self, chunk_id: int, index: int, checksum: int) -> str: ...
+    def delete(self, chunk_id: int, index: int) -> None: ...
+    def capacity(self) -> tuple[int, int]: ...
+
+
+class LocalDirStore:
+    """A peer that is a directory: ``<root>/<aa>/<chunk_id:016x>.<index>``.
+
+    ``reserve`` bytes are kept free on the file system: a put that would eat into them
+    fails with :class:`PeerFull`, so a lake never fills its disk to the last byte.
+    """
+
+    def __init__(self, peer_id: int, root: str, *, durable: bool = True, reserve: int = 64 << 20):
+        self.peer_id = peer_id
+        self.root = root
+        self.durable = durable
+        self.reserve = reserve
+        self.tmp = os.path.join(root, "tmp")
+        if not os.path.isdir(root):
+            raise PeerUnavailable(f"peer directory {root} is missing")
+        os.makedirs(self.tmp, exist_ok=True)
+
+    def _path(self, chunk_id: int, index: int) -> str:
+        return os.path.join(self.root, f"{chunk_id & 0xff:02x}", f"{chunk_id:016x}.{index}")
+
+    def put(self, chunk_id: int, index: int, payload: bytes | memoryview) -> None:
+        path = self._path(chunk_id, index)
+        try:
+            st = os.statvfs(self.root)
+            if st.f_bavail * st.f_frsize < len(payload) + self.reserve:
+                raise PeerFull(f"peer {self.peer_id}: no space")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_shard(path, self.tmp, chunk_id, index, payload, durable=self.durable)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise PeerFull(f"peer {self.peer_id}: {exc.strerror}") from exc
+            raise PeerUnavailable(f"peer {self.peer_id}: {exc}") from exc
+
+    def get(self, chunk_id: int, index: int, offset: int, length: int) -> bytes:
+        try:
+            reader = ShardReader(self._path(chunk_id, index), chunk_id, index)
+        except OSError as exc:
+            raise PeerUnavailable(f"peer {self.peer_id}: {exc}") from exc
+        try:
+            return reader.read(offset, length)
+        except OSError as exc:
+            raise PeerUnavailable(f"peer {self.peer_id}: {exc}") from exc
+        finally:
+            reader.close()
+
+    def verify(self, chunk_id: int, index: int, checksum: int) -> str:
+        """'ok', 'missing', 'corrupt' or 'unreachable' for one shard (reads it whole)."""
+        try:
+            reader = ShardReader(self._path(chunk_id, index), chunk_id, index)
+        except ShardMissing:
+            return "missing"
+        except ShardCorrupt:
+            return "corrupt"
+        except OSError:
+            return "unreachable"
+        try:
+            data = reader.read(0, reader.length)
+        except ShardCorrupt:
+            return "corrupt"
+        except OSError:
+            return "unreachable"
+        finally:
+            reader.close()
+        return "ok" if xxhash.xxh3_64_intdigest(data) == checksum else "corrupt"
+
+    def delete(self, chunk_id: int, index: int) -> None:
+        try:
+            os.unlink(self._path(chunk_id, index))
+        except FileNotFoundError:
+            pass
+
+    def capacity(self) -> tuple[int, int]:
+        """(total, available) bytes of the file system under the peer."""
+        st = os.statvfs(self.root)
+        return st.f_blocks * st.f_frsize, max(0, st.f_bavail * st.f_frsize - self.reserve)
+
+    def shard_path(self, chunk_id: int, index: int) -> str:
+        return self._path(chunk_id, index)
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,262 @@
+"""Command line: converts arguments into config and calls the layers. Nothing else.
+
+Every user mistake is one line on stderr and exit status 1 (:class:`UserError`); a bug is a
+traceback and status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat as st
+import sys
+from pathlib import Path
+
+import click
+import trio
+
+from .config import LakeConfig, MountConfig, default_data_dir, parse_ec, parse_size
+from .errors import LakeError, UserError
+
+
+class LakeGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"lakefs-fuse: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except LakeError as exc:
+            click.echo(f"lakefs-fuse: {exc or os.strerror(exc.errno)}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=LakeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lakefs-fuse")
+def main() -> None:
+    """lakefs-fuse: a POSIX filesystem for training data, on erasure-coded chunks."""
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Lake data directory (default: ~/.local/share/lakefs-fuse/lake or $LAKEFS_FUSE_DATA).")
+@click.option("--ec", default="4+2", show_default=True, help="Erasure-coding profile K+M (data+parity shards).")
+@click.option("--chunk-size", default="4M", show_default=True, help="Largest chunk (e.g. 4M).")
+@click.option("--peer", "peers", multiple=True, type=click.Path(path_type=Path),
+              help="A peer directory (repeat; at least K+M). Default: 6 directories inside the data dir.")
+def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, ...]) -> None:
+    """Create an empty embedded lake."""
+    from .mount.lake import format_lake
+    k, m = parse_ec(ec)
+    config = LakeConfig(ec_k=k, ec_m=m, chunk_size=parse_size(chunk_size))
+    data_dir = data_dir or default_data_dir()
+    format_lake(data_dir, config, [str(p) for p in peers] or None)
+    click.echo(f"formatted lake in {data_dir}: EC {k}+{m}, chunk {config.chunk_size >> 10} KiB, "
+               f"{len(peers) or max(6, k + m)} peers")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Lake data directory; a missing default lake is formatted on first use.")
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (log to stderr).")
+@click.option("--allow-other", is_flag=True, help="Let other users access the mount.")
+@click.option("--read-only", is_flag=True, help="Mount read-only.")
+@click.option("--attr-timeout", type=float, default=1.0, show_default=True,
+              help="Seconds the kernel caches attributes and entries.")
+@click.option("--dirty-budget", default="256M", show_default=True, help="Unsealed write memory before writers wait.")
+@click.option("--memory-cache", default="512M", show_default=True, help="In-memory chunk cache size.")
+@click.option("-o", "options", multiple=True, help="Extra FUSE mount option (repeatable).")
+@click.option("--ready-fd", type=int, default=None, hidden=True)
+def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other: bool, read_only: bool,
+          attr_timeout: float, dirty_budget: str, memory_cache: str, options: tuple[str, ...],
+          ready_fd: int | None) -> None:
+    """Mount a lake at MOUNTPOINT (daemonizes; returns once the mount is live)."""
+    from .mount import daemon
+    from .mount.lake import format_lake, is_lake
+    if data_dir is None:
+        data_dir = default_data_dir()
+        if not is_lake(data_dir) and not (data_dir.exists() and any(data_dir.iterdir())):
+            format_lake(data_dir, LakeConfig())
+    cfg = MountConfig(mountpoint=mountpoint, data_dir=data_dir, read_only=read_only, allow_other=allow_other,
+                      attr_timeout=attr_timeout, entry_timeout=attr_timeout,
+                      dirty_budget=parse_size(dirty_budget), memory_cache=parse_size(memory_cache),
+                      extra_fuse_options=tuple(options))
+    cfg.validate()
+    if foreground:
+        logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
+                            format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+        sys.exit(daemon.serve(cfg, ready_fd))
+    daemon.check_mountpoint(mountpoint)
+    from .mount.lake import Lake
+    Lake.open(data_dir, read_only=True).close()  # fail here, with the reason, if it is no lake
+    args = [str(Path(mountpoint).resolve()), "--data", str(Path(data_dir).resolve()),
+            "--attr-timeout", str(attr_timeout), "--dirty-budget", dirty_budget, "--memory-cache", memory_cache]
+    args += ["--allow-other"] if allow_other else []
+    args += ["--read-only"] if read_only else []
+    for o in options:
+        args += ["-o", o]
+    daemon.spawn(args, Path(mountpoint).resolve(), Path(data_dir) / "mount.log")
+    click.echo(f"mounted {data_dir} at {mountpoint}")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--lazy", is_flag=True, help="Detach now; finish when the mount is no longer busy.")
+def umount(mountpoint: Path, lazy: bool) -> None:
+    """Flush and unmount a lakefs-fuse mount."""
+    from .mount import daemon
+    daemon.unmount(mountpoint, lazy=lazy)
+
+
+# ----------------------------------------------------------------- inspection
+
+def _resolve(path: Path, data_dir: Path | None):
+    """(Lake opened read-only, inode number) for a path in a mount or, with --data, in a lake."""
+    from .mount import daemon
+    from .mount.lake import Lake
+    if data_dir is not None:
+        lake = Lake.open(data_dir, read_only=True)
+        ino = 1
+        for part in [p for p in str(path).split("/") if p and p != "."]:
+            ino = lake.sm.lookup(ino, part.encode()).ino
+        return lake, ino
+    p = Path(path).absolute()
+    try:
+        s = os.lstat(p)
+    except OSError as exc:
+        raise UserError(f"{path}: {exc.strerror}") from None
+    best = None
+    for _src, mnt, fstype in daemon.mounts():
+        if fstype == daemon.FSTYPE and (str(p) == mnt or str(p).startswith(mnt.rstrip("/") + "/")):
+            if best is None or len(mnt) > len(best):
+                best = mnt
+    if best is None:
+        raise UserError(f"{path} is not inside a lakefs-fuse mount (give --data DIR and a path in the lake)")
+    reg = daemon.read_registry(Path(best))
+    if not reg:
+        raise UserError(f"no running daemon is registered for {best}")
+    return Lake.open(Path(reg["data_dir"]), read_only=True), s.st_ino
+
+
+def _kind(mode: int) -> str:
+    return {st.S_IFREG: "file", st.S_IFDIR: "dir", st.S_IFLNK: "symlink", st.S_IFIFO: "fifo",
+            st.S_IFSOCK: "socket", st.S_IFCHR: "chardev", st.S_IFBLK: "blockdev"}.get(st.S_IFMT(mode), "?")
+
+
+def _file_info(lake, ino: int, *, shards: bool) -> dict:
+    from .meta.schema import ChunkRecord
+    inode = lake.sm.getattr(ino)
+    info = {"inode": ino, "type": _kind(inode.mode), "mode": f"{st.S_IMODE(inode.mode):04o}",
+            "size": inode.size, "nlink": inode.nlink, "uid": inode.uid, "gid": inode.gid,
+            "atime_ns": inode.atime_ns, "mtime_ns": inode.mtime_ns, "ctime_ns": inode.ctime_ns}
+    if not inode.is_reg:
+        return info
+    peers = {p.peer_id: p for p in lake.peer_records}
+    extents = lake.sm.extents(ino, 0, 1 << 62)
+    chunk_ids = sorted({e.chunk_id for e in extents})
+    health = {}
+    records: dict[int, ChunkRecord] = {}
+    for cid in chunk_ids:
+        try:
+            records[cid] = lake.sm.chunk(cid)
+        except LakeError:
+            continue
+    if shards:
+        async def check():
+            for cid, rec in records.items():
+                health[cid] = await lake.chunks.verify(lake.layout_of(rec))
+        trio.run(check)
+    info["extents"] = []
+    for e in extents:
+        rec = records.get(e.chunk_id)
+        item = {"file_offset": e.file_off, "length": e.length, "chunk": e.chunk_id, "chunk_offset": e.chunk_off}
+        if rec:
+            item["ec"] = f"{rec.k}+{rec.m}"
+            item["chunk_length"] = rec.length
+            if shards:
+                item["shards"] = [{"index": i, "peer": pid, "address": peers[pid].address if pid in peers else "?",
+                                   "health": health[e.chunk_id][i]} for i, pid in enumerate(rec.peers)]
+        else:
+            item["ec"] = "missing chunk record"
+        info["extents"].append(item)
+    info["chunks"] = len(chunk_ids)
+    if shards:
+        bad = sum(1 for cid in chunk_ids for h in health.get(cid, []) if h != "ok")
+        info["health"] = "ok" if not bad else f"{bad} bad shard(s)"
+        lost = [cid for cid in chunk_ids if cid in records and
+                sum(1 for h in health[cid] if h != "ok") > records[cid].m]
+        if lost:
+            info["health"] += f"; {len(lost)} chunk(s) unreadable"
+    return info
+
+
+@main.command("stat")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Read the lake in DIR directly; PATH is then a path inside the lake.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stat_cmd(path: Path, data_dir: Path | None, as_json: bool) -> None:
+    """Inode, size, times and every extent's chunk, EC profile and shard health."""
+    lake, ino = _resolve(path, data_dir)
+    try:
+        info = _file_info(lake, ino, shards=True)
+    finally:
+        lake.close()
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    for key in ("inode", "type", "mode", "size", "nlink", "uid", "gid", "mtime_ns", "chunks", "health"):
+        if key in info:
+            click.echo(f"{key:>8}: {info[key]}")
+    for e in info.get("extents", []):
+        click.echo(f"  extent @{e['file_offset']} +{e['length']} -> chunk {e['chunk']} @{e['chunk_offset']} "
+                   f"EC {e.get('ec')}")
+        for s in e.get("shards", []):
+            click.echo(f"      shard {s['index']}: peer {s['peer']} {s['address']} {s['health']}")
+
+
+@main.command("ls")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Read the lake in DIR directly; PATH is then a path inside the lake.")
+@click.option("-l", "long", is_flag=True, help="Long listing with shard health.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ls_cmd(path: Path, data_dir: Path | None, long: bool, as_json: bool) -> None:
+    """List a directory: size, chunk count, EC profile and health of each file."""
+    lake, ino = _resolve(path, data_dir)
+    rows = []
+    try:
+        if not lake.sm.getattr(ino).is_dir:
+            raise UserError(f"{path} is not a directory")
+        after = 0
+        while True:
+            batch = lake.sm.readdir(ino, after, 1000)
+            if not batch:
+                break
+            for name, child, cookie in batch:
+                info = _file_info(lake, child.ino, shards=long)
+                info["name"] = name.decode(errors="surrogateescape")
+                ecs = sorted({e.get("ec", "") for e in info.get("extents", [])})
+                info["ec"] = ",".join(ecs)
+                info.pop("extents", None)
+                rows.append(info)
+                after = cookie
+    finally:
+        lake.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        line = f"{r['type']:<8} {r['size']:>12} {r['name']}"
+        if long or True:
+            line = f"{r['type']:<8} {r['mode']} {r['size']:>12} chunks={r.get('chunks', 0):<4} ec={r['ec'] or '-':<5}"
+            if long:
+                line += f" health={r.get('health', '-')}"
+            line += f" {r['name']}"
+        click.echo(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Configuration as data: frozen dataclasses with documented defaults and ``validate()``.
+
+Only the CLI and this module read flags and the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+MiB = 1 << 20
+KiB = 1 << 10
+
+
+def default_data_dir() -> Path:
+    """Where a zero-configuration embedded lake lives (``$LAKEFS_FUSE_DATA`` overrides)."""
+    env = os.environ.get("LAKEFS_FUSE_DATA")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "lakefs-fuse" / "lake"
+
+
+def runtime_dir() -> Path:
+    """Where running mounts register themselves (pid, data dir) for ``umount``."""
+    env = os.environ.get("LAKEFS_FUSE_RUNTIME")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/lakefs-fuse")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(xdg) / "lakefs-fuse" if xdg else Path("/tmp") / f"lakefs-fuse-{os.geteuid()}"
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'4M', '4MiB', '65536', '1G' -> bytes (binary units)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise UserError(f"not a size: {text!r} (use e.g. 4M, 64K, 1G)")
+    unit = {"": 1, "K": KiB, "M": MiB, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    return int(m.group(1)) * unit
+
+
+def parse_ec(text: str) -> tuple[int, int]:
+    m = re.match(r"^\s*(\d+)\s*\+\s*(\d+)\s*$", text)
+    if not m:
+        raise UserError(f"not an erasure-coding profile: {text!r} (use K+M, e.g. 4+2)")
+    return int(m.group(1)), int(m.group(2))
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    """Fixed when a lake is formatted; stored in its metadata.
+
+    ec_k + ec_m shards per chunk live on distinct peers, so a lake needs at least
+    ec_k + ec_m peers. Chunks shorter than ec_k * min_shard use fewer data shards
+    (same ec_m), so a 100 KB file costs 2 data-shard files, not ec_k.
+    """
+
+    ec_k: int = 4
+    ec_m: int = 2
+    chunk_size: int = 4 * MiB
+    min_shard: int = 64 * KiB
+
+    def validate(self, n_peers: int | None = None) -> None:
+        if not 1 <= self.ec_k <= 32:
+            raise UserError(f"EC data shards must be 1..32, got {self.ec_k}")
+        if not 1 <= self.ec_m <= 16:
+            raise UserError(f"EC parity shards must be 1..16, got {self.ec_m}")
+        if self.ec_k + self.ec_m > 255:
+            raise UserError("EC profile too wide")
+        if not 64 * KiB <= self.chunk_size <= 64 * MiB or self.chunk_size % (64 * KiB):
+            raise UserError("chunk size must be a multiple of 64K between 64K and 64M")
+        if self.min_shard < 4 * KiB or self.min_shard > self.chunk_size:
+            raise UserError("min shard size must be between 4K and the chunk size")
+        if n_peers is not None and n_peers < self.ec_k + self.ec_m:
+            raise UserError(
+                f"EC {self.ec_k}+{self.ec_m} needs at least {self.ec_k + self.ec_m} peers, got {n_peers}"
+            )
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """How one mount behaves. Defaults follow close-to-open consistency."""
+
+    mountpoint: Path
+    data_dir: Path
+    read_only: bool = False
+    allow_other: bool = False
+    #: Seconds the kernel may cache attributes and entries (dataset mode raises them).
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    #: Dirty (unsealed) bytes across all files before writers wait for seals.
+    dirty_budget: int = 256 * MiB
+    #: In-memory cache of immutable chunk ranges.
+    memory_cache: int = 512 * MiB
+    #: Sequential read-ahead window cap (whole chunks fetched ahead).
+    readahead_max: int = 32 * MiB
+    #: Kernel read-ahead for the mount's bdi; 1024 KiB makes buffered reads arrive as 1 MiB requests.
+    read_ahead_kb: int = 1024
+    #: Parallel shard I/O threads (local peers).
+    io_threads: int = 16
+    extra_fuse_options: tuple[str, ...] = field(default_factory=tuple)
+
+    def validate(self) -> None:
+        if self.attr_timeout < 0 or self.entry_timeout < 0:
+            raise UserError("timeouts must be >= 0")
+        if self.dirty_budget < 8 * MiB:
+            raise UserError("dirty budget must be at least 8M")
+        if self.read_ahead_kb < 128:
+            raise UserError("read_ahead_kb must be at least 128")

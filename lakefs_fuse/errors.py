@@ -1,0 +1,95 @@
+"""One errno table for the whole project.
+
+Every domain error carries its errno. Only ``mount/operations.py`` turns them into
+``pyfuse3.FUSEError``; the CLI turns :class:`UserError` into one line and a non-zero exit.
+This module imports nothing from the project.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class LakeError(Exception):
+    """Base of every error the filesystem reports to a caller with an errno."""
+
+    errno: int = errno.EIO
+
+    def __init__(self, message: str = "", *, err: int | None = None):
+        super().__init__(message)
+        if err is not None:
+            self.errno = err
+
+
+class NotFound(LakeError):
+    errno = errno.ENOENT
+
+
+class Exists(LakeError):
+    errno = errno.EEXIST
+
+
+class NotEmpty(LakeError):
+    errno = errno.ENOTEMPTY
+
+
+class NotADir(LakeError):
+    errno = errno.ENOTDIR
+
+
+class IsADir(LakeError):
+    errno = errno.EISDIR
+
+
+class NameTooLong(LakeError):
+    errno = errno.ENAMETOOLONG
+
+
+class Invalid(LakeError):
+    errno = errno.EINVAL
+
+
+class TooManyLinks(LakeError):
+    errno = errno.EMLINK
+
+
+class NoData(LakeError):
+    """Missing extended attribute."""
+
+    errno = errno.ENODATA
+
+
+class RangeError(LakeError):
+    errno = errno.ERANGE
+
+
+class NoSpace(LakeError):
+    errno = errno.ENOSPC
+
+
+class NotPermitted(LakeError):
+    errno = errno.EPERM
+
+
+class Busy(LakeError):
+    errno = errno.EBUSY
+
+
+class CrossDevice(LakeError):
+    errno = errno.EXDEV
+
+
+class DataUnavailable(LakeError):
+    """More shards of a chunk are lost or corrupt than the code tolerates: never wrong bytes."""
+
+    errno = errno.EIO
+
+
+class UserError(Exception):
+    """A mistake of the person at the CLI: printed as one line, exit status 1, no traceback."""
+
+    exit_code = 1
+
+
+class TooBig(LakeError):
+    errno = errno.E2BIG

@@ -1,0 +1,690 @@
+"""The metadata state machine: deterministic commands applied to RocksDB.
+
+Every mutation is a command -- a msgpack-able list ``[op, args...]`` -- applied by
+:meth:`StateMachine.apply`, which reads through a :class:`Txn` and writes one RocksDB
+``WriteBatch``. Commands carry every nondeterministic input (the clock, uid/gid), so a
+Raft log (issue 4) can replay them on every replica with the same result. ``apply`` never
+awaits and never does I/O other than RocksDB, so it is atomic with respect to the event loop.
+
+A command that fails raises a :class:`~lakefs_fuse.errors.LakeError` before anything is
+written: failed commands change nothing.
+
+Queries (lookup, getattr, readdir, extents...) are plain synchronous reads.
+"""
+
+from __future__ import annotations
+
+import stat as st
+from collections.abc import Iterator
+
+import rocksdict
+
+from .. import errors as E
+from . import schema as S
+from .schema import ChunkRecord, Extent, Inode, PeerRecord
+
+NAME_MAX = 255
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+XATTR_SIZE_MAX = 65536
+
+
+def _kind(mode: int) -> int:
+    return st.S_IFMT(mode)
+
+
+class Txn:
+    """A read-your-writes view over the DB that collects writes into one WriteBatch."""
+
+    __slots__ = ("db", "batch", "pending")
+
+    def __init__(self, db: rocksdict.Rdict):
+        self.db = db
+        self.batch = rocksdict.WriteBatch(raw_mode=True)
+        self.pending: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.pending:
+            return self.pending[key]
+        return self.db.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.pending[key] = value
+        self.batch.put(key, value)
+
+    def delete(self, key: bytes) -> None:
+        self.pending[key] = None
+        self.batch.delete(key)
+
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Committed keys under ``prefix`` (pending writes are not merged: callers scan first)."""
+        for key, value in self.db.items(from_key=start or prefix):
+            if not key.startswith(prefix):
+                break
+            yield key, value
+
+
+class StateMachine:
+    """Owns the RocksDB of one metadata replica."""
+
+    def __init__(self, path: str, *, create: bool = False, read_only: bool = False):
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(create)
+        opts.set_max_background_jobs(2)
+        self.path = path
+        if read_only:  # a consistent view beside a running mount (RocksDB takes no lock then)
+            self.db = rocksdict.Rdict(path, options=opts, access_type=rocksdict.AccessType.read_only())
+        else:
+            self.db = rocksdict.Rdict(path, options=opts)
+        self._sync_opt = rocksdict.WriteOptions()
+        self._sync_opt.sync = True
+        self.applied = 0  # commands applied since open (Raft will track its log index)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, cmd: list, *, sync: bool = False):
+        op = cmd[0]
+        handler = getattr(self, "_cmd_" + op, None)
+        if handler is None:
+            raise E.Invalid(f"unknown metadata command {op!r}")
+        txn = Txn(self.db)
+        result = handler(txn, *cmd[1:])
+        if txn.pending:
+            if sync:
+                self.db.write(txn.batch, self._sync_opt)
+            else:
+                self.db.write(txn.batch)
+        self.applied += 1
+        return result
+
+    def sync(self) -> None:
+        """Make every applied command durable (a barrier for fsync)."""
+        self.db.flush_wal(True)
+
+    # -------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _inode(txn: Txn, ino: int) -> Inode:
+        data = txn.get(S.inode_key(ino))
+        if data is None:
+            raise E.NotFound(f"inode {ino}")
+        return Inode.from_bytes(ino, data)
+
+    @staticmethod
+    def _put_inode(txn: Txn, inode: Inode) -> None:
+        txn.put(S.inode_key(inode.ino), inode.to_bytes())
+
+    @staticmethod
+    def _next(txn: Txn, name: str, n: int = 1) -> int:
+        key = S.counter_key(name)
+        data = txn.get(key)
+        value = int.from_bytes(data, "big") if data else 1
+        txn.put(key, (value + n).to_bytes(8, "big"))
+        return value
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise E.NameTooLong()
+        if not name or b"/" in name or name in (b".", b".."):
+            raise E.Invalid(f"bad name {name!r}")
+
+    def _dir(self, txn: Txn, ino: int) -> Inode:
+        inode = self._inode(txn, ino)
+        if not inode.is_dir:
+            raise E.NotADir()
+        if inode.nlink == 0:
+            raise E.NotFound("directory was removed")
+        return inode
+
+    @staticmethod
+    def _dentry(txn: Txn, parent: int, name: bytes) -> list | None:
+        data = txn.get(S.dentry_key(parent, name))
+        return S.unpack(data) if data is not None else None
+
+    def _add_dentry(self, txn: Txn, parent: int, name: bytes, ino: int, mode: int) -> None:
+        cookie = self._next(txn, "cookie")
+        txn.put(S.dentry_key(parent, name), S.pack([ino, _kind(mode), cookie]))
+        txn.put(S.cookie_key(parent, cookie), name)
+
+    @staticmethod
+    def _del_dentry(txn: Txn, parent: int, name: bytes, entry: list) -> None:
+        txn.delete(S.dentry_key(parent, name))
+        txn.delete(S.cookie_key(parent, entry[2]))
+
+    def _is_empty_dir(self, txn: Txn, ino: int) -> bool:
+        for _ in txn.scan(S.dentry_prefix(ino)):
+            return False
+        return True
+
+    @staticmethod
+    def _touch(inode: Inode, now: int, *, m: bool = True, c: bool = True) -> None:
+        if m:
+            inode.mtime_ns = now
+        if c:
+            inode.ctime_ns = now
+
+    def _drop_link(self, txn: Txn, inode: Inode, now: int) -> None:
+        """One name of ``inode`` went away: nlink down, orphan at zero (data stays until release)."""
+        if inode.is_dir:
+            inode.nlink = 0
+        else:
+            inode.nlink -= 1
+        inode.ctime_ns = now
+        self._put_inode(txn, inode)
+        if inode.nlink == 0:
+            txn.put(S.orphan_key(inode.ino), b"")
+
+    # -------------------------------------------------------------- commands
+
+    def _cmd_format(self, txn: Txn, config: dict, now: int, uid: int, gid: int) -> None:
+        if txn.get(S.FORMAT) is not None:
+            raise E.Exists("lake already formatted")
+        txn.put(S.FORMAT, S.pack(config))
+        root = Inode(S.ROOT_INO, st.S_IFDIR | 0o755, 2, uid, gid, 0, now, now, now, 0, S.ROOT_INO)
+        self._put_inode(txn, root)
+        txn.put(S.counter_key("ino"), (S.ROOT_INO + 1).to_bytes(8, "big"))
+
+    def _cmd_mknod(self, txn: Txn, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int,
+                   now: int) -> list:
+        self._check_name(name)
+        pdir = self._dir(txn, parent)
+        if self._dentry(txn, parent, name) is not None:
+            raise E.Exists()
+        if _kind(mode) not in (st.S_IFREG, st.S_IFDIR, st.S_IFIFO, st.S_IFSOCK, st.S_IFCHR, st.S_IFBLK):
+            raise E.Invalid("unsupported file type")
+        is_dir = st.S_ISDIR(mode)
+        if pdir.mode & st.S_ISGID:  # BSD group semantics for setgid directories
+            gid = pdir.gid
+            if is_dir:
+                mode |= st.S_ISGID
+        ino = self._next(txn, "ino")
+        inode = Inode(ino, mode, 2 if is_dir else 1, uid, gid, 0, now, now, now,
+                      rdev if _kind(mode) in (st.S_IFCHR, st.S_IFBLK) else 0, parent if is_dir else 0)
+        self._put_inode(txn, inode)
+        self._add_dentry(txn, parent, name, ino, mode)
+        if is_dir:
+            pdir.nlink += 1
+        self._touch(pdir, now)
+        self._put_inode(txn, pdir)
+        return [ino, inode.to_bytes()]
+
+    def _cmd_symlink(self, txn: Txn, parent: int, name: bytes, target: bytes, uid: int, gid: int,
+                     now: int) -> list:
+        self._check_name(name)
+        if not target or len(target) > 4095:
+            raise E.NameTooLong() if target else E.NotFound("empty symlink target")
+        pdir = self._dir(txn, parent)
+        if self._dentry(txn, parent, name) is not None:
+            raise E.Exists()
+        if pdir.mode & st.S_ISGID:
+            gid = pdir.gid
+        ino = self._next(txn, "ino")
+        inode = Inode(ino, st.S_IFLNK | 0o777, 1, uid, gid, len(target), now, now, now)
+        self._put_inode(txn, inode)
+        txn.put(S.symlink_key(ino), target)
+        self._add_dentry(txn, parent, name, ino, inode.mode)
+        self._touch(pdir, now)
+        self._put_inode(txn, pdir)
+        return [ino, inode.to_bytes()]
+
+    def _cmd_link(self, txn: Txn, ino: int, parent: int, name: bytes, now: int) -> list:
+        self._check_name(name)
+        inode = self._inode(txn, ino)
+        if inode.is_dir:
+            raise E.NotPermitted("hard link to a directory")
+        if inode.nlink == 0:
+            raise E.NotFound("file was removed")
+        if inode.nlink >= 65000:
+            raise E.TooManyLinks()
+        pdir = self._dir(txn, parent)
+        if self._dentry(txn, parent, name) is not None:
+            raise E.Exists()
+        self._add_dentry(txn, parent, name, ino, inode.mode)
+        inode.nlink += 1
+        inode.ctime_ns = now
+        self._put_inode(txn, inode)
+        self._touch(pdir, now)
+        self._put_inode(txn, pdir)
+        return [ino, inode.to_bytes()]
+
+    def _cmd_unlink(self, txn: Txn, parent: int, name: bytes, now: int) -> list:
+        pdir = self._dir(txn, parent)
+        entry = self._dentry(txn, parent, name)
+        if entry is None:
+            raise E.NotFound()
+        inode = self._inode(txn, entry[0])
+        if inode.is_dir:
+            raise E.IsADir()
+        self._del_dentry(txn, parent, name, entry)
+        self._drop_link(txn, inode, now)
+        self._touch(pdir, now)
+        self._put_inode(txn, pdir)
+        return [inode.ino, inode.nlink]
+
+    def _cmd_rmdir(self, txn: Txn, parent: int, name: bytes, now: int) -> list:
+        pdir = self._dir(txn, parent)
+        entry = self._dentry(txn, parent, name)
+        if entry is None:
+            raise E.NotFound()
+        inode = self._inode(txn, entry[0])
+        if not inode.is_dir:
+            raise E.NotADir()
+        if not self._is_empty_dir(txn, inode.ino):
+            raise E.NotEmpty()
+        self._del_dentry(txn, parent, name, entry)
+        self._drop_link(txn, inode, now)
+        pdir.nlink -= 1
+        self._touch(pdir, now)
+        self._put_inode(txn, pdir)
+        return [inode.ino, 0]
+
+    def _is_ancestor(self, txn: Txn, anc: int, ino: int) -> bool:
+        """Is directory ``anc`` equal to ``ino`` or above it?"""
+        seen = 0
+        while True:
+            if ino == anc:
+                return True
+            if ino == S.ROOT_INO or seen > 4096:
+                return False
+            ino = self._inode(txn, ino).parent
+            seen += 1
+
+    def _cmd_rename(self, txn: Txn, parent: int, name: bytes, newparent: int, newname: bytes, flags: int,
+                    now: int) -> list:
+        """Returns [moved ino, replaced ino or 0, replaced nlink]."""
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise E.Invalid("bad rename flags")
+        self._check_name(newname)
+        src_dir = self._dir(txn, parent)
+        dst_dir = src_dir if newparent == parent else self._dir(txn, newparent)
+        src = self._dentry(txn, parent, name)
+        if src is None:
+            raise E.NotFound()
+        dst = self._dentry(txn, newparent, newname)
+        moved = self._inode(txn, src[0])
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise E.NotFound()
+            other = self._inode(txn, dst[0])
+            if moved.is_dir and self._is_ancestor(txn, moved.ino, newparent):
+                raise E.Invalid("cannot move a directory into itself")
+            if other.is_dir and self._is_ancestor(txn, other.ino, parent):
+                raise E.Invalid("cannot move a directory into itself")
+            txn.put(S.dentry_key(parent, name), S.pack([other.ino, _kind(other.mode), src[2]]))
+            txn.put(S.dentry_key(newparent, newname), S.pack([moved.ino, _kind(moved.mode), dst[2]]))
+            if parent != newparent:
+                if moved.is_dir != other.is_dir:
+                    delta = 1 if moved.is_dir else -1
+                    src_dir.nlink -= delta
+                    dst_dir.nlink += delta
+                if moved.is_dir:
+                    moved.parent = newparent
+                if other.is_dir:
+                    other.parent = parent
+            moved.ctime_ns = other.ctime_ns = now
+            self._put_inode(txn, moved)
+            self._put_inode(txn, other)
+            self._touch(src_dir, now)
+            self._touch(dst_dir, now)
+            self._put_inode(txn, src_dir)
+            if dst_dir is not src_dir:
+                self._put_inode(txn, dst_dir)
+            return [moved.ino, 0, 0]
+        replaced, replaced_nlink = 0, 0
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise E.Exists()
+            if dst[0] == src[0]:
+                return [moved.ino, 0, 0]  # two names of one inode: POSIX says do nothing
+            target = self._inode(txn, dst[0])
+            if moved.is_dir and not target.is_dir:
+                raise E.NotADir()
+            if not moved.is_dir and target.is_dir:
+                raise E.IsADir()
+            if target.is_dir and not self._is_empty_dir(txn, target.ino):
+                raise E.NotEmpty()
+        if moved.is_dir and newparent != parent and self._is_ancestor(txn, moved.ino, newparent):
+            raise E.Invalid("cannot move a directory into itself")
+        if dst is not None:
+            self._del_dentry(txn, newparent, newname, dst)
+            self._drop_link(txn, target, now)
+            if target.is_dir:
+                dst_dir.nlink -= 1
+            replaced, replaced_nlink = target.ino, target.nlink
+        self._del_dentry(txn, parent, name, src)
+        self._add_dentry(txn, newparent, newname, moved.ino, moved.mode)
+        if moved.is_dir and newparent != parent:
+            src_dir.nlink -= 1
+            dst_dir.nlink += 1
+            moved.parent = newparent
+        moved.ctime_ns = now
+        self._put_inode(txn, moved)
+        self._touch(src_dir, now)
+        self._touch(dst_dir, now)
+        self._put_inode(txn, src_dir)
+        if dst_dir is not src_dir:
+            self._put_inode(txn, dst_dir)
+        return [moved.ino, replaced, replaced_nlink]
+
+    def _cmd_setattr(self, txn: Txn, ino: int, changes: dict, now: int) -> bytes:
+        """changes: any of mode, uid, gid, size, atime_ns, mtime_ns (values already resolved)."""
+        inode = self._inode(txn, ino)
+        if "mode" in changes:
+            inode.mode = _kind(inode.mode) | (changes["mode"] & 0o7777)
+        if "uid" in changes:
+            inode.uid = changes["uid"]
+        if "gid" in changes:
+            inode.gid = changes["gid"]
+        if "size" in changes:
+            size = changes["size"]
+            if inode.is_dir:
+                raise E.IsADir()
+            if not inode.is_reg:
+                raise E.Invalid("truncate of a special file")
+            if size < 0:
+                raise E.Invalid("negative size")
+            if size < inode.size:
+                self._truncate_extents(txn, ino, size, now)
+            if size != inode.size:
+                inode.mtime_ns = now
+            inode.size = size
+        if "atime_ns" in changes:
+            inode.atime_ns = changes["atime_ns"]
+        if "mtime_ns" in changes:
+            inode.mtime_ns = changes["mtime_ns"]
+        inode.ctime_ns = now
+        self._put_inode(txn, inode)
+        return inode.to_bytes()
+
+    def _chunk_refs(self, txn: Txn, deltas: dict[int, int], now: int) -> None:
+        for chunk_id, delta in deltas.items():
+            if delta == 0:
+                continue
+            data = txn.get(S.chunk_key(chunk_id))
+            if data is None:
+                continue
+            rec = ChunkRecord.from_bytes(chunk_id, data)
+            rec.refs += delta
+            txn.put(S.chunk_key(chunk_id), rec.to_bytes())
+            if rec.refs <= 0:
+                txn.put(S.queue_key(chunk_id), S.pack([now]))
+
+    def _truncate_extents(self, txn: Txn, ino: int, size: int, now: int) -> None:
+        cs = self.chunk_size(txn)
+        first = size // cs
+        deltas: dict[int, int] = {}
+        for key, value in list(txn.scan(S.extent_prefix(ino), S.extent_key(ino, first))):
+            kept = []
+            for ext in S.unpack_extents(value):
+                if ext.file_off >= size:
+                    deltas[ext.chunk_id] = deltas.get(ext.chunk_id, 0) - 1
+                elif ext.end > size:
+                    ext.length = size - ext.file_off
+                    kept.append(ext)
+                else:
+                    kept.append(ext)
+            if kept:
+                txn.put(key, S.pack_extents(kept))
+            else:
+                txn.delete(key)
+        self._chunk_refs(txn, deltas, now)
+
+    def chunk_size(self, txn: Txn | None = None) -> int:
+        return self.format_record()["chunk_size"]
+
+    def _cmd_commit(self, txn: Txn, chunk: list | None, extents: list, mtimes: dict, now: int) -> dict:
+        """Commit one sealed chunk: its record plus extents ``[ino, file_off, length, chunk_off]``.
+
+        Extents of inodes that no longer exist are skipped. New extents shadow older ones.
+        Returns {ino: new size}.
+        """
+        cs = self.chunk_size()
+        deltas: dict[int, int] = {}
+        if chunk is not None:
+            rec = ChunkRecord.from_wire(chunk)
+            txn.put(S.chunk_key(rec.chunk_id), rec.to_bytes())
+        by_key: dict[tuple[int, int], list[Extent]] = {}
+        inodes: dict[int, Inode] = {}
+        for ino, file_off, length, chunk_id, chunk_off in extents:
+            if ino not in inodes:
+                try:
+                    inodes[ino] = self._inode(txn, ino)
+                except E.NotFound:
+                    inodes[ino] = None  # type: ignore[assignment]
+            if inodes[ino] is None or length <= 0:
+                continue
+            pos = file_off
+            while pos < file_off + length:  # split at file-index boundaries
+                idx = pos // cs
+                end = min(file_off + length, (idx + 1) * cs)
+                by_key.setdefault((ino, idx), []).append(Extent(pos, end - pos, chunk_id, chunk_off + pos - file_off))
+                pos = end
+        for (ino, idx), new in by_key.items():
+            key = S.extent_key(ino, idx)
+            data = txn.get(key)
+            current = S.unpack_extents(data) if data else []
+            for ext in new:
+                current = _insert_extent(current, ext, deltas)
+            txn.put(key, S.pack_extents(current))
+        sizes = {}
+        for ino, inode in inodes.items():
+            if inode is None:
+                continue
+            end = max((fo + ln for i, fo, ln, _c, _o in extents if i == ino), default=0)
+            inode.size = max(inode.size, end)
+            mtime = mtimes.get(ino, now) if mtimes else now
+            inode.mtime_ns = max(inode.mtime_ns, mtime)
+            inode.ctime_ns = max(inode.ctime_ns, mtime)
+            self._put_inode(txn, inode)
+            sizes[ino] = inode.size
+        if chunk is not None and deltas.get(rec.chunk_id, 0) <= 0:
+            txn.put(S.queue_key(rec.chunk_id), S.pack([now]))  # nothing points into it
+        self._chunk_refs(txn, deltas, now)
+        return sizes
+
+    def _cmd_setxattr(self, txn: Txn, ino: int, name: bytes, value: bytes, flags: int, now: int) -> None:
+        inode = self._inode(txn, ino)
+        if not name or len(name) > 255:
+            raise E.RangeError() if name else E.Invalid("empty xattr name")
+        if len(value) > XATTR_SIZE_MAX:
+            raise E.TooBig()
+        key = S.xattr_key(ino, name)
+        exists = txn.get(key) is not None
+        if flags & XATTR_CREATE and exists:
+            raise E.Exists()
+        if flags & XATTR_REPLACE and not exists:
+            raise E.NoData()
+        txn.put(key, value)
+        inode.ctime_ns = now
+        self._put_inode(txn, inode)
+
+    def _cmd_removexattr(self, txn: Txn, ino: int, name: bytes, now: int) -> None:
+        inode = self._inode(txn, ino)
+        key = S.xattr_key(ino, name)
+        if txn.get(key) is None:
+            raise E.NoData()
+        txn.delete(key)
+        inode.ctime_ns = now
+        self._put_inode(txn, inode)
+
+    def _cmd_release(self, txn: Txn, ino: int, now: int) -> bool:
+        """Free an orphan (nlink 0, no longer open anywhere): its extents, xattrs and inode."""
+        if txn.get(S.orphan_key(ino)) is None:
+            return False
+        inode = self._inode(txn, ino)
+        if inode.nlink > 0:
+            txn.delete(S.orphan_key(ino))
+            return False
+        deltas: dict[int, int] = {}
+        for key, value in list(txn.scan(S.extent_prefix(ino))):
+            for ext in S.unpack_extents(value):
+                deltas[ext.chunk_id] = deltas.get(ext.chunk_id, 0) - 1
+            txn.delete(key)
+        for key, _ in list(txn.scan(S.xattr_prefix(ino))):
+            txn.delete(key)
+        txn.delete(S.symlink_key(ino))
+        txn.delete(S.inode_key(ino))
+        txn.delete(S.orphan_key(ino))
+        self._chunk_refs(txn, deltas, now)
+        return True
+
+    def _cmd_alloc_chunks(self, txn: Txn, n: int) -> int:
+        return self._next(txn, "chunk", n)
+
+    def _cmd_register_peer(self, txn: Txn, peer_id: int, record: list) -> None:
+        txn.put(S.peer_key(peer_id), S.pack(record))
+
+    def _cmd_chunk_unused(self, txn: Txn, chunk: list, now: int) -> None:
+        """A chunk was stored but its commit never happened (e.g. every file gone): queue it."""
+        rec = ChunkRecord.from_wire(chunk)
+        txn.put(S.chunk_key(rec.chunk_id), rec.to_bytes())
+        txn.put(S.queue_key(rec.chunk_id), S.pack([now]))
+
+    def _cmd_gc_done(self, txn: Txn, chunk_ids: list) -> None:
+        for chunk_id in chunk_ids:
+            data = txn.get(S.chunk_key(chunk_id))
+            if data is not None and ChunkRecord.from_bytes(chunk_id, data).refs > 0:
+                txn.delete(S.queue_key(chunk_id))  # referenced again: keep the chunk
+                continue
+            txn.delete(S.chunk_key(chunk_id))
+            txn.delete(S.queue_key(chunk_id))
+
+    # -------------------------------------------------------------- queries
+
+    def format_record(self) -> dict:
+        data = self.db.get(S.FORMAT)
+        if data is None:
+            raise E.NotFound("metadata is not formatted")
+        return S.unpack(data)
+
+    def getattr(self, ino: int) -> Inode:
+        data = self.db.get(S.inode_key(ino))
+        if data is None:
+            raise E.NotFound()
+        return Inode.from_bytes(ino, data)
+
+    def lookup(self, parent: int, name: bytes) -> Inode:
+        data = self.db.get(S.dentry_key(parent, name))
+        if data is None:
+            pdata = self.db.get(S.inode_key(parent))
+            if pdata is None:
+                raise E.NotFound()
+            if not st.S_ISDIR(S.unpack(pdata)[0]):
+                raise E.NotADir()
+            if len(name) > NAME_MAX:
+                raise E.NameTooLong()
+            raise E.NotFound()
+        return self.getattr(S.unpack(data)[0])
+
+    def readdir(self, ino: int, after_cookie: int, limit: int) -> list[tuple[bytes, Inode, int]]:
+        """Entries with cookie > after_cookie, in cookie order: (name, inode, cookie)."""
+        out = []
+        prefix = S.cookie_prefix(ino)
+        for key, name in self.db.items(from_key=S.cookie_key(ino, after_cookie + 1)):
+            if not key.startswith(prefix):
+                break
+            entry = self.db.get(S.dentry_key(ino, name))
+            if entry is None:
+                continue
+            child = self.db.get(S.inode_key(S.unpack(entry)[0]))
+            if child is None:
+                continue
+            out.append((name, Inode.from_bytes(S.unpack(entry)[0], child), S.cookie_of_key(key)))
+            if len(out) >= limit:
+                break
+        return out
+
+    def extents(self, ino: int, first_index: int, last_index: int) -> list[Extent]:
+        out: list[Extent] = []
+        prefix = S.extent_prefix(ino)
+        for key, value in self.db.items(from_key=S.extent_key(ino, first_index)):
+            if not key.startswith(prefix) or S.index_of_extent_key(key) > last_index:
+                break
+            out.extend(S.unpack_extents(value))
+        return out
+
+    def readlink(self, ino: int) -> bytes:
+        data = self.db.get(S.symlink_key(ino))
+        if data is None:
+            raise E.Invalid("not a symlink")
+        return data
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        self.getattr(ino)
+        data = self.db.get(S.xattr_key(ino, name))
+        if data is None:
+            raise E.NoData()
+        return data
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        self.getattr(ino)
+        prefix = S.xattr_prefix(ino)
+        return [key[len(prefix):] for key, _ in self._scan(prefix)]
+
+    def chunk(self, chunk_id: int) -> ChunkRecord:
+        data = self.db.get(S.chunk_key(chunk_id))
+        if data is None:
+            raise E.NotFound(f"chunk {chunk_id}")
+        return ChunkRecord.from_bytes(chunk_id, data)
+
+    def peers(self) -> list[PeerRecord]:
+        return [PeerRecord(int.from_bytes(k[1:], "big"), *S.unpack(v)) for k, v in self._scan(b"P")]
+
+    def orphans(self) -> list[int]:
+        return [S.ino_of_orphan_key(k) for k, _ in self._scan(b"O")]
+
+    def delete_queue(self, limit: int = 1000) -> list[tuple[int, int]]:
+        out = []
+        for k, v in self._scan(b"Q"):
+            out.append((S.chunk_id_of_key(k), S.unpack(v)[0]))
+            if len(out) >= limit:
+                break
+        return out
+
+    def count_inodes(self) -> int:
+        data = self.db.get(S.counter_key("ino"))
+        return int.from_bytes(data, "big") if data else 0
+
+    def _scan(self, prefix: bytes):
+        for key, value in self.db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield key, value
+
+
+def _insert_extent(current: list[Extent], new: Extent, deltas: dict[int, int]) -> list[Extent]:
+    """Insert ``new`` into sorted, non-overlapping ``current``; older bytes it covers go away.
+
+    ``deltas`` collects chunk reference changes: every extent piece is one reference.
+    """
+    out: list[Extent] = []
+    for ext in current:
+        if ext.end <= new.file_off or ext.file_off >= new.end:
+            out.append(ext)
+            continue
+        deltas[ext.chunk_id] = deltas.get(ext.chunk_id, 0) - 1
+        if ext.file_off < new.file_off:
+            out.append(Extent(ext.file_off, new.file_off - ext.file_off, ext.chunk_id, ext.chunk_off))
+            deltas[ext.chunk_id] += 1
+        if ext.end > new.end:
+            cut = new.end - ext.file_off
+            out.append(Extent(new.end, ext.end - new.end, ext.chunk_id, ext.chunk_off + cut))
+            deltas[ext.chunk_id] += 1
+    deltas[new.chunk_id] = deltas.get(new.chunk_id, 0) + 1
+    out.append(new)
+    out.sort(key=lambda e: e.file_off)
+    merged: list[Extent] = []
+    for ext in out:  # glue pieces that continue each other in the same chunk
+        if merged and merged[-1].chunk_id == ext.chunk_id and merged[-1].end == ext.file_off \
+                and merged[-1].chunk_off + merged[-1].length == ext.chunk_off:
+            merged[-1].length += ext.length
+            deltas[ext.chunk_id] -= 1
+        else:
+            merged.append(ext)
+    return merged

@@ -1,0 +1,159 @@
+"""A lake on disk: open or format the data directory of an embedded lake.
+
+Layout of a data directory::
+
+    lake.json        marker: format name, version, uuid (the config itself lives in metadata)
+    meta/            RocksDB of the metadata state machine
+    peers/p0..p5     default local peer directories (``--peer DIR`` puts them elsewhere)
+    lock             flock held by the one mount daemon using the lake
+    mount.log        the daemon's log
+
+This module joins ``meta`` and ``chunks``: it reads the peer records from metadata and
+builds the chunk client over them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from ..chunks.client import ChunkClient
+from ..chunks.layout import ChunkLayout
+from ..chunks.store import LocalDirStore, PeerUnavailable
+from ..config import LakeConfig
+from ..errors import UserError
+from ..meta.client import LocalMeta
+from ..meta.schema import ChunkRecord, PeerRecord
+from ..meta.state import StateMachine
+
+MARKER = "lake.json"
+FORMAT_NAME = "lakefs-fuse-lake"
+FORMAT_VERSION = 1
+DEFAULT_PEERS = 6
+
+
+def is_lake(data_dir: Path) -> bool:
+    return (data_dir / MARKER).is_file()
+
+
+def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None = None) -> None:
+    """Create an empty lake in ``data_dir`` (which must be empty or absent)."""
+    data_dir = Path(data_dir)
+    if is_lake(data_dir):
+        raise UserError(f"{data_dir} already holds a lake")
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise UserError(f"{data_dir} is not empty; format needs an empty or new directory")
+    if peer_dirs:
+        dirs = [Path(p).resolve() for p in peer_dirs]
+        if len(set(dirs)) != len(dirs):
+            raise UserError("--peer directories must be distinct")
+    else:
+        dirs = [data_dir.resolve() / "peers" / f"p{i}" for i in range(max(DEFAULT_PEERS, config.ec_k + config.ec_m))]
+    config.validate(len(dirs))
+    created = not data_dir.exists()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _format_into(data_dir, config, dirs)
+    except BaseException:
+        if created:  # leave nothing half-formatted behind
+            shutil.rmtree(data_dir, ignore_errors=True)
+        else:
+            shutil.rmtree(data_dir / "meta", ignore_errors=True)
+        raise
+
+
+def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path]) -> None:
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        if any(x for x in d.iterdir() if x.name != "tmp"):
+            raise UserError(f"peer directory {d} is not empty")
+    sm = StateMachine(str(data_dir / "meta"), create=True)
+    try:
+        now = time.time_ns()
+        sm.apply(["format", asdict(config), now, os.getuid(), os.getgid()], sync=True)
+        for i, d in enumerate(dirs):
+            sm.apply(["register_peer", i, ["dir", str(d), "", 1.0, "up", {}]], sync=True)
+    finally:
+        sm.close()
+    marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uuid": str(uuid.uuid4())}
+    tmp = data_dir / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(marker, indent=1) + "\n")
+    os.replace(tmp, data_dir / MARKER)
+
+
+class Lake:
+    """An opened embedded lake: metadata, chunk client and config."""
+
+    def __init__(self, data_dir: Path, sm: StateMachine, config: LakeConfig, peers: list[PeerRecord],
+                 *, io_threads: int = 16):
+        self.data_dir = data_dir
+        self.sm = sm
+        self.meta = LocalMeta(sm)
+        self.config = config
+        self.peer_records = peers
+        stores = {}
+        for p in peers:
+            try:
+                stores[p.peer_id] = LocalDirStore(p.peer_id, p.address)
+            except PeerUnavailable:
+                pass  # a missing peer directory is a lost peer: reads go degraded
+        self.chunks = ChunkClient(stores, k=config.ec_k, m=config.ec_m, min_shard=config.min_shard,
+                                  zones={p.peer_id: p.zone for p in peers},
+                                  weights={p.peer_id: p.weight for p in peers}, threads=io_threads)
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def open(cls, data_dir: Path, *, io_threads: int = 16, read_only: bool = False) -> "Lake":
+        data_dir = Path(data_dir)
+        if not data_dir.exists():
+            raise UserError(f"{data_dir} does not exist")
+        if not is_lake(data_dir):
+            raise UserError(f"{data_dir} is not a lakefs-fuse lake (no {MARKER}; run 'lakefs-fuse format')")
+        try:
+            marker = json.loads((data_dir / MARKER).read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{data_dir}/{MARKER} is unreadable: {exc}") from None
+        if marker.get("format") != FORMAT_NAME or marker.get("version") != FORMAT_VERSION:
+            raise UserError(f"{data_dir} holds an unsupported lake format {marker.get('format')} "
+                            f"v{marker.get('version')}")
+        try:
+            sm = StateMachine(str(data_dir / "meta"), read_only=read_only)
+        except Exception as exc:  # rocksdict raises plain Exception for corrupt/locked DBs
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "lock" in msg.lower():
+                raise UserError(f"{data_dir} is in use by another process ({msg})") from None
+            raise UserError(f"{data_dir}: metadata cannot be opened: {msg}") from None
+        try:
+            fmt = sm.format_record()
+            config = LakeConfig(**fmt)
+            peers = sm.peers()
+        except Exception as exc:
+            sm.close()
+            raise UserError(f"{data_dir}: metadata is corrupt or not formatted: {exc}") from None
+        return cls(data_dir, sm, config, peers, io_threads=io_threads)
+
+    def lock(self) -> None:
+        """Take the lake's exclusive lock (one mount daemon per embedded lake)."""
+        fd = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{self.data_dir} is already mounted by another lakefs-fuse process") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        self.sm.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @staticmethod
+    def layout_of(rec: ChunkRecord) -> ChunkLayout:
+        return ChunkLayout.from_wire(rec.to_wire())

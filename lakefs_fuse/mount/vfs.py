@@ -1,0 +1,534 @@
+"""POSIX semantics over the metadata client, the writer and the chunk client.
+
+Owns: kernel lookup counts, open handles, unlink-until-last-close, the read path with
+sequential read-ahead and the in-memory chunk-range cache, keep_cache decisions, statfs.
+Returns :class:`~lakefs_fuse.meta.schema.Inode` attributes (never pyfuse3 types) and raises
+:class:`~lakefs_fuse.errors.LakeError` subclasses; ``operations`` adapts both to pyfuse3.
+
+Everything here runs on the single trio thread: code between two ``await`` is atomic.
+Where an ``await`` sits inside a multi-step mutation, a comment says what may interleave.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as st
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from .. import errors as E
+from ..chunks.cache import RangeCache
+from ..chunks.client import ChunkClient
+from ..chunks.layout import ChunkLayout
+from ..config import MountConfig
+from ..meta.client import MetaClient
+from ..meta.schema import ROOT_INO, Extent, Inode
+from ..meta.state import NAME_MAX
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+O_ACCMODE = os.O_ACCMODE
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    uid: int = 0
+    gid: int = 0
+    pid: int = 0
+    umask: int = 0o022
+
+
+@dataclass(slots=True)
+class Handle:
+    ino: int
+    flags: int
+    next_off: int = 0      # where a sequential reader would read next
+    window: int = 0        # read-ahead window (bytes); 0 = not sequential yet
+    ahead_to: int = 0      # read-ahead has been started up to this file offset
+    wrote: bool = False
+
+
+@dataclass(slots=True)
+class DirHandle:
+    ino: int
+
+
+@dataclass(slots=True)
+class Stats:
+    reads: int = 0
+    read_bytes: int = 0
+    writes: int = 0
+    write_bytes: int = 0
+    prefetches: int = 0
+    counters: dict = field(default_factory=dict)
+
+
+class VFS:
+    def __init__(self, meta: MetaClient, chunks: ChunkClient, config: MountConfig, *, chunk_size: int,
+                 gc_grace: float = 30.0):
+        self.meta = meta
+        self.chunks = chunks
+        self.cfg = config
+        self.chunk_size = chunk_size
+        self.gc_grace = gc_grace
+        self.writer = Writer(meta, chunks, chunk_size=chunk_size, budget=config.dirty_budget)
+        self.cache = RangeCache(config.memory_cache)
+        self.lookups: dict[int, int] = {}
+        self.opens: dict[int, int] = {}
+        self.handles: dict[int, Handle | DirHandle] = {}
+        self._next_fh = 1
+        self._layouts: OrderedDict[int, ChunkLayout] = OrderedDict()
+        self._cached_attrs: dict[int, tuple[int, int]] = {}  # ino -> (size, mtime) the page cache holds
+        self._nursery: trio.Nursery | None = None
+        self._ahead_limiter = trio.CapacityLimiter(8)
+        self.stats = Stats()
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.writer.start(nursery)
+        # After a restart nothing can reference an orphan: free what a crash left behind.
+        for ino in await self.meta.orphans():
+            await self.meta.apply(["release", ino, time.time_ns()])
+        nursery.start_soon(self._gc_loop)
+
+    async def shutdown(self) -> None:
+        await self.writer.flush_all()
+        for ino, count in list(self.lookups.items()):
+            if count:
+                self.lookups[ino] = 0
+                await self._maybe_release(ino)
+        await self.meta.sync()
+
+    # ----------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise E.NameTooLong()
+
+    def _overlay_attr(self, inode: Inode) -> Inode:
+        if self.writer.has_data(inode.ino):
+            inode.size = max(inode.size, self.writer.end(inode.ino))
+            mt = self.writer.mtime(inode.ino)
+            if mt > inode.mtime_ns:
+                inode.mtime_ns = inode.ctime_ns = mt
+        return inode
+
+    def _ref(self, inode: Inode) -> Inode:
+        self.lookups[inode.ino] = self.lookups.get(inode.ino, 0) + 1
+        return self._overlay_attr(inode)
+
+    async def _maybe_release(self, ino: int) -> None:
+        """Free an unlinked inode once neither the kernel nor a handle references it."""
+        if self.lookups.get(ino, 0) > 0 or self.opens.get(ino, 0) > 0 or ino == ROOT_INO:
+            return
+        self.lookups.pop(ino, None)
+        self._cached_attrs.pop(ino, None)
+        try:
+            inode = await self.meta.getattr(ino)
+        except E.NotFound:
+            return
+        if inode.nlink == 0:
+            self.writer.discard(ino)
+            await self.meta.apply(["release", ino, time.time_ns()])
+
+    @staticmethod
+    def _now() -> int:
+        return time.time_ns()
+
+    # -------------------------------------------------------------- namespace
+
+    async def lookup(self, parent: int, name: bytes, ctx: Ctx) -> Inode:
+        self._check_name(name)
+        if name == b".":
+            return self._ref(await self.meta.getattr(parent))
+        if name == b"..":
+            pinode = await self.meta.getattr(parent)
+            return self._ref(await self.meta.getattr(pinode.parent or ROOT_INO))
+        return self._ref(await self.meta.lookup(parent, name))
+
+    async def forget(self, items: list[tuple[int, int]]) -> None:
+        for ino, n in items:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+            else:
+                self.lookups[ino] = 0
+                await self._maybe_release(ino)
+
+    async def getattr(self, ino: int) -> Inode:
+        return self._overlay_attr(await self.meta.getattr(ino))
+
+    async def setattr(self, ino: int, changes: dict, ctx: Ctx) -> Inode:
+        """``changes`` keys: mode, uid, gid, size, atime_ns, mtime_ns (UTIME_NOW already resolved)."""
+        if self.cfg.read_only:
+            raise E.LakeError("read-only mount", err=errno.EROFS)
+        if "size" in changes or "mtime_ns" in changes:
+            # Commit buffered writes first so the truncate/utimens applies after them.
+            if self.writer.has_data(ino):
+                if "size" in changes:
+                    self.writer.truncate(ino, changes["size"])
+                await self.writer.flush(ino)
+        inode = await self.meta.getattr(ino)
+        if "mode" in changes and ctx.uid != 0 and ctx.gid != inode.gid and not inode.is_dir:
+            changes["mode"] &= ~st.S_ISGID  # unprivileged chmod cannot keep setgid of a foreign group
+        if ("uid" in changes or "gid" in changes) and inode.mode & (st.S_ISUID | st.S_ISGID) \
+                and not inode.is_dir and "mode" not in changes:
+            mode = inode.mode & ~st.S_ISUID
+            if inode.mode & st.S_IXGRP:
+                mode &= ~st.S_ISGID
+            changes["mode"] = mode & 0o7777
+        await self.meta.apply(["setattr", ino, changes, self._now()])
+        if "size" in changes:
+            self._cached_attrs.pop(ino, None)
+        return self._overlay_attr(await self.meta.getattr(ino))
+
+    async def readlink(self, ino: int) -> bytes:
+        return await self.meta.readlink(ino)
+
+    def _writable(self) -> None:
+        if self.cfg.read_only:
+            raise E.LakeError("read-only mount", err=errno.EROFS)
+
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx: Ctx) -> Inode:
+        self._writable()
+        self._check_name(name)
+        ino, _ = await self.meta.apply(["mknod", parent, name, mode, rdev,
+                                        ctx.uid, ctx.gid, self._now()])
+        return self._ref(await self.meta.getattr(ino))
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> Inode:
+        return await self.mknod(parent, name, st.S_IFDIR | (mode & 0o7777), 0, ctx)
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, ctx: Ctx) -> Inode:
+        self._writable()
+        self._check_name(name)
+        ino, _ = await self.meta.apply(["symlink", parent, name, target, ctx.uid, ctx.gid, self._now()])
+        return self._ref(await self.meta.getattr(ino))
+
+    async def link(self, ino: int, parent: int, name: bytes, ctx: Ctx) -> Inode:
+        self._writable()
+        self._check_name(name)
+        await self.meta.apply(["link", ino, parent, name, self._now()])
+        return self._ref(await self.meta.getattr(ino))
+
+    async def unlink(self, parent: int, name: bytes, ctx: Ctx) -> None:
+        self._writable()
+        self._check_name(name)
+        ino, nlink = await self.meta.apply(["unlink", parent, name, self._now()])
+        if nlink == 0:
+            await self._maybe_release(ino)
+
+    async def rmdir(self, parent: int, name: bytes, ctx: Ctx) -> None:
+        self._writable()
+        self._check_name(name)
+        ino, _ = await self.meta.apply(["rmdir", parent, name, self._now()])
+        await self._maybe_release(ino)
+
+    async def rename(self, parent: int, name: bytes, newparent: int, newname: bytes, flags: int,
+                     ctx: Ctx) -> None:
+        self._writable()
+        self._check_name(name)
+        self._check_name(newname)
+        _moved, replaced, replaced_nlink = await self.meta.apply(
+            ["rename", parent, name, newparent, newname, flags, self._now()])
+        if replaced and replaced_nlink == 0:
+            await self._maybe_release(replaced)
+
+    # ----------------------------------------------------------------- files
+
+    async def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: Ctx) -> tuple[int, Inode, bool]:
+        inode = await self.mknod(parent, name, st.S_IFREG | (mode & 0o7777), 0, ctx)
+        fh, _keep, direct = await self._open_handle(inode, flags)
+        return fh, inode, direct
+
+    async def open(self, ino: int, flags: int, ctx: Ctx) -> tuple[int, bool, bool]:
+        """Returns (fh, keep_cache, direct_io)."""
+        if flags & O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            self._writable()
+        inode = await self.meta.getattr(ino)
+        if inode.is_dir:
+            raise E.IsADir()
+        if flags & os.O_TRUNC and flags & O_ACCMODE != os.O_RDONLY and inode.size:
+            inode = await self.setattr(ino, {"size": 0}, ctx)
+        return await self._open_handle(self._overlay_attr(inode), flags)
+
+    async def _open_handle(self, inode: Inode, flags: int) -> tuple[int, bool, bool]:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = Handle(inode.ino, flags)
+        self.opens[inode.ino] = self.opens.get(inode.ino, 0) + 1
+        seen = (inode.size, inode.mtime_ns)
+        keep = self._cached_attrs.get(inode.ino) == seen
+        self._cached_attrs[inode.ino] = seen
+        direct = bool(flags & getattr(os, "O_DIRECT", 0o40000))
+        return fh, keep, direct
+
+    def _handle(self, fh: int) -> Handle:
+        h = self.handles.get(fh)
+        if not isinstance(h, Handle):
+            raise E.LakeError("bad file handle", err=errno.EBADF)
+        return h
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        h = self._handle(fh)
+        if h.flags & O_ACCMODE == os.O_RDONLY:
+            raise E.LakeError("not open for writing", err=errno.EBADF)
+        if off + len(data) > (1 << 62):
+            raise E.LakeError("file too large", err=errno.EFBIG)
+        h.wrote = True
+        self.stats.writes += 1
+        self.stats.write_bytes += len(data)
+        await self.writer.write(h.ino, off, data)
+        return len(data)
+
+    async def flush(self, fh: int) -> None:
+        h = self.handles.get(fh)
+        if isinstance(h, Handle) and (self.writer.has_data(h.ino) or h.ino in self.writer.errors):
+            await self.writer.flush(h.ino)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._handle(fh)
+        await self.writer.flush(h.ino)
+        await self.meta.sync()
+
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if not isinstance(h, Handle):
+            return
+        n = self.opens.get(h.ino, 1) - 1
+        if n > 0:
+            self.opens[h.ino] = n
+        else:
+            self.opens.pop(h.ino, None)
+        if h.wrote:
+            try:
+                await self.writer.flush(h.ino)
+            except E.LakeError as exc:
+                log.error("inode %d: data written before close was lost: %s", h.ino, exc)
+            try:
+                inode = await self.meta.getattr(h.ino)
+                self._cached_attrs[h.ino] = (inode.size, inode.mtime_ns)
+            except E.NotFound:
+                pass
+        await self._maybe_release(h.ino)
+
+    # ------------------------------------------------------------------ read
+
+    async def _layout(self, chunk_id: int) -> ChunkLayout:
+        layout = self._layouts.get(chunk_id)
+        if layout is None:
+            rec = await self.meta.chunk(chunk_id)
+            layout = ChunkLayout.from_wire(rec.to_wire())
+            self._layouts[chunk_id] = layout
+            if len(self._layouts) > 65536:
+                self._layouts.popitem(last=False)
+        return layout
+
+    async def _extent_bytes(self, ext: Extent) -> bytes:
+        """The whole byte range of one extent (a small file is fetched whole; big files by chunk)."""
+        hit = self.cache.get(ext.chunk_id, ext.chunk_off, ext.length)
+        if hit is not None:
+            return hit  # type: ignore[return-value]
+        layout = await self._layout(ext.chunk_id)
+        data = await self.chunks.read(layout, ext.chunk_off, ext.length)
+        if len(data) != ext.length:
+            raise E.DataUnavailable(f"chunk {ext.chunk_id} is shorter than its extent")
+        self.cache.put(ext.chunk_id, ext.chunk_off, data)
+        return data
+
+    async def _read_committed(self, ino: int, off: int, size: int) -> bytearray:
+        end = off + size
+        buf = bytearray(size)
+        exts = await self.meta.extents(ino, off // self.chunk_size, (end - 1) // self.chunk_size)
+        wanted = [e for e in exts if e.file_off < end and e.end > off]
+        results: dict[int, bytes] = {}
+
+        async def fetch(i: int, ext: Extent) -> None:
+            results[i] = await self._extent_bytes(ext)
+
+        if len(wanted) == 1:
+            await fetch(0, wanted[0])
+        elif wanted:
+            async with trio.open_nursery() as nursery:
+                for i, ext in enumerate(wanted):
+                    nursery.start_soon(fetch, i, ext)
+        for i, ext in enumerate(wanted):
+            a, b = max(ext.file_off, off), min(ext.end, end)
+            data = results[i]
+            buf[a - off:b - off] = data[a - ext.file_off:b - ext.file_off]
+        return buf
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handle(fh)
+        inode = self._overlay_attr(await self.meta.getattr(h.ino))
+        if off >= inode.size or size <= 0:
+            return b""
+        size = min(size, inode.size - off)
+        self.stats.reads += 1
+        self.stats.read_bytes += size
+        buf = await self._read_committed(h.ino, off, size)
+        if self.writer.has_data(h.ino):
+            self.writer.overlay(h.ino, buf, off)
+        self._read_ahead(h, off, size, inode.size)
+        return bytes(buf)
+
+    def _read_ahead(self, h: Handle, off: int, size: int, file_size: int) -> None:
+        """Per-handle sequential read-ahead: the window doubles while reads stay sequential."""
+        tolerance = 256 * 1024
+        if h.next_off - tolerance <= off <= h.next_off + tolerance and off > 0:
+            h.window = min(max(h.window * 2, self.chunk_size), self.cfg.readahead_max)
+        elif off != 0 or h.next_off != 0:
+            h.window = 0
+            h.ahead_to = 0
+        h.next_off = off + size
+        if not h.window or self._nursery is None:
+            return
+        start = max(h.ahead_to, off + size)
+        stop = min(off + size + h.window, file_size)
+        if stop - start < self.chunk_size // 2 and stop < file_size:
+            return
+        if start < stop:
+            h.ahead_to = stop
+            self.stats.prefetches += 1
+            self._nursery.start_soon(self._prefetch, h.ino, start, stop)
+
+    async def _prefetch(self, ino: int, start: int, stop: int) -> None:
+        try:
+            exts = await self.meta.extents(ino, start // self.chunk_size, (stop - 1) // self.chunk_size)
+            async with trio.open_nursery() as nursery:
+                for ext in exts:
+                    if ext.file_off < stop and ext.end > start:
+                        nursery.start_soon(self._prefetch_one, ext)
+        except Exception as exc:  # prefetch errors never fail a read that did not need the data
+            log.debug("read-ahead of inode %d failed: %s", ino, exc)
+
+    async def _prefetch_one(self, ext: Extent) -> None:
+        async with self._ahead_limiter:
+            try:
+                await self._extent_bytes(ext)
+            except Exception as exc:
+                log.debug("read-ahead of chunk %d failed: %s", ext.chunk_id, exc)
+
+    # --------------------------------------------------------------- directories
+
+    async def opendir(self, ino: int, ctx: Ctx) -> int:
+        inode = await self.meta.getattr(ino)
+        if not inode.is_dir:
+            raise E.NotADir()
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = DirHandle(ino)
+        return fh
+
+    async def readdir(self, fh: int, start: int, limit: int = 256) -> list[tuple[bytes, Inode, int]]:
+        """Entries after offset ``start``: '.' is offset 1, '..' 2, then cookie + 2.
+
+        The caller reports how many it could use with :meth:`readdir_used` (lookup counts).
+        """
+        h = self.handles.get(fh)
+        if not isinstance(h, DirHandle):
+            raise E.LakeError("bad directory handle", err=errno.EBADF)
+        out: list[tuple[bytes, Inode, int]] = []
+        if start < 1:
+            out.append((b".", await self.meta.getattr(h.ino), 1))
+        if start < 2:
+            me = await self.meta.getattr(h.ino)
+            out.append((b"..", await self.meta.getattr(me.parent or ROOT_INO), 2))
+        for name, inode, cookie in await self.meta.readdir(h.ino, max(0, start - 2), limit):
+            out.append((name, self._overlay_attr(inode), cookie + 2))
+        return out
+
+    def readdir_used(self, name: bytes, ino: int) -> None:
+        if name not in (b".", b".."):
+            self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    async def releasedir(self, fh: int) -> None:
+        self.handles.pop(fh, None)
+
+    # ---------------------------------------------------------------- xattrs
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, ctx: Ctx) -> None:
+        self._writable()
+        await self.meta.apply(["setxattr", ino, name, value, 0, self._now()])
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return await self.meta.getxattr(ino, name)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return await self.meta.listxattr(ino)
+
+    async def removexattr(self, ino: int, name: bytes, ctx: Ctx) -> None:
+        self._writable()
+        await self.meta.apply(["removexattr", ino, name, self._now()])
+
+    # ---------------------------------------------------------------- misc
+
+    async def access(self, ino: int, mode: int, ctx: Ctx) -> bool:
+        inode = await self.meta.getattr(ino)
+        if ctx.uid == 0:
+            return not (mode & os.X_OK) or bool(inode.mode & 0o111) or inode.is_dir
+        if ctx.uid == inode.uid:
+            bits = (inode.mode >> 6) & 7
+        elif ctx.gid == inode.gid:
+            bits = (inode.mode >> 3) & 7
+        else:
+            bits = inode.mode & 7
+        return (bits & mode) == mode
+
+    async def statfs(self) -> dict:
+        total, avail = await trio.to_thread.run_sync(self.chunks.capacity)
+        k, m = self.chunks.k, self.chunks.m
+        bsize = 4096
+        used_inodes = await self.meta.count_inodes()
+        files = max(1 << 32, used_inodes * 2)
+        return {
+            "f_bsize": 1 << 20, "f_frsize": bsize,
+            "f_blocks": total * k // (k + m) // bsize,
+            "f_bfree": avail * k // (k + m) // bsize,
+            "f_bavail": avail * k // (k + m) // bsize,
+            "f_files": files, "f_ffree": files - used_inodes, "f_favail": files - used_inodes,
+            "f_namemax": NAME_MAX,
+        }
+
+    # ------------------------------------------------------------------ GC
+
+    async def _gc_loop(self) -> None:
+        while True:
+            await trio.sleep(max(1.0, self.gc_grace / 3))
+            try:
+                await self.collect_garbage()
+            except Exception:
+                log.exception("garbage collection pass failed")
+
+    async def collect_garbage(self, grace: float | None = None) -> int:
+        """Delete shards of chunks that nothing has referenced for ``grace`` seconds."""
+        grace = self.gc_grace if grace is None else grace
+        cutoff = self._now() - int(grace * 1e9)
+        done = []
+        for chunk_id, queued in await self.meta.delete_queue(256):
+            if queued > cutoff:
+                continue
+            try:
+                rec = await self.meta.chunk(chunk_id)
+            except E.NotFound:
+                done.append(chunk_id)
+                continue
+            if rec.refs > 0:
+                done.append(chunk_id)
+                continue
+            await self.chunks.delete_chunk(ChunkLayout.from_wire(rec.to_wire()))
+            self.cache.drop_chunk(chunk_id)
+            self._layouts.pop(chunk_id, None)
+            done.append(chunk_id)
+        if done:
+            await self.meta.apply(["gc_done", done])
+        return len(done)
