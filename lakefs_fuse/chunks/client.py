@@ -34,6 +34,16 @@ log = logging.getLogger(__name__)
 _SHARD_ERRORS = (PeerUnavailable, ShardMissing, ShardCorrupt, OSError)
 
 
+class _Flight:
+    """One fetch that concurrent readers of the same range wait on."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: bytes | None = None
+
+
 class ChunkClient:
     def __init__(self, stores: Mapping[int, ShardStore], *, k: int, m: int, min_shard: int,
                  zones: Mapping[int, str] | None = None, weights: Mapping[int, float] | None = None,
@@ -45,8 +55,7 @@ class ChunkClient:
         self.limiter = trio.CapacityLimiter(threads)
         self.on_degraded = on_degraded
         self.degraded_reads = 0
-        self._inflight: dict[tuple[int, int, int], trio.Event] = {}
-        self._results: dict[tuple[int, int, int], object] = {}
+        self._inflight: dict[tuple[int, int, int], _Flight] = {}
 
     # ------------------------------------------------------------------ write
 
@@ -120,23 +129,19 @@ class ChunkClient:
     async def read(self, layout: ChunkLayout, offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length) of a chunk (clipped to its length); single flight."""
         key = (layout.chunk_id, offset, length)
-        event = self._inflight.get(key)
-        if event is not None:
-            await event.wait()
-            result = self._results.get(key)
-            if isinstance(result, bytes):
-                return result
-            # the leader failed: try on our own
-            return await self._read(layout, offset, length)
-        event = self._inflight[key] = trio.Event()
+        flight = self._inflight.get(key)
+        if flight is not None:
+            await flight.done.wait()
+            if flight.result is not None:
+                return flight.result
+            return await self._read(layout, offset, length)  # the leader failed: try ourselves
+        flight = self._inflight[key] = _Flight()
         try:
-            result = await self._read(layout, offset, length)
-            self._results[key] = result
-            return result
+            flight.result = await self._read(layout, offset, length)
+            return flight.result
         finally:
             del self._inflight[key]
-            event.set()
-            self._results.pop(key, None)
+            flight.done.set()
 
     async def _read(self, layout: ChunkLayout, offset: int, length: int) -> bytes:
         pieces = layout.covering(offset, length)

@@ -330,7 +330,7 @@ class Writer:
         group = [ino]
         room = self.chunk_size - (self.dirty[ino].nbytes if ino in self.dirty else 0)
         for other, df in self.dirty.items():
-            if other != ino and df.nbytes <= room and time.monotonic() - df.since > 0.05:
+            if other != ino and df.nbytes <= room:
                 group.append(other)
                 room -= df.nbytes
         return group

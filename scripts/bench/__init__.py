@@ -1,0 +1,1 @@
+"""Benchmarks for lakefs-fuse (run them as scripts, e.g. ``python scripts/bench/embedded.py``)."""

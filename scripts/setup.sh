@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything lakefs-fuse needs on a fresh Debian machine (run as root, no stdin):
+# Debian's fuse3, libfuse3-dev and pkg-config (plus test tools), then a virtualenv in .venv
+# with the package and its pinned dependencies. Idempotent: a second run is fast.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_test=${1:-}
+
+apt_pkgs=(fuse3 libfuse3-dev pkg-config)
+[ "$want_test" = "--test" ] && apt_pkgs+=(attr fio stress-ng)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+extras=""
+[ "$want_test" = "--test" ] && extras="[test]"
+stamp=".venv/.installed${extras}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c "import pyfuse3, pyeclib.ec_iface, rocksdict, trio" || { echo "setup: install failed" >&2; exit 1; }
+  touch "$stamp"
+fi

@@ -1,0 +1,381 @@
+"""Model-based test: the same random POSIX operations on the mount and on a local directory.
+
+A Hypothesis ``RuleBasedStateMachine`` applies every operation twice -- once under a live
+lakefs-fuse mount, once under a plain local directory (the reference model) -- and requires
+the same outcome: both succeed with the same result, or both fail with the same errno.
+After every step the two trees are compared: listings, types, sizes, contents, permission
+bits, nlink (files and directories: lakefs reports 2 + subdirectories like ext4), symlink
+targets, hard-link groups and ``user.*`` extended attributes.
+
+Names come from a small pool so that collisions (EEXIST, ENOTEMPTY, EISDIR, ENOTDIR, rename
+over existing files and empty directories, rename of a directory into itself...) are common.
+Files are written at random offsets (holes beyond EOF), truncated up and down, held open
+across other operations (unlink-while-open, writes through one name read through another),
+and the lake is occasionally unmounted and mounted again, after which everything must still
+compare equal.
+
+One mount serves the whole Hypothesis run (mounting per example would dominate the
+runtime); every example works in a fresh sub-directory of it. The lake is formatted with a
+256 KiB chunk so that small writes cross chunk boundaries often.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import random
+import stat as st
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as S
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from conftest import LiveLake, _alive, is_mountpoint, needs_fuse
+
+CHUNK = 256 * 1024
+
+# A small pool of names so that operations collide. Any of them may end up a file, a
+# directory or a symlink; nested ones fail with ENOENT/ENOTDIR until their parent exists.
+PATHS = ["x", "y", "z", "x/y", "x/z", "y/x", "x/y/z"]
+TARGETS = ["x", "y", "z", "x/y", "y/x", "nowhere"]
+XNAMES = ["user.a", "user.b"]
+
+# Offsets and sizes biased towards chunk boundaries; files stay under ~700 KiB so that the
+# whole-tree comparison after every step stays cheap.
+_BOUNDARY = S.sampled_from([0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK - 7, 2 * CHUNK])
+OFFSETS = S.one_of(_BOUNDARY, S.integers(0, 2 * CHUNK + 4096))
+LENGTHS = S.one_of(S.integers(1, 64), S.integers(1, 9000), S.sampled_from([CHUNK, CHUNK + 3, 300_000]))
+SIZES = S.one_of(_BOUNDARY, S.integers(0, 2 * CHUNK + 4096))
+
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def renameat2(src: str, dst: str, flags: int) -> None:
+    if _libc.renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), ctypes.c_uint(flags)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), src)
+
+
+def payload(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def outcome(fn):
+    """('ok', result) or ('err', errno name): what the comparison looks at."""
+    try:
+        return ("ok", fn())
+    except OSError as exc:
+        return ("err", errno.errorcode.get(exc.errno, exc.errno))
+
+
+def user_xattrs(path: str, follow: bool = False) -> dict:
+    try:
+        names = os.listxattr(path, follow_symlinks=follow)
+    except OSError as exc:
+        return {"error": errno.errorcode.get(exc.errno, exc.errno)}
+    return {n: os.getxattr(path, n, follow_symlinks=follow) for n in sorted(names) if n.startswith("user.")}
+
+
+def read_all(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def first_difference(a: bytes, b: bytes) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"first differing byte at {i} (mount {x:#04x}, local {y:#04x})"
+    return f"lengths differ: mount {len(a)}, local {len(b)}"
+
+
+def snapshot(root: str) -> tuple[dict, dict, set]:
+    """(metadata by path, file contents by path, hard-link groups) of the tree under ``root``."""
+    meta: dict[str, tuple] = {}
+    data: dict[str, bytes] = {}
+    by_ino: dict[int, list[str]] = {}
+
+    def walk(rel: str) -> None:
+        full = os.path.join(root, rel) if rel else root
+        s = os.lstat(full)
+        names = sorted(os.listdir(full))
+        meta[rel or "."] = ("dir", s.st_nlink, st.S_IMODE(s.st_mode), names, user_xattrs(full))
+        for name in names:
+            r = f"{rel}/{name}" if rel else name
+            p = os.path.join(root, r)
+            s = os.lstat(p)
+            if st.S_ISDIR(s.st_mode):
+                walk(r)
+            elif st.S_ISLNK(s.st_mode):
+                meta[r] = ("symlink", os.readlink(p), s.st_size)
+                by_ino.setdefault(s.st_ino, []).append(r)
+            elif st.S_ISREG(s.st_mode):
+                meta[r] = ("file", s.st_size, s.st_nlink, st.S_IMODE(s.st_mode), user_xattrs(p))
+                data[r] = read_all(p)
+                by_ino.setdefault(s.st_ino, []).append(r)
+            else:
+                meta[r] = ("other", st.S_IFMT(s.st_mode))
+
+    walk("")
+    groups = {frozenset(v) for v in by_ino.values() if len(v) > 1}
+    return meta, data, groups
+
+
+class Shared:
+    """The one live lake of a Hypothesis run, and a counter for fresh example directories."""
+
+    lake: LiveLake | None = None
+    local: Path | None = None
+    examples = 0
+    remounts = 0
+
+
+class LakeModel(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        Shared.examples += 1
+        name = f"ex{Shared.examples}"
+        self.mroot = str(Shared.lake.mnt / name)
+        self.lroot = str(Shared.local / name)
+        os.mkdir(self.mroot)
+        os.mkdir(self.lroot)
+        self.held: list[tuple[int, int, str]] = []  # (mount fd, local fd, path it was opened by)
+        self.steps = 0
+        self.remounted = False
+
+    # ------------------------------------------------------------ helpers
+
+    def both(self, what: str, fn):
+        """Run ``fn(root)`` on both sides; require the same outcome; return it."""
+        m = outcome(lambda: fn(self.mroot))
+        loc = outcome(lambda: fn(self.lroot))
+        if m != loc and m[0] == loc[0] == "ok" and isinstance(m[1], bytes):
+            raise AssertionError(f"{what}: results differ: {first_difference(m[1], loc[1])}")
+        assert m == loc, f"{what}: mount -> {m!r}, local -> {loc!r}"
+        return m
+
+    def both_fd(self, what: str, i: int, fn):
+        mfd, lfd, path = self.held[i % len(self.held)]
+        m = outcome(lambda: fn(mfd))
+        loc = outcome(lambda: fn(lfd))
+        if m != loc and m[0] == loc[0] == "ok" and isinstance(m[1], bytes):
+            raise AssertionError(f"{what} on fd of {path}: {first_difference(m[1], loc[1])}")
+        assert m == loc, f"{what} on fd of {path}: mount -> {m!r}, local -> {loc!r}"
+        return m
+
+    def close_held(self) -> None:
+        while self.held:
+            mfd, lfd, _ = self.held.pop()
+            os.close(mfd)
+            os.close(lfd)
+
+    # ------------------------------------------------------------ namespace
+
+    @rule(path=S.sampled_from(PATHS))
+    def mkdir(self, path):
+        self.both(f"mkdir {path}", lambda r: os.mkdir(os.path.join(r, path), 0o755))
+
+    @rule(path=S.sampled_from(PATHS))
+    def rmdir(self, path):
+        self.both(f"rmdir {path}", lambda r: os.rmdir(os.path.join(r, path)))
+
+    @rule(path=S.sampled_from(PATHS))
+    def unlink(self, path):
+        self.both(f"unlink {path}", lambda r: os.unlink(os.path.join(r, path)))
+
+    @rule(src=S.sampled_from(PATHS), dst=S.sampled_from(PATHS))
+    def rename(self, src, dst):
+        self.both(f"rename {src} -> {dst}", lambda r: os.rename(os.path.join(r, src), os.path.join(r, dst)))
+
+    @rule(src=S.sampled_from(PATHS), dst=S.sampled_from(PATHS),
+          flags=S.sampled_from([RENAME_NOREPLACE, RENAME_EXCHANGE]))
+    def rename2(self, src, dst, flags):
+        name = "RENAME_NOREPLACE" if flags == RENAME_NOREPLACE else "RENAME_EXCHANGE"
+        self.both(f"renameat2({name}) {src} -> {dst}",
+                  lambda r: renameat2(os.path.join(r, src), os.path.join(r, dst), flags))
+
+    @rule(src=S.sampled_from(PATHS), dst=S.sampled_from(PATHS))
+    def link(self, src, dst):
+        self.both(f"link {src} -> {dst}",
+                  lambda r: os.link(os.path.join(r, src), os.path.join(r, dst), follow_symlinks=False))
+
+    @rule(dest=S.sampled_from(TARGETS), path=S.sampled_from(PATHS))
+    def symlink(self, dest, path):
+        self.both(f"symlink {path} -> {dest}", lambda r: os.symlink(dest, os.path.join(r, path)))
+
+    @rule(path=S.sampled_from(PATHS), mode=S.sampled_from([0o600, 0o644, 0o755, 0o4755, 0o2711]))
+    def chmod(self, path, mode):
+        self.both(f"chmod {path} {mode:o}", lambda r: os.chmod(os.path.join(r, path), mode))
+
+    # ---------------------------------------------------------------- data
+
+    @rule(path=S.sampled_from(PATHS), off=OFFSETS, n=LENGTHS, seed=S.integers(0, 2**32),
+          how=S.sampled_from(["plain", "append", "trunc", "excl"]))
+    def write(self, path, off, n, seed, how):
+        data = payload(seed, n)
+        flags = os.O_WRONLY | os.O_CREAT | {"plain": 0, "append": os.O_APPEND, "trunc": os.O_TRUNC,
+                                            "excl": os.O_EXCL}[how]
+
+        def go(r):
+            fd = os.open(os.path.join(r, path), flags, 0o644)
+            try:
+                if how == "append":
+                    return os.write(fd, data)
+                return os.pwrite(fd, data, off)
+            finally:
+                os.close(fd)
+
+        self.both(f"write({how}) {path} @{off} +{n}", go)
+
+    @rule(path=S.sampled_from(PATHS), size=SIZES)
+    def truncate(self, path, size):
+        self.both(f"truncate {path} {size}", lambda r: os.truncate(os.path.join(r, path), size))
+
+    @rule(path=S.sampled_from(PATHS), off=OFFSETS, n=S.integers(0, 400_000))
+    def reopen(self, path, off, n):
+        """Close-to-open: a fresh open reads the whole file, and a random range of it."""
+        def go(r):
+            with open(os.path.join(r, path), "rb") as f:
+                whole = f.read()
+                return whole, os.pread(f.fileno(), n, off)
+
+        m = outcome(lambda: go(self.mroot))
+        loc = outcome(lambda: go(self.lroot))
+        if m[0] == loc[0] == "ok" and m != loc:
+            raise AssertionError(f"reopen {path}: {first_difference(m[1][0], loc[1][0])}; "
+                                 f"range @{off}+{n} equal: {m[1][1] == loc[1][1]}")
+        assert m == loc, f"reopen {path}: mount -> {m!r}, local -> {loc!r}"
+
+    # ------------------------------------------------------------- xattrs
+
+    @rule(path=S.sampled_from(PATHS), name=S.sampled_from(XNAMES), value=S.binary(max_size=40),
+          flags=S.sampled_from([0, os.XATTR_CREATE, os.XATTR_REPLACE]))
+    def setxattr(self, path, name, value, flags):
+        self.both(f"setxattr {path} {name} flags={flags}",
+                  lambda r: os.setxattr(os.path.join(r, path), name, value, flags))
+
+    @rule(path=S.sampled_from(PATHS), name=S.sampled_from(XNAMES))
+    def getxattr(self, path, name):
+        self.both(f"getxattr {path} {name}", lambda r: os.getxattr(os.path.join(r, path), name))
+
+    @rule(path=S.sampled_from(PATHS), name=S.sampled_from(XNAMES))
+    def removexattr(self, path, name):
+        self.both(f"removexattr {path} {name}", lambda r: os.removexattr(os.path.join(r, path), name))
+
+    # ------------------------------------------------------- open handles
+
+    @precondition(lambda self: len(self.held) < 3)
+    @rule(path=S.sampled_from(PATHS), create=S.booleans())
+    def hold_open(self, path, create):
+        flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        m = outcome(lambda: os.open(os.path.join(self.mroot, path), flags, 0o644))
+        loc = outcome(lambda: os.open(os.path.join(self.lroot, path), flags, 0o644))
+        if m[0] == "ok" and loc[0] == "ok":
+            self.held.append((m[1], loc[1], path))
+            return
+        for side in (m, loc):
+            if side[0] == "ok":
+                os.close(side[1])
+        assert m[0] == loc[0] == "err" and m == loc, f"open {path}: mount -> {m!r}, local -> {loc!r}"
+
+    @precondition(lambda self: self.held)
+    @rule(i=S.integers(0, 2), off=OFFSETS, n=LENGTHS, seed=S.integers(0, 2**32))
+    def write_held(self, i, off, n, seed):
+        data = payload(seed, n)
+        self.both_fd(f"pwrite @{off} +{n}", i, lambda fd: os.pwrite(fd, data, off))
+
+    @precondition(lambda self: self.held)
+    @rule(i=S.integers(0, 2), off=OFFSETS, n=S.integers(0, 300_000))
+    def read_held(self, i, off, n):
+        self.both_fd(f"pread @{off} +{n}", i, lambda fd: os.pread(fd, n, off))
+
+    @precondition(lambda self: self.held)
+    @rule(i=S.integers(0, 2), size=SIZES)
+    def ftruncate_held(self, i, size):
+        self.both_fd(f"ftruncate {size}", i, lambda fd: os.ftruncate(fd, size))
+
+    @precondition(lambda self: self.held)
+    @rule(i=S.integers(0, 2))
+    def fstat_held(self, i):
+        def go(fd):
+            s = os.fstat(fd)
+            return s.st_size, s.st_nlink, st.S_IMODE(s.st_mode)
+        self.both_fd("fstat", i, go)
+
+    @precondition(lambda self: self.held)
+    @rule(i=S.integers(0, 2))
+    def fsync_held(self, i):
+        self.both_fd("fsync", i, os.fsync)
+
+    @precondition(lambda self: self.held)
+    @rule(i=S.integers(0, 2))
+    def close_one(self, i):
+        mfd, lfd, _ = self.held.pop(i % len(self.held))
+        os.close(mfd)
+        os.close(lfd)
+
+    # ------------------------------------------------------------- remount
+
+    @precondition(lambda self: self.steps >= 6 and not self.remounted)
+    @rule(coin=S.integers(0, 3))
+    def remount(self, coin):
+        """Rare: unmount (flushing everything) and mount the lake again."""
+        if coin:
+            return
+        self.close_held()
+        Shared.lake.remount()
+        Shared.remounts += 1
+        self.remounted = True
+
+    # ------------------------------------------------------------ compare
+
+    @invariant()
+    def trees_equal(self):
+        self.steps += 1
+        mmeta, mdata, mgroups = snapshot(self.mroot)
+        lmeta, ldata, lgroups = snapshot(self.lroot)
+        for key in sorted(set(mmeta) | set(lmeta)):
+            assert mmeta.get(key) == lmeta.get(key), \
+                f"{key}: mount {mmeta.get(key)!r} != local {lmeta.get(key)!r}"
+        for key in sorted(ldata):
+            if mdata[key] != ldata[key]:
+                raise AssertionError(f"content of {key}: {first_difference(mdata[key], ldata[key])}")
+        assert mgroups == lgroups, f"hard-link groups: mount {mgroups} != local {lgroups}"
+
+    def teardown(self):
+        self.close_held()
+
+
+@needs_fuse
+@pytest.mark.timeout(300)
+def test_model(tmp_path):
+    Shared.lake = LiveLake(tmp_path / "lake", format_args=("--chunk-size", "256K"))
+    Shared.local = tmp_path / "local"
+    Shared.local.mkdir()
+    Shared.examples = Shared.remounts = 0
+    try:
+        Shared.lake.mount()
+        run_state_machine_as_test(
+            LakeModel,
+            settings=settings(max_examples=25, stateful_step_count=30, deadline=None, database=None,
+                              suppress_health_check=list(HealthCheck), print_blob=True))
+        pid = Shared.lake.pid()
+        assert pid and _alive(pid), "daemon died during the run"
+        Shared.lake.umount()
+        log = (Shared.lake.data / "mount.log").read_text()
+        assert "Traceback" not in log and "unexpected error" not in log, log[-6000:]
+    finally:
+        Shared.lake.teardown()
+        Shared.lake = None
+        assert not is_mountpoint(tmp_path / "lake" / "mnt")
