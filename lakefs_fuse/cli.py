@@ -89,7 +89,9 @@ def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other
                             format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
         sys.exit(daemon.serve(cfg, ready_fd))
     daemon.check_mountpoint(mountpoint)
-    from .mount.lake import Lake
+    from .mount.lake import Lake, in_use
+    if in_use(data_dir):
+        raise UserError(f"{data_dir} is already mounted by another lakefs-fuse process")
     Lake.open(data_dir, read_only=True).close()  # fail here, with the reason, if it is no lake
     args = [str(Path(mountpoint).resolve()), "--data", str(Path(data_dir).resolve()),
             "--attr-timeout", str(attr_timeout), "--dirty-budget", dirty_budget, "--memory-cache", memory_cache]

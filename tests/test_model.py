@@ -45,8 +45,10 @@ CHUNK = 256 * 1024
 
 # A small pool of names so that operations collide. Any of them may end up a file, a
 # directory or a symlink; nested ones fail with ENOENT/ENOTDIR until their parent exists.
-PATHS = ["x", "y", "z", "x/y", "x/z", "y/x", "x/y/z"]
-TARGETS = ["x", "y", "z", "x/y", "y/x", "nowhere"]
+PATHS = ["a", "b", "c", "d", "s", "d/a", "d/b", "c/a", "d/e", "d/e/a"]
+DIRS = S.one_of(S.sampled_from(["c", "d", "d/e"]), S.sampled_from(PATHS))
+LINKS = S.sampled_from(["s", "d/s", "a"])
+TARGETS = S.sampled_from(["a", "d", "d/a", "nowhere", "s"])
 XNAMES = ["user.a", "user.b"]
 
 # Offsets and sizes biased towards chunk boundaries; files stay under ~700 KiB so that the
@@ -139,6 +141,8 @@ class Shared:
     local: Path | None = None
     examples = 0
     remounts = 0
+    steps = 0
+    outcomes: dict[str, int] = {}
 
 
 class LakeModel(RuleBasedStateMachine):
@@ -163,6 +167,8 @@ class LakeModel(RuleBasedStateMachine):
         if m != loc and m[0] == loc[0] == "ok" and isinstance(m[1], bytes):
             raise AssertionError(f"{what}: results differ: {first_difference(m[1], loc[1])}")
         assert m == loc, f"{what}: mount -> {m!r}, local -> {loc!r}"
+        key = what.split()[0] + (" ok" if m[0] == "ok" else " " + str(m[1]))
+        Shared.outcomes[key] = Shared.outcomes.get(key, 0) + 1
         return m
 
     def both_fd(self, what: str, i: int, fn):
@@ -182,11 +188,11 @@ class LakeModel(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ namespace
 
-    @rule(path=S.sampled_from(PATHS))
+    @rule(path=DIRS)
     def mkdir(self, path):
         self.both(f"mkdir {path}", lambda r: os.mkdir(os.path.join(r, path), 0o755))
 
-    @rule(path=S.sampled_from(PATHS))
+    @rule(path=DIRS)
     def rmdir(self, path):
         self.both(f"rmdir {path}", lambda r: os.rmdir(os.path.join(r, path)))
 
@@ -210,7 +216,7 @@ class LakeModel(RuleBasedStateMachine):
         self.both(f"link {src} -> {dst}",
                   lambda r: os.link(os.path.join(r, src), os.path.join(r, dst), follow_symlinks=False))
 
-    @rule(dest=S.sampled_from(TARGETS), path=S.sampled_from(PATHS))
+    @rule(dest=TARGETS, path=LINKS)
     def symlink(self, dest, path):
         self.both(f"symlink {path} -> {dest}", lambda r: os.symlink(dest, os.path.join(r, path)))
 
@@ -237,6 +243,11 @@ class LakeModel(RuleBasedStateMachine):
                 os.close(fd)
 
         self.both(f"write({how}) {path} @{off} +{n}", go)
+
+    @rule(path=S.sampled_from(PATHS), off=OFFSETS, n=LENGTHS, seed=S.integers(0, 2**32))
+    def overwrite(self, path, off, n, seed):
+        """The common case again (rules are drawn uniformly): create or write in place."""
+        self.write(path, off, n, seed, "plain")
 
     @rule(path=S.sampled_from(PATHS), size=SIZES)
     def truncate(self, path, size):
@@ -343,6 +354,7 @@ class LakeModel(RuleBasedStateMachine):
     @invariant()
     def trees_equal(self):
         self.steps += 1
+        Shared.steps += 1
         mmeta, mdata, mgroups = snapshot(self.mroot)
         lmeta, ldata, lgroups = snapshot(self.lroot)
         for key in sorted(set(mmeta) | set(lmeta)):
@@ -363,13 +375,16 @@ def test_model(tmp_path):
     Shared.lake = LiveLake(tmp_path / "lake", format_args=("--chunk-size", "256K"))
     Shared.local = tmp_path / "local"
     Shared.local.mkdir()
-    Shared.examples = Shared.remounts = 0
+    Shared.examples = Shared.remounts = Shared.steps = 0
+    Shared.outcomes = {}
     try:
         Shared.lake.mount()
         run_state_machine_as_test(
             LakeModel,
             settings=settings(max_examples=25, stateful_step_count=30, deadline=None, database=None,
                               suppress_health_check=list(HealthCheck), print_blob=True))
+        print(f"examples={Shared.examples} steps={Shared.steps} remounts={Shared.remounts}")
+        print(sorted(Shared.outcomes.items()))
         pid = Shared.lake.pid()
         assert pid and _alive(pid), "daemon died during the run"
         Shared.lake.umount()

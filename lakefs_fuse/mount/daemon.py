@@ -108,12 +108,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
 
     try:
         mountpoint = check_mountpoint(cfg.mountpoint)
-        lake = Lake.open(cfg.data_dir, io_threads=cfg.io_threads)
-        try:
-            lake.lock()
-        except UserError:
-            lake.close()
-            raise
+        lake = Lake.open(cfg.data_dir, io_threads=cfg.io_threads, lock=True)
     except UserError as exc:
         report(f"error: {exc}")
         raise

@@ -87,6 +87,32 @@ def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path]) -> None:
     os.replace(tmp, data_dir / MARKER)
 
 
+def _take_lock(data_dir: Path) -> int:
+    """The lake's exclusive lock: one mount daemon per embedded lake."""
+    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"{data_dir} is already mounted by another lakefs-fuse process") from None
+    return fd
+
+
+def in_use(data_dir: Path) -> bool:
+    """Does a running daemon hold the lake's lock?"""
+    try:
+        fd = os.open(Path(data_dir) / "lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 class Lake:
     """An opened embedded lake: metadata, chunk client and config."""
 
@@ -109,7 +135,9 @@ class Lake:
         self._lock_fd: int | None = None
 
     @classmethod
-    def open(cls, data_dir: Path, *, io_threads: int = 16, read_only: bool = False) -> "Lake":
+    def open(cls, data_dir: Path, *, io_threads: int = 16, read_only: bool = False,
+             lock: bool = False) -> "Lake":
+        """Open a lake; ``lock`` takes its exclusive lock first (the mount daemon does)."""
         data_dir = Path(data_dir)
         if not data_dir.exists():
             raise UserError(f"{data_dir} does not exist")
@@ -122,9 +150,12 @@ class Lake:
         if marker.get("format") != FORMAT_NAME or marker.get("version") != FORMAT_VERSION:
             raise UserError(f"{data_dir} holds an unsupported lake format {marker.get('format')} "
                             f"v{marker.get('version')}")
+        lock_fd = _take_lock(data_dir) if lock else None
         try:
             sm = StateMachine(str(data_dir / "meta"), read_only=read_only)
         except Exception as exc:  # rocksdict raises plain Exception for corrupt/locked DBs
+            if lock_fd is not None:
+                os.close(lock_fd)
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if "lock" in msg.lower():
                 raise UserError(f"{data_dir} is in use by another process ({msg})") from None
@@ -135,18 +166,12 @@ class Lake:
             peers = sm.peers()
         except Exception as exc:
             sm.close()
+            if lock_fd is not None:
+                os.close(lock_fd)
             raise UserError(f"{data_dir}: metadata is corrupt or not formatted: {exc}") from None
-        return cls(data_dir, sm, config, peers, io_threads=io_threads)
-
-    def lock(self) -> None:
-        """Take the lake's exclusive lock (one mount daemon per embedded lake)."""
-        fd = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UserError(f"{self.data_dir} is already mounted by another lakefs-fuse process") from None
-        self._lock_fd = fd
+        lake = cls(data_dir, sm, config, peers, io_threads=io_threads)
+        lake._lock_fd = lock_fd
+        return lake
 
     def close(self) -> None:
         self.sm.close()
