@@ -161,3 +161,13 @@ def make_live(tmp_path):
     finally:
         for lake in made:
             lake.teardown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tag every live-mount test with the ``mount`` marker (``-m "not mount"`` skips them)."""
+    for item in items:
+        live = {"live", "make_live"} & set(getattr(item, "fixturenames", ()))
+        fuse_skip = any(m.name == "skipif" and "fuse" in str(m.kwargs.get("reason", ""))
+                        for m in item.iter_markers())
+        if live or fuse_skip:
+            item.add_marker(pytest.mark.mount)

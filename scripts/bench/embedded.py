@@ -776,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def interrupt(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
-    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then keeps it ignored.
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     bench = Bench(args, workdir, cli)
     bench.subreaper = set_subreaper()
@@ -821,7 +822,6 @@ def main(argv: list[str] | None = None) -> int:
                 break
         if problems and not failure:
             failure, status = "cleanup: " + "; ".join(problems), 1
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         for s, h in old.items():
             signal.signal(s, h)
 

@@ -1,0 +1,67 @@
+"""Layers import downward only: meta and chunks never know each other; only mount/ sees pyfuse3."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "lakefs_fuse"
+
+FORBIDDEN = {
+    "meta": {"chunks", "mount", "cli"},
+    "chunks": {"meta", "mount", "cli"},
+    "mount": {"cli"},
+    "": {"meta", "chunks", "mount", "cli"},  # bottom modules (errors, config)
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    rel = path.relative_to(PKG).parts
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(rel[:-1])[: len(rel) - node.level]
+                mod = ".".join(base + ([node.module] if node.module else []))
+                out.add(mod.split(".")[0] if mod else "")
+                if node.module is None:
+                    out.update(a.name for a in node.names)
+            elif node.module:
+                out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_layer_contract():
+    bad = []
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG).parts
+        layer = rel[0] if len(rel) > 1 else ""
+        if layer == "" and rel[0] in ("cli.py", "__init__.py"):
+            continue
+        mods = imports_of(path)
+        for m in mods:
+            top = m.split(".")[0]
+            if m.startswith("lakefs_fuse."):
+                top = m.split(".")[1]
+            if top in FORBIDDEN.get(layer, set()):
+                bad.append(f"{path.relative_to(PKG)} imports {m}")
+            if top == "pyfuse3" and layer != "mount":
+                bad.append(f"{path.relative_to(PKG)} imports pyfuse3 outside mount/")
+    assert not bad, bad
+
+
+def test_contract_catches_a_violation(tmp_path, monkeypatch):
+    fake = PKG / "chunks" / "_layer_probe.py"
+    fake.write_text("from ..meta import schema\n")
+    try:
+        try:
+            test_layer_contract()
+        except AssertionError as exc:
+            assert "_layer_probe" in str(exc)
+        else:
+            raise AssertionError("layer check did not notice chunks importing meta")
+    finally:
+        fake.unlink()
