@@ -111,6 +111,16 @@ def set_subreaper() -> bool:
         return False
 
 
+def system_cpu() -> float:
+    """Busy CPU seconds of the whole machine (all cores, idle and iowait excluded)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def self_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -356,6 +366,7 @@ class Lake:
         if pid and not any(d.pid == pid for d in self.daemons):
             self.daemons.append(Daemon(pid))
         for d in self.daemons:
+            d.reap(10)  # after the lazy unmount, give a live daemon a moment to flush and exit by itself
             for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
                 if not d.alive():
                     break
@@ -391,6 +402,7 @@ class Phase:
     disk_busy: float | None = None
     disk_write_mb: float | None = None
     disk_flushes: int | None = None
+    other_cpu: float = 0.0
     nbytes: int = 0
     nfiles: int = 0
     note: str = ""
@@ -454,16 +466,18 @@ class Bench:
         self.watchdog.arm(f"{name} ({target})", self.args.phase_timeout)
         d0 = {id(d): d.cpu() for d in self.lake.daemons}
         disk0 = self.disk.sample() if self.disk else None
-        c0, t0 = self_cpu(), time.perf_counter()
+        s0, c0, t0 = system_cpu(), self_cpu(), time.perf_counter()
         try:
             extra = fn()
         finally:
             ph.wall = time.perf_counter() - t0
             ph.client_cpu = self_cpu() - c0
+            busy = system_cpu() - s0
             self.watchdog.disarm()
         disk1 = self.disk.sample() if self.disk else None
         if target == "lakefs" and self.lake.daemons:
             ph.daemon_cpu = sum(d.cpu() - d0.get(id(d), 0.0) for d in self.lake.daemons)
+        ph.other_cpu = max(0.0, busy - ph.client_cpu - (ph.daemon_cpu or 0.0))
         ph.disk_busy, ph.disk_write_mb, ph.disk_flushes = DiskStats.delta(disk0, disk1, ph.wall)
         if isinstance(extra, str):
             ph.note = (ph.note + "; " + extra).strip("; ")
@@ -690,11 +704,12 @@ class Bench:
 
         out += ["## Phases", "",
                 "Client CPU = this process (user+sys, i.e. the syscall side); daemon CPU = mount daemon "
-                "(all threads); disk columns are device-wide for the backing disk"
+                "(all threads); other CPU = everything else busy on the machine meanwhile (noise: other work, "
+                "kernel writeback, the CLI); disk columns are device-wide for the backing disk"
                 + (f" `{self.disk.name}`" if self.disk and self.disk.name else " (unknown device)") + ".", "",
-                "| # | Phase | Target | Wall s | Rate | Client CPU s | Daemon CPU s (% of wall) | Disk busy | "
-                "Disk write MB | Disk flushes | Note |",
-                "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+                "| # | Phase | Target | Wall s | Rate | Client CPU s | Daemon CPU s (% of wall) | Other CPU s | "
+                "Disk busy | Disk write MB | Disk flushes | Note |",
+                "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for i, ph in enumerate(self.phases, 1):
             rate = []
             if ph.nbytes and ph.wall:
@@ -706,7 +721,7 @@ class Bench:
             wmb = "-" if ph.disk_write_mb is None else f"{ph.disk_write_mb:,.0f}"
             fl = "-" if ph.disk_flushes is None else f"{ph.disk_flushes:,}"
             out.append(f"| {i} | {ph.name} | {ph.target} | {ph.wall:.2f} | {', '.join(rate) or '-'} | "
-                       f"{ph.client_cpu:.2f} | {dc} | {busy} | {wmb} | {fl} | {ph.note} |")
+                       f"{ph.client_cpu:.2f} | {dc} | {ph.other_cpu:.2f} | {busy} | {wmb} | {fl} | {ph.note} |")
         rss = [f"{d.pid}: {d.rusage.ru_maxrss / 1024:.0f} MiB" for d in self.lake.daemons if d.rusage]
         if rss:
             out += ["", f"Daemon peak RSS per mount: {', '.join(rss)}."]
