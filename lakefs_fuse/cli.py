@@ -67,10 +67,12 @@ def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, .
               help="Seconds the kernel caches attributes and entries.")
 @click.option("--dirty-budget", default="256M", show_default=True, help="Unsealed write memory before writers wait.")
 @click.option("--memory-cache", default="512M", show_default=True, help="In-memory chunk cache size.")
+@click.option("--pack-delay", type=float, default=2.0, show_default=True,
+              help="Seconds closed files wait to be packed with the next ones (0: commit at every close).")
 @click.option("-o", "options", multiple=True, help="Extra FUSE mount option (repeatable).")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other: bool, read_only: bool,
-          attr_timeout: float, dirty_budget: str, memory_cache: str, options: tuple[str, ...],
+          attr_timeout: float, dirty_budget: str, memory_cache: str, pack_delay: float, options: tuple[str, ...],
           ready_fd: int | None) -> None:
     """Mount a lake at MOUNTPOINT (daemonizes; returns once the mount is live)."""
     from .mount import daemon
@@ -82,7 +84,7 @@ def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other
     cfg = MountConfig(mountpoint=mountpoint, data_dir=data_dir, read_only=read_only, allow_other=allow_other,
                       attr_timeout=attr_timeout, entry_timeout=attr_timeout,
                       dirty_budget=parse_size(dirty_budget), memory_cache=parse_size(memory_cache),
-                      extra_fuse_options=tuple(options))
+                      pack_delay=pack_delay, extra_fuse_options=tuple(options))
     cfg.validate()
     if foreground:
         logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
@@ -94,7 +96,8 @@ def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other
         raise UserError(f"{data_dir} is already mounted by another lakefs-fuse process")
     Lake.open(data_dir, read_only=True).close()  # fail here, with the reason, if it is no lake
     args = [str(Path(mountpoint).resolve()), "--data", str(Path(data_dir).resolve()),
-            "--attr-timeout", str(attr_timeout), "--dirty-budget", dirty_budget, "--memory-cache", memory_cache]
+            "--attr-timeout", str(attr_timeout), "--dirty-budget", dirty_budget, "--memory-cache", memory_cache,
+            "--pack-delay", str(pack_delay)]
     args += ["--allow-other"] if allow_other else []
     args += ["--read-only"] if read_only else []
     for o in options:
@@ -139,6 +142,17 @@ def _resolve(path: Path, data_dir: Path | None):
     reg = daemon.read_registry(Path(best))
     if not reg:
         raise UserError(f"no running daemon is registered for {best}")
+    # fsync of a directory in the mount commits every buffered write, so the read-only
+    # view of the metadata opened next shows what the user just wrote.
+    barrier = p if st.S_ISDIR(s.st_mode) else p.parent
+    try:
+        fd = os.open(barrier, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot sync the mount: {exc.strerror}") from None
     return Lake.open(Path(reg["data_dir"]), read_only=True), s.st_ino
 
 

@@ -99,6 +99,10 @@ class MountConfig:
     entry_timeout: float = 1.0
     #: Dirty (unsealed) bytes across all files before writers wait for seals.
     dirty_budget: int = 256 * MiB
+    #: Seconds a closed file's data may wait to be packed with the next files closed
+    #: (0 = seal and commit at every close). Bounds what a daemon crash can lose of
+    #: closed-but-not-fsynced files.
+    pack_delay: float = 2.0
     #: In-memory cache of immutable chunk ranges.
     memory_cache: int = 512 * MiB
     #: Sequential read-ahead window cap (whole chunks fetched ahead).
@@ -114,5 +118,7 @@ class MountConfig:
             raise UserError("timeouts must be >= 0")
         if self.dirty_budget < 8 * MiB:
             raise UserError("dirty budget must be at least 8M")
+        if not 0 <= self.pack_delay <= 60:
+            raise UserError("pack delay must be between 0 and 60 seconds")
         if self.read_ahead_kb < 128:
             raise UserError("read_ahead_kb must be at least 128")

@@ -20,13 +20,13 @@ CTX = Ctx(0, 0, 1, 0o022)
 MiB = 1 << 20
 
 
-def run_vfs(tmp_path: Path, body, *, chunk_size=MiB, dirty_budget=64 * MiB, reopen_body=None):
+def run_vfs(tmp_path: Path, body, *, chunk_size=MiB, dirty_budget=64 * MiB, reopen_body=None, pack_delay=2.0):
     data = tmp_path / "lake"
     format_lake(data, LakeConfig(ec_k=4, ec_m=2, chunk_size=chunk_size))
 
     async def session(fn):
         lake = Lake.open(data)
-        cfg = MountConfig(mountpoint=tmp_path, data_dir=data, dirty_budget=dirty_budget)
+        cfg = MountConfig(mountpoint=tmp_path, data_dir=data, dirty_budget=dirty_budget, pack_delay=pack_delay)
         vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=chunk_size, gc_grace=0)
         try:
             async with trio.open_nursery() as nursery:
@@ -96,7 +96,7 @@ def test_unlinked_open_file_freed_after_release_and_gc(tmp_path):
     async def body(vfs):
         fh, ino = await create(vfs, b"f")
         await vfs.write(fh, 0, os.urandom(200_000))
-        await vfs.flush(fh)
+        await vfs.fsync(fh, False)
         vfs.lookups[ino] = 0  # the kernel forgot the name; only the handle remains
         await vfs.unlink(ROOT_INO, b"f", CTX)
         assert (await vfs.getattr(ino)).nlink == 0
@@ -125,7 +125,8 @@ def test_dirty_budget_backpressure_does_not_deadlock(tmp_path):
     run_vfs(tmp_path, body, dirty_budget=8 * MiB)
 
 
-def test_write_error_reported_at_flush(tmp_path):
+@pytest.mark.parametrize("pack_delay", [0.0, 2.0])
+def test_write_error_reported_at_close_or_fsync(tmp_path, pack_delay):
     async def body(vfs):
         from lakefs_fuse.chunks.store import PeerFull
 
@@ -136,8 +137,30 @@ def test_write_error_reported_at_flush(tmp_path):
         fh, ino = await create(vfs, b"f")
         await vfs.write(fh, 0, b"x" * 1000)
         with pytest.raises(E.NoSpace) as exc:
-            await vfs.flush(fh)
+            if pack_delay == 0:
+                await vfs.flush(fh)  # close commits: the error comes back from close()
+            else:
+                await vfs.fsync(fh, False)
         assert exc.value.errno == errno.ENOSPC
+
+    run_vfs(tmp_path, body, pack_delay=pack_delay)
+
+
+def test_closed_small_files_are_packed(tmp_path):
+    async def body(vfs):
+        for i in range(30):
+            fh, ino = await create(vfs, b"f%d" % i)
+            await vfs.write(fh, 0, bytes([i]) * 100_000)
+            await vfs.flush(fh)
+            await vfs.release(fh)
+        await vfs.writer.flush_all()
+        chunks = set()
+        for i in range(30):
+            inode = await vfs.lookup(ROOT_INO, b"f%d" % i, CTX)
+            chunks.update(e.chunk_id for e in await vfs.meta.extents(inode.ino, 0, 10))
+            fh, _, _ = await vfs.open(inode.ino, os.O_RDONLY, CTX)
+            assert await vfs.read(fh, 0, 200_000) == bytes([i]) * 100_000
+        assert len(chunks) <= 3  # 3 MB in 1 MiB chunks, not 30 chunks
 
     run_vfs(tmp_path, body)
 

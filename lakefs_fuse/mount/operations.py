@@ -190,7 +190,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def fsyncdir(self, fh, datasync):
-        await self.vfs.meta.sync()
+        await self.vfs.fsyncdir(fh)
 
     @fuse_errors
     async def statfs(self, ctx):

@@ -77,7 +77,8 @@ class VFS:
         self.cfg = config
         self.chunk_size = chunk_size
         self.gc_grace = gc_grace
-        self.writer = Writer(meta, chunks, chunk_size=chunk_size, budget=config.dirty_budget)
+        self.writer = Writer(meta, chunks, chunk_size=chunk_size, budget=config.dirty_budget,
+                             pack_delay=config.pack_delay)
         self.cache = RangeCache(config.memory_cache)
         self.lookups: dict[int, int] = {}
         self.opens: dict[int, int] = {}
@@ -293,11 +294,20 @@ class VFS:
     async def flush(self, fh: int) -> None:
         h = self.handles.get(fh)
         if isinstance(h, Handle) and (self.writer.has_data(h.ino) or h.ino in self.writer.errors):
-            await self.writer.flush(h.ino)
+            await self.writer.close(h.ino)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
         await self.writer.flush(h.ino)
+        await self.meta.sync()
+
+    async def fsyncdir(self, fh: int) -> None:
+        """fsync of a directory: commit every buffered write of the mount and sync metadata.
+
+        (Entries are committed when created; syncing all data as well is what makes
+        ``fsync(dirfd)`` a cheap "everything so far is durable" barrier, used by the CLI.)
+        """
+        await self.writer.flush_all()
         await self.meta.sync()
 
     async def release(self, fh: int) -> None:
@@ -311,7 +321,7 @@ class VFS:
             self.opens.pop(h.ino, None)
         if h.wrote:
             try:
-                await self.writer.flush(h.ino)
+                await self.writer.close(h.ino)
             except E.LakeError as exc:
                 log.error("inode %d: data written before close was lost: %s", h.ino, exc)
             try:

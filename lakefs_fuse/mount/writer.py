@@ -143,12 +143,14 @@ class Seal:
 
 class Writer:
     def __init__(self, meta: MetaClient, chunks: ChunkClient, *, chunk_size: int, budget: int,
-                 max_age: float = 5.0):
+                 max_age: float = 5.0, pack_delay: float = 0.0):
         self.meta = meta
         self.chunks = chunks
         self.chunk_size = chunk_size
         self.budget = budget
         self.max_age = max_age
+        self.pack_delay = pack_delay
+        self.closed: dict[int, float] = {}  # ino -> when it was closed with data waiting to pack
         self.dirty: dict[int, DirtyFile] = {}
         self.inflight: dict[int, list[Seal]] = {}
         self.errors: dict[int, LakeError] = {}
@@ -178,6 +180,7 @@ class Writer:
             self._start_seal([(ino, o, d) for o, d in df.take(self.chunk_size)], {ino: df.mtime_ns})
         if not df.nbytes:
             del self.dirty[ino]
+            self.closed.pop(ino, None)
 
     async def _make_room(self, want: int) -> None:
         async with self._space:
@@ -223,9 +226,11 @@ class Writer:
             self.buffered -= df.truncate(size)
             if not df.nbytes:
                 del self.dirty[ino]
+                self.closed.pop(ino, None)
 
     def discard(self, ino: int) -> None:
         """The inode is gone: drop its unsealed bytes (in-flight seals commit to nothing)."""
+        self.closed.pop(ino, None)
         df = self.dirty.pop(ino, None)
         if df is not None:
             self.buffered -= df.nbytes
@@ -233,23 +238,36 @@ class Writer:
 
     # ----------------------------------------------------------------- sealing
 
-    def _seal_inodes(self, inos: list[int]) -> None:
-        """Take all dirty bytes of ``inos`` and pack them into as few chunks as possible."""
+    def _seal_inodes(self, inos: list[int], *, full_only: bool = False) -> None:
+        """Take the dirty bytes of ``inos`` and pack them into as few chunks as possible.
+
+        ``full_only``: stop before starting a chunk that would not be filled; what is left
+        stays dirty (and waiting) for the next round.
+        """
         parts: list[tuple[int, int, bytes]] = []
         mtimes: dict[int, int] = {}
         room = self.chunk_size
+        left = sum(self.dirty[i].nbytes for i in inos if i in self.dirty)
         for ino in inos:
-            df = self.dirty.pop(ino, None)
+            df = self.dirty.get(ino)
             if df is None:
+                self.closed.pop(ino, None)
                 continue
             while df.nbytes:
+                if full_only and room == self.chunk_size and left < self.chunk_size:
+                    break
+                before = df.nbytes
                 mtimes[ino] = df.mtime_ns
                 for off, data in df.take(room):
                     parts.append((ino, off, data))
                     room -= len(data)
+                left -= before - df.nbytes
                 if room == 0:
                     self._start_seal(parts, mtimes)
                     parts, mtimes, room = [], {}, self.chunk_size
+            if not df.nbytes:
+                del self.dirty[ino]
+                self.closed.pop(ino, None)
         if parts:
             self._start_seal(parts, mtimes)
 
@@ -313,11 +331,25 @@ class Writer:
             async with self._space:
                 self._space.notify_all()
 
+    async def close(self, ino: int) -> None:
+        """A handle of ``ino`` was closed: seal now, or queue it for packing (``pack_delay``)."""
+        if self.pack_delay <= 0:
+            await self.flush(ino)
+            return
+        err = self.errors.pop(ino, None)
+        if err is not None:
+            raise err
+        if ino not in self.dirty:
+            return
+        self.closed.setdefault(ino, time.monotonic())
+        waiting = sum(self.dirty[i].nbytes for i in self.closed if i in self.dirty)
+        if waiting >= self.chunk_size:
+            self._seal_inodes(list(self.closed), full_only=True)
+
     async def flush(self, ino: int) -> None:
         """Seal and commit everything written to ``ino`` so far; raise its pending error."""
         await trio.sleep(0)  # let flushes that arrive together join one packed seal
-        flushing = [i for i in self._flush_group(ino)]
-        self._seal_inodes(flushing)
+        self._seal_inodes(self._flush_group(ino))
         pending = self.inflight.get(ino)
         if pending:
             await pending[-1].done.wait()
@@ -329,8 +361,10 @@ class Writer:
         """``ino`` plus other small dirty files, so close() of many small files packs them."""
         group = [ino]
         room = self.chunk_size - (self.dirty[ino].nbytes if ino in self.dirty else 0)
-        for other, df in self.dirty.items():
-            if other != ino and df.nbytes <= room:
+        others = list(self.closed) + [i for i in self.dirty if i not in self.closed]
+        for other in others:
+            df = self.dirty.get(other)
+            if df is not None and other != ino and df.nbytes <= room:
                 group.append(other)
                 room -= df.nbytes
         return group
@@ -342,9 +376,12 @@ class Writer:
                 await pending[-1].done.wait()
 
     async def _age_flusher(self) -> None:
+        tick = max(0.05, min(1.0, self.max_age / 2, self.pack_delay / 4 if self.pack_delay > 0 else 1.0))
         while True:
-            await trio.sleep(min(1.0, self.max_age / 2))
+            await trio.sleep(tick)
             now = time.monotonic()
+            if self.closed and now - min(self.closed.values()) > self.pack_delay:
+                self._seal_inodes(list(self.closed))
             old = [ino for ino, df in self.dirty.items() if now - df.since > self.max_age]
             if old:
                 self._seal_inodes(old)
