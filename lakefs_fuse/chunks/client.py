@@ -103,6 +103,15 @@ class ChunkClient:
             raise NoSpace(f"chunk {chunk_id}: no peer could take shard(s) {sorted(failed)}")
         return ChunkLayout(chunk_id, len(data), k, self.m, shard_len, peers, sums)
 
+    async def sync(self) -> None:
+        """Durability barrier: every shard put so far survives a power loss afterwards."""
+        async def sync_one(store: ShardStore) -> None:
+            await trio.to_thread.run_sync(store.sync, limiter=self.limiter)
+
+        async with trio.open_nursery() as nursery:
+            for store in self.stores.values():
+                nursery.start_soon(sync_one, store)
+
     async def delete_chunk(self, layout: ChunkLayout) -> None:
         async def delete_one(index: int, peer_id: int) -> None:
             store = self.stores.get(peer_id)

@@ -31,6 +31,7 @@ class ShardStore(Protocol):
     def get(self, chunk_id: int, index: int, offset: int, length: int) -> bytes: ...
     def verify(self, chunk_id: int, index: int, checksum: int) -> str: ...
     def delete(self, chunk_id: int, index: int) -> None: ...
+    def sync(self) -> None: ...
     def capacity(self) -> tuple[int, int]: ...
 
 
@@ -47,6 +48,7 @@ class LocalDirStore:
         self.durable = durable
         self.reserve = reserve
         self.tmp = os.path.join(root, "tmp")
+        self._unsynced_dirs: set[str] = set()
         if not os.path.isdir(root):
             raise PeerUnavailable(f"peer directory {root} is missing")
         os.makedirs(self.tmp, exist_ok=True)
@@ -62,6 +64,7 @@ class LocalDirStore:
                 raise PeerFull(f"peer {self.peer_id}: no space")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_shard(path, self.tmp, chunk_id, index, payload, durable=self.durable)
+            self._unsynced_dirs.add(os.path.dirname(path))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise PeerFull(f"peer {self.peer_id}: {exc.strerror}") from exc
@@ -104,6 +107,23 @@ class LocalDirStore:
             os.unlink(self._path(chunk_id, index))
         except FileNotFoundError:
             pass
+
+    def sync(self) -> None:
+        """Make the names of shards written so far durable (fsync their directories).
+
+        The shard bytes were fsynced at write; the rename into place is made durable here,
+        once per directory and barrier rather than once per shard.
+        """
+        dirs, self._unsynced_dirs = self._unsynced_dirs, set()
+        for d in dirs:
+            try:
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                raise PeerUnavailable(f"peer {self.peer_id}: {exc}") from exc
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def capacity(self) -> tuple[int, int]:
         """(total, available) bytes of the file system under the peer."""

@@ -106,7 +106,7 @@ class VFS:
             if count:
                 self.lookups[ino] = 0
                 await self._maybe_release(ino)
-        await self.meta.sync()
+        await self._durable()
 
     # ----------------------------------------------------------------- helpers
 
@@ -299,6 +299,14 @@ class VFS:
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
         await self.writer.flush(h.ino)
+        await self._durable()
+
+    async def _durable(self) -> None:
+        """Shards first, then the metadata that points at them."""
+        try:
+            await self.chunks.sync()
+        except Exception as exc:  # a peer that cannot sync is a failed write-back
+            raise E.LakeError(f"shard sync failed: {exc}") from exc
         await self.meta.sync()
 
     async def fsyncdir(self, fh: int) -> None:
@@ -308,7 +316,7 @@ class VFS:
         ``fsync(dirfd)`` a cheap "everything so far is durable" barrier, used by the CLI.)
         """
         await self.writer.flush_all()
-        await self.meta.sync()
+        await self._durable()
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
