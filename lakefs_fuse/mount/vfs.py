@@ -363,11 +363,16 @@ class VFS:
         self.cache.put(ext.chunk_id, ext.chunk_off, data)
         return data
 
-    async def _read_committed(self, ino: int, off: int, size: int) -> bytearray:
+    async def _read_committed(self, ino: int, off: int, size: int) -> bytearray | memoryview:
         end = off + size
-        buf = bytearray(size)
         exts = await self.meta.extents(ino, off // self.chunk_size, (end - 1) // self.chunk_size)
         wanted = [e for e in exts if e.file_off < end and e.end > off]
+        if len(wanted) == 1 and wanted[0].file_off <= off and wanted[0].end >= end:
+            # The common case (one extent covers the request): a view, no copy.
+            ext = wanted[0]
+            data = await self._extent_bytes(ext)
+            return memoryview(data)[off - ext.file_off:end - ext.file_off]
+        buf = bytearray(size)
         results: dict[int, bytes] = {}
 
         async def fetch(i: int, ext: Extent) -> None:
@@ -381,11 +386,10 @@ class VFS:
                     nursery.start_soon(fetch, i, ext)
         for i, ext in enumerate(wanted):
             a, b = max(ext.file_off, off), min(ext.end, end)
-            data = results[i]
-            buf[a - off:b - off] = data[a - ext.file_off:b - ext.file_off]
+            buf[a - off:b - off] = results[i][a - ext.file_off:b - ext.file_off]
         return buf
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         h = self._handle(fh)
         inode = self._overlay_attr(await self.meta.getattr(h.ino))
         if off >= inode.size or size <= 0:
@@ -393,11 +397,13 @@ class VFS:
         size = min(size, inode.size - off)
         self.stats.reads += 1
         self.stats.read_bytes += size
-        buf = await self._read_committed(h.ino, off, size)
+        data = await self._read_committed(h.ino, off, size)
         if self.writer.has_data(h.ino):
-            self.writer.overlay(h.ino, buf, off)
+            if not isinstance(data, bytearray):
+                data = bytearray(data)
+            self.writer.overlay(h.ino, data, off)
         self._read_ahead(h, off, size, inode.size)
-        return bytes(buf)
+        return data
 
     def _read_ahead(self, h: Handle, off: int, size: int, file_size: int) -> None:
         """Per-handle sequential read-ahead: the window doubles while reads stay sequential."""
