@@ -268,3 +268,34 @@ def test_fsync_and_keep_cache_second_read(live):
         os.fsync(f.fileno())
     assert p.read_bytes() == data
     assert p.read_bytes() == data  # served from the page cache (keep_cache), same bytes
+
+
+def test_enospc_when_peers_are_full(make_live, tmp_path):
+    """Peers on a small tmpfs: writing past its size fails with ENOSPC, committed files stay intact."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)], check=True)
+    try:
+        peers = sum((["--peer", str(disk / f"p{i}")] for i in range(6)), [])
+        live = make_live("--chunk-size", "1M", *peers)
+        try:
+            keep = os.urandom(4 * 1024 * 1024)
+            with open(live.mnt / "keep", "wb") as f:
+                f.write(keep)
+                os.fsync(f.fileno())
+            failed = None
+            try:
+                with open(live.mnt / "fill", "wb") as f:
+                    for _ in range(80):  # 80 MiB of data cannot fit 48 MiB of disk at 4+2
+                        f.write(os.urandom(1024 * 1024))
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                failed = exc.errno
+            assert failed == errno.ENOSPC
+            assert (live.mnt / "keep").read_bytes() == keep
+            assert os.statvfs(live.mnt).f_bavail * os.statvfs(live.mnt).f_frsize < 8 * 1024 * 1024
+            os.unlink(live.mnt / "fill")
+        finally:
+            live.teardown()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -38,15 +38,19 @@ class ShardStore(Protocol):
 class LocalDirStore:
     """A peer that is a directory: ``<root>/<aa>/<chunk_id:016x>.<index>``.
 
-    ``reserve`` bytes are kept free on the file system: a put that would eat into them
-    fails with :class:`PeerFull`, so a lake never fills its disk to the last byte.
+    ``reserve`` bytes (default 2% of the disk, at most 64 MiB) are kept free on the file
+    system: a put that would eat into them fails with :class:`PeerFull`, so a lake never
+    fills its disk to the last byte.
     """
 
-    def __init__(self, peer_id: int, root: str, *, durable: bool = True, reserve: int = 64 << 20):
+    def __init__(self, peer_id: int, root: str, *, durable: bool = True, reserve: int | None = None):
         self.peer_id = peer_id
         self.root = root
         self.durable = durable
-        self.reserve = reserve
+        if reserve is None and os.path.isdir(root):
+            st = os.statvfs(root)
+            reserve = min(64 << 20, st.f_blocks * st.f_frsize // 50)  # 2% of the disk, at most 64 MiB
+        self.reserve = reserve or 0
         self.tmp = os.path.join(root, "tmp")
         self._unsynced_dirs: set[str] = set()
         if not os.path.isdir(root):

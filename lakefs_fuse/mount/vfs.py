@@ -89,6 +89,7 @@ class VFS:
         self._nursery: trio.Nursery | None = None
         self._ahead_limiter = trio.CapacityLimiter(8)
         self.stats = Stats()
+        self._usable_free: int | None = None  # bytes of file data the peers can still take
 
     # --------------------------------------------------------------- lifecycle
 
@@ -99,6 +100,7 @@ class VFS:
         for ino in await self.meta.orphans():
             await self.meta.apply(["release", ino, time.time_ns()])
         nursery.start_soon(self._gc_loop)
+        nursery.start_soon(self._watch_space)
 
     async def shutdown(self) -> None:
         await self.writer.flush_all()
@@ -285,6 +287,13 @@ class VFS:
             raise E.LakeError("not open for writing", err=errno.EBADF)
         if off + len(data) > (1 << 62):
             raise E.LakeError("file too large", err=errno.EFBIG)
+        err = self.writer.errors.get(h.ino)
+        if err is not None:  # an earlier write-back of this file failed: say so now
+            del self.writer.errors[h.ino]
+            raise err
+        if self._usable_free is not None and self.writer.buffered + len(data) > self._usable_free:
+            # Refuse up front rather than accept bytes no peer can store.
+            raise E.NoSpace("the lake's peers are full")
         h.wrote = True
         self.stats.writes += 1
         self.stats.write_bytes += len(data)
@@ -522,6 +531,17 @@ class VFS:
             "f_files": files, "f_ffree": files - used_inodes, "f_favail": files - used_inodes,
             "f_namemax": NAME_MAX,
         }
+
+    async def _watch_space(self) -> None:
+        """Keep a recent figure of usable free space for the write path's ENOSPC check."""
+        while True:
+            try:
+                _total, avail = await trio.to_thread.run_sync(self.chunks.capacity)
+                k, m = self.chunks.k, self.chunks.m
+                self._usable_free = avail * k // (k + m)
+            except OSError as exc:
+                log.warning("cannot read peer capacity: %s", exc)
+            await trio.sleep(1.0)
 
     # ------------------------------------------------------------------ GC
 
