@@ -257,7 +257,7 @@ class VFS:
         """Returns (fh, keep_cache, direct_io)."""
         if flags & O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             self._writable()
-        inode = await self.meta.getattr(ino)
+        inode = self._overlay_attr(await self.meta.getattr(ino))  # buffered bytes count too
         if inode.is_dir:
             raise E.IsADir()
         if flags & os.O_TRUNC and flags & O_ACCMODE != os.O_RDONLY and inode.size:
@@ -406,7 +406,13 @@ class VFS:
         size = min(size, inode.size - off)
         self.stats.reads += 1
         self.stats.read_bytes += size
-        data = await self._read_committed(h.ino, off, size)
+        while True:
+            # A seal of this inode that commits while _read_committed awaits has left the
+            # writer's overlay but is missing from the extents looked up before it: read again.
+            gen = self.writer.generations.get(h.ino, 0)
+            data = await self._read_committed(h.ino, off, size)
+            if self.writer.generations.get(h.ino, 0) == gen:
+                break
         if self.writer.has_data(h.ino):
             if not isinstance(data, bytearray):
                 data = bytearray(data)

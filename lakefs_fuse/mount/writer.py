@@ -160,6 +160,7 @@ class Writer:
         self._chunk_ids: list[int] = []
         self._nursery: trio.Nursery | None = None
         self.seals_committed = 0
+        self.generations: dict[int, int] = {}  # ino -> seals of it finished (committed or failed)
         self.on_commit = None  # callback(sizes: dict[ino, size]) for attribute caches
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -231,6 +232,7 @@ class Writer:
     def discard(self, ino: int) -> None:
         """The inode is gone: drop its unsealed bytes (in-flight seals commit to nothing)."""
         self.closed.pop(ino, None)
+        self.generations.pop(ino, None)
         df = self.dirty.pop(ino, None)
         if df is not None:
             self.buffered -= df.nbytes
@@ -321,6 +323,7 @@ class Writer:
             for ev in seal.prev:  # keep commit order even when this seal failed early
                 await ev.wait()
             for ino in inos:
+                self.generations[ino] = self.generations.get(ino, 0) + 1
                 pending = self.inflight.get(ino)
                 if pending:
                     pending.remove(seal)
