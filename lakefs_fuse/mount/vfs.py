@@ -372,30 +372,34 @@ class VFS:
         self.cache.put(ext.chunk_id, ext.chunk_off, data)
         return data
 
+    async def _piece(self, ext: Extent, a: int, b: int) -> bytes | memoryview:
+        """File bytes [a, b) of extent ``ext``: from its whole (cached) range, or -- when the
+        whole range cannot be decoded -- just these bytes, which may sit on healthy shards."""
+        try:
+            data = await self._extent_bytes(ext)
+        except E.DataUnavailable:
+            layout = await self._layout(ext.chunk_id)
+            return await self.chunks.read(layout, ext.chunk_off + a - ext.file_off, b - a)
+        return memoryview(data)[a - ext.file_off:b - ext.file_off]
+
     async def _read_committed(self, ino: int, off: int, size: int) -> bytearray | memoryview:
         end = off + size
         exts = await self.meta.extents(ino, off // self.chunk_size, (end - 1) // self.chunk_size)
         wanted = [e for e in exts if e.file_off < end and e.end > off]
         if len(wanted) == 1 and wanted[0].file_off <= off and wanted[0].end >= end:
-            # The common case (one extent covers the request): a view, no copy.
-            ext = wanted[0]
-            data = await self._extent_bytes(ext)
-            return memoryview(data)[off - ext.file_off:end - ext.file_off]
+            return await self._piece(wanted[0], off, end)  # the common case: a view, no copy
         buf = bytearray(size)
-        results: dict[int, bytes] = {}
 
-        async def fetch(i: int, ext: Extent) -> None:
-            results[i] = await self._extent_bytes(ext)
+        async def fill(ext: Extent) -> None:
+            a, b = max(ext.file_off, off), min(ext.end, end)
+            buf[a - off:b - off] = await self._piece(ext, a, b)
 
         if len(wanted) == 1:
-            await fetch(0, wanted[0])
+            await fill(wanted[0])
         elif wanted:
             async with trio.open_nursery() as nursery:
-                for i, ext in enumerate(wanted):
-                    nursery.start_soon(fetch, i, ext)
-        for i, ext in enumerate(wanted):
-            a, b = max(ext.file_off, off), min(ext.end, end)
-            buf[a - off:b - off] = results[i][a - ext.file_off:b - ext.file_off]
+                for ext in wanted:
+                    nursery.start_soon(fill, ext)
         return buf
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
