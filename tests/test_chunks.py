@@ -117,12 +117,12 @@ def test_single_flight_shares_one_fetch(tmp_path):
     client, stores = make_client(tmp_path)
     calls = []
     for s in stores.values():
-        real = s.get
+        real = s.get_into
 
         def counting(*a, _real=real):
-            calls.append(a)
+            calls.append(a[:4])
             return _real(*a)
-        s.get = counting
+        s.get_into = counting
     data = os.urandom(100_000)
 
     async def main():
@@ -135,7 +135,7 @@ def test_single_flight_shares_one_fetch(tmp_path):
             for _ in range(5):
                 n.start_soon(reader)
         assert results == [data] * 5
-        assert len(calls) <= 2 * lay.k  # one fetch per covering shard, not five
+        assert 0 < len(calls) <= lay.k  # one fetch per covering shard, not five
     trio.run(main)
 
 

@@ -41,7 +41,7 @@ class _Flight:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.result: bytes | None = None
+        self.result: bytearray | None = None
 
 
 class ChunkClient:
@@ -135,7 +135,7 @@ class ChunkClient:
         return await trio.to_thread.run_sync(store.get, layout.chunk_id, index, offset, length,
                                              limiter=self.limiter)
 
-    async def read(self, layout: ChunkLayout, offset: int, length: int) -> bytes:
+    async def read(self, layout: ChunkLayout, offset: int, length: int) -> bytearray:
         """Bytes [offset, offset+length) of a chunk (clipped to its length); single flight."""
         key = (layout.chunk_id, offset, length)
         flight = self._inflight.get(key)
@@ -152,31 +152,43 @@ class ChunkClient:
             del self._inflight[key]
             flight.done.set()
 
-    async def _read(self, layout: ChunkLayout, offset: int, length: int) -> bytes:
+    async def _get_into(self, layout: ChunkLayout, index: int, offset: int, length: int,
+                        out: memoryview) -> None:
+        store = self.stores.get(layout.peers[index])
+        if store is None:
+            raise PeerUnavailable(f"peer {layout.peers[index]} is not known to this client")
+        await trio.to_thread.run_sync(store.get_into, layout.chunk_id, index, offset, length, out,
+                                      limiter=self.limiter)
+
+    async def _read(self, layout: ChunkLayout, offset: int, length: int) -> bytearray:
         pieces = layout.covering(offset, length)
-        if not pieces:
-            return b""
-        out: list[bytes | None] = [None] * len(pieces)
+        total = sum(p[2] for p in pieces)
+        out = bytearray(total)  # shards are read straight into their place: no join
+        view = memoryview(out)
+        slots, pos = [], 0
+        for _index, _off, n in pieces:
+            slots.append(view[pos:pos + n])
+            pos += n
         bad: dict[int, str] = {}
 
         async def fetch(i: int, index: int, shard_off: int, n: int) -> None:
             try:
-                out[i] = await self._get(layout, index, shard_off, n)
+                await self._get_into(layout, index, shard_off, n, slots[i])
             except _SHARD_ERRORS as exc:
                 bad[index] = f"{type(exc).__name__}: {exc}"
 
         if len(pieces) == 1:
             await fetch(0, *pieces[0])
-        else:
+        elif pieces:
             async with trio.open_nursery() as nursery:
                 for i, piece in enumerate(pieces):
                     nursery.start_soon(fetch, i, *piece)
         if bad:
-            return await self._read_degraded(layout, pieces, out, bad)
-        return out[0] if len(out) == 1 else b"".join(out)  # type: ignore[arg-type]
+            return await self._read_degraded(layout, pieces, bad)
+        return out
 
     async def _read_degraded(self, layout: ChunkLayout, pieces: Sequence[tuple[int, int, int]],
-                             out: list[bytes | None], bad: dict[int, str]) -> bytes:
+                             bad: dict[int, str]) -> bytearray:
         self.degraded_reads += 1
         for index, why in bad.items():
             log.warning("chunk %d shard %d unreadable (%s): degraded read", layout.chunk_id, index, why)
@@ -211,11 +223,11 @@ class ChunkClient:
             decoded = await trio.to_thread.run_sync(codec.decode, have, want, limiter=self.limiter)
         except NotEnoughShards as exc:  # pragma: no cover - guarded above
             raise DataUnavailable(str(exc)) from exc
-        parts = []
+        out = bytearray()
         for index, shard_off, n in pieces:
             rel = shard_off - lo
-            parts.append(bytes(decoded[index][rel:rel + n]))
-        return b"".join(parts)
+            out += decoded[index][rel:rel + n]
+        return out
 
     async def verify(self, layout: ChunkLayout) -> list[str]:
         """Health of every shard: 'ok', 'missing', 'corrupt' or 'unreachable'."""

@@ -106,22 +106,31 @@ class ShardReader:
     def close(self) -> None:
         os.close(self.fd)
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytearray:
+        out = bytearray(length)
+        self.read_into(offset, length, memoryview(out))
+        return out
+
+    def read_into(self, offset: int, length: int, out: memoryview) -> None:
+        """Verify and copy payload bytes [offset, offset+length) into ``out``.
+
+        Block-aligned ranges (whole shards, in particular) are read straight into ``out``;
+        others go through a small buffer of the covering blocks.
+        """
         if offset < 0 or offset + length > self.length:
             raise ShardCorrupt(f"{self.path}: range {offset}+{length} outside shard of {self.length}")
         if length == 0:
-            return b""
+            return
         first, last = offset // self.block, (offset + length - 1) // self.block
         start = first * self.block
         span = min(self.length, (last + 1) * self.block) - start
-        data = os.pread(self.fd, span, self.data_off + start)
-        if len(data) != span:
+        direct = offset == start and length == span
+        target = out[:length] if direct else memoryview(bytearray(span))
+        if os.preadv(self.fd, [target], self.data_off + start) != span:
             raise ShardCorrupt(f"{self.path}: truncated payload")
-        view = memoryview(data)
         for b in range(first, last + 1):
             lo = (b - first) * self.block
-            if xxhash.xxh3_64_intdigest(view[lo:lo + self.block]) != self.sums[b]:
+            if xxhash.xxh3_64_intdigest(target[lo:lo + self.block]) != self.sums[b]:
                 raise ShardCorrupt(f"{self.path}: block {b} checksum mismatch")
-        if offset == start and length == span:
-            return data
-        return bytes(view[offset - start:offset - start + length])
+        if not direct:
+            out[:length] = target[offset - start:offset - start + length]

@@ -29,6 +29,7 @@ class ShardStore(Protocol):
 
     def put(self, chunk_id: int, index: int, payload: bytes | memoryview) -> None: ...
     def get(self, chunk_id: int, index: int, offset: int, length: int) -> bytes: ...
+    def get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None: ...
     def verify(self, chunk_id: int, index: int, checksum: int) -> str: ...
     def delete(self, chunk_id: int, index: int) -> None: ...
     def sync(self) -> None: ...
@@ -74,13 +75,19 @@ class LocalDirStore:
                 raise PeerFull(f"peer {self.peer_id}: {exc.strerror}") from exc
             raise PeerUnavailable(f"peer {self.peer_id}: {exc}") from exc
 
-    def get(self, chunk_id: int, index: int, offset: int, length: int) -> bytes:
+    def get(self, chunk_id: int, index: int, offset: int, length: int) -> bytearray:
+        out = bytearray(length)
+        self.get_into(chunk_id, index, offset, length, memoryview(out))
+        return out
+
+    def get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None:
+        """Verified shard bytes [offset, offset+length) written into ``out``."""
         try:
             reader = ShardReader(self._path(chunk_id, index), chunk_id, index)
         except OSError as exc:
             raise PeerUnavailable(f"peer {self.peer_id}: {exc}") from exc
         try:
-            return reader.read(offset, length)
+            reader.read_into(offset, length, out)
         except OSError as exc:
             raise PeerUnavailable(f"peer {self.peer_id}: {exc}") from exc
         finally:
