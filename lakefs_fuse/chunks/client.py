@@ -61,9 +61,12 @@ class ChunkClient:
 
     def _encode(self, data: bytes | memoryview, k: int) -> tuple[int, list[memoryview | bytes], list[int]]:
         shard_len = shard_len_for(len(data), k)
-        padded = bytearray(shard_len * k)
-        padded[:len(data)] = data
-        view = memoryview(padded)
+        if len(data) == shard_len * k:  # a full, aligned chunk: shard views, no copy
+            view = memoryview(data)
+        else:
+            padded = bytearray(shard_len * k)
+            padded[:len(data)] = data
+            view = memoryview(padded)
         shards: list[memoryview | bytes] = [view[i * shard_len:(i + 1) * shard_len] for i in range(k)]
         shards += get_codec(k, self.m).encode(shards)
         sums = [xxhash.xxh3_64_intdigest(s) for s in shards]

@@ -131,8 +131,9 @@ class DirtyFile:
 @dataclass
 class Seal:
     seq: int
-    parts: list[tuple[int, int, bytes]]  # (ino, file_off, data)
+    parts: list[tuple[int, int, memoryview]]  # (ino, file_off, data): views into payload
     mtimes: dict[int, int]
+    payload: bytes
     done: trio.Event = field(default_factory=trio.Event)
     prev: list[trio.Event] = field(default_factory=list)
 
@@ -275,7 +276,14 @@ class Writer:
 
     def _start_seal(self, parts: list[tuple[int, int, bytes]], mtimes: dict[int, int]) -> None:
         self._seq += 1
-        seal = Seal(self._seq, parts, dict(mtimes))
+        # One copy of the bytes while the seal is in flight: the chunk payload, with the
+        # parts (still served to readers until the commit) as views into it.
+        payload = b"".join(d for _, _, d in parts)
+        views, pos = [], 0
+        for ino, off, data in parts:
+            views.append((ino, off, memoryview(payload)[pos:pos + len(data)]))
+            pos += len(data)
+        seal = Seal(self._seq, views, dict(mtimes), payload)
         seen = set()
         for ino, _, _ in parts:
             if ino in seen:
@@ -298,12 +306,11 @@ class Writer:
         inos = {ino for ino, _, _ in seal.parts}
         try:
             chunk_id = await self._next_chunk_id()
-            payload = b"".join(d for _, _, d in seal.parts)
             extents, pos = [], 0
             for ino, off, data in seal.parts:
                 extents.append([ino, off, len(data), chunk_id, pos])
                 pos += len(data)
-            layout = await self.chunks.put_chunk(chunk_id, payload)
+            layout = await self.chunks.put_chunk(chunk_id, seal.payload)
             for ev in seal.prev:
                 await ev.wait()
             sizes = await self.meta.apply(["commit", layout.to_wire(), extents, seal.mtimes, time.time_ns()])
