@@ -26,8 +26,8 @@ from ..errors import DataUnavailable, NoSpace
 from .codec import NotEnoughShards, get_codec
 from .layout import ChunkLayout, data_shards_for, shard_len_for
 from .placement import PeerChoice, place
-from .store import PeerFull, PeerUnavailable, ShardStore
 from .shardfile import ShardCorrupt, ShardMissing
+from .store import PeerUnavailable, ShardStore
 
 log = logging.getLogger(__name__)
 

@@ -78,7 +78,11 @@ def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path]) -> None:
         now = time.time_ns()
         sm.apply(["format", asdict(config), now, os.getuid(), os.getgid()], sync=True)
         for i, d in enumerate(dirs):
-            sm.apply(["register_peer", i, ["dir", str(d), "", 1.0, "up", {}]], sync=True)
+            # Placement weight follows capacity (TB of the peer's file system), so a bigger disk
+            # takes proportionally more shards.
+            stv = os.statvfs(d)
+            weight = round(max(0.001, stv.f_blocks * stv.f_frsize / 1e12), 3)
+            sm.apply(["register_peer", i, ["dir", str(d), "", weight, "up", {}]], sync=True)
     finally:
         sm.close()
     marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uuid": str(uuid.uuid4())}
