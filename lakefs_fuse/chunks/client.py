@@ -17,6 +17,7 @@ Concurrent reads of the same chunk range share one fetch (single flight).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import trio
@@ -86,8 +87,7 @@ class ChunkClient:
             while True:
                 peer_id = peers[index]
                 try:
-                    await trio.to_thread.run_sync(self.stores[peer_id].put, chunk_id, index, shards[index],
-                                                  limiter=self.limiter)
+                    await self.stores[peer_id].put(chunk_id, index, shards[index])
                     return
                 except PeerUnavailable as exc:
                     log.warning("chunk %d shard %d: peer %d refused: %s", chunk_id, index, peer_id, exc)
@@ -108,12 +108,9 @@ class ChunkClient:
 
     async def sync(self) -> None:
         """Durability barrier: every shard put so far survives a power loss afterwards."""
-        async def sync_one(store: ShardStore) -> None:
-            await trio.to_thread.run_sync(store.sync, limiter=self.limiter)
-
         async with trio.open_nursery() as nursery:
             for store in self.stores.values():
-                nursery.start_soon(sync_one, store)
+                nursery.start_soon(store.sync)
 
     async def delete_chunk(self, layout: ChunkLayout) -> None:
         async def delete_one(index: int, peer_id: int) -> None:
@@ -121,7 +118,7 @@ class ChunkClient:
             if store is None:
                 return
             try:
-                await trio.to_thread.run_sync(store.delete, layout.chunk_id, index, limiter=self.limiter)
+                await store.delete(layout.chunk_id, index)
             except _SHARD_ERRORS as exc:
                 log.warning("chunk %d shard %d: delete failed: %s", layout.chunk_id, index, exc)
 
@@ -130,13 +127,6 @@ class ChunkClient:
                 nursery.start_soon(delete_one, index, peer_id)
 
     # ------------------------------------------------------------------- read
-
-    async def _get(self, layout: ChunkLayout, index: int, offset: int, length: int) -> bytes:
-        store = self.stores.get(layout.peers[index])
-        if store is None:
-            raise PeerUnavailable(f"peer {layout.peers[index]} is not known to this client")
-        return await trio.to_thread.run_sync(store.get, layout.chunk_id, index, offset, length,
-                                             limiter=self.limiter)
 
     async def read(self, layout: ChunkLayout, offset: int, length: int) -> bytearray:
         """Bytes [offset, offset+length) of a chunk (clipped to its length); single flight."""
@@ -155,13 +145,17 @@ class ChunkClient:
             del self._inflight[key]
             flight.done.set()
 
+    async def _get(self, layout: ChunkLayout, index: int, offset: int, length: int) -> bytearray:
+        out = bytearray(length)
+        await self._get_into(layout, index, offset, length, memoryview(out))
+        return out
+
     async def _get_into(self, layout: ChunkLayout, index: int, offset: int, length: int,
                         out: memoryview) -> None:
         store = self.stores.get(layout.peers[index])
         if store is None:
             raise PeerUnavailable(f"peer {layout.peers[index]} is not known to this client")
-        await trio.to_thread.run_sync(store.get_into, layout.chunk_id, index, offset, length, out,
-                                      limiter=self.limiter)
+        await store.get_into(layout.chunk_id, index, offset, length, out)
 
     async def _read(self, layout: ChunkLayout, offset: int, length: int) -> bytearray:
         pieces = layout.covering(offset, length)
@@ -240,28 +234,37 @@ class ChunkClient:
             store = self.stores.get(layout.peers[index])
             if store is None:
                 return
-            result[index] = await trio.to_thread.run_sync(store.verify, layout.chunk_id, index,
-                                                          layout.checksums[index], limiter=self.limiter)
+            try:
+                result[index] = await store.verify(layout.chunk_id, index, layout.checksums[index])
+            except _SHARD_ERRORS:
+                result[index] = "unreachable"
 
         async with trio.open_nursery() as nursery:
             for index in range(layout.width):
                 nursery.start_soon(check, index)
         return result
 
-    def capacity(self) -> tuple[int, int]:
-        """(total, available) summed over distinct file systems of the peers."""
-        seen: dict[int, tuple[int, int]] = {}
-        for store in self.stores.values():
+    async def capacity(self) -> tuple[int, int]:
+        """(total, available) summed over the peers' distinct file systems."""
+        seen: dict[object, tuple[int, int]] = {}
+
+        async def one(store: ShardStore) -> None:
             try:
-                total, avail = store.capacity()
-            except OSError:
-                continue
-            dev = getattr(store, "root", None)
-            key = _fs_id(dev) if dev else id(store)
+                total, avail = await store.capacity()
+            except _SHARD_ERRORS:
+                return
+            root = getattr(store, "root", None)
+            key = _fs_id(root) if root else id(store)  # peers sharing a disk count once
             seen[key] = (total, avail)
+
+        async with trio.open_nursery() as nursery:
+            for store in self.stores.values():
+                nursery.start_soon(one, store)
         return sum(t for t, _ in seen.values()), sum(a for _, a in seen.values())
 
 
-def _fs_id(path: str) -> int:
-    import os
-    return os.stat(path).st_dev
+def _fs_id(path: str) -> object:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return path

@@ -1,7 +1,9 @@
-"""Shard stores: where one peer keeps its shards. The embedded lake uses local directories.
+"""Shard stores: where one peer keeps its shards.
 
-A store's methods are blocking; the chunk client calls them from worker threads. Issue 3
-adds network peers behind the same methods.
+:class:`ShardDir` is a directory of shard files with a blocking API; it is what a peer
+server keeps on its disk and what an embedded lake uses directly. :class:`ShardStore` is the
+async interface the chunk client talks to: :class:`LocalDirStore` runs a ShardDir's calls in
+worker threads; network peers (``netstore``) implement the same methods over the wire.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import shutil
 from typing import Protocol
 
+import trio
 import xxhash
 
 from .shardfile import ShardCorrupt, ShardMissing, ShardReader, write_shard
@@ -25,19 +28,20 @@ class PeerFull(PeerUnavailable):
 
 
 class ShardStore(Protocol):
+    """What the chunk client needs from a peer. Failures raise :class:`PeerUnavailable`."""
+
     peer_id: int
 
-    def put(self, chunk_id: int, index: int, payload: bytes | memoryview) -> None: ...
-    def get(self, chunk_id: int, index: int, offset: int, length: int) -> bytes: ...
-    def get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None: ...
-    def verify(self, chunk_id: int, index: int, checksum: int) -> str: ...
-    def delete(self, chunk_id: int, index: int) -> None: ...
-    def sync(self) -> None: ...
-    def capacity(self) -> tuple[int, int]: ...
+    async def put(self, chunk_id: int, index: int, payload: bytes | memoryview) -> None: ...
+    async def get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None: ...
+    async def verify(self, chunk_id: int, index: int, checksum: int) -> str: ...
+    async def delete(self, chunk_id: int, index: int) -> None: ...
+    async def sync(self) -> None: ...
+    async def capacity(self) -> tuple[int, int]: ...
 
 
-class LocalDirStore:
-    """A peer that is a directory: ``<root>/<aa>/<chunk_id:016x>.<index>``.
+class ShardDir:
+    """A directory of shard files: ``<root>/<aa>/<chunk_id:016x>.<index>`` (blocking API).
 
     ``reserve`` bytes (default 2% of the disk, at most 64 MiB) are kept free on the file
     system: a put that would eat into them fails with :class:`PeerFull`, so a lake never
@@ -146,3 +150,38 @@ class LocalDirStore:
 
     def wipe(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class LocalDirStore:
+    """A :class:`ShardDir` on this machine, its blocking calls run in worker threads."""
+
+    def __init__(self, peer_id: int, root: str, *, durable: bool = True, reserve: int | None = None,
+                 limiter: trio.CapacityLimiter | None = None):
+        self.dir = ShardDir(peer_id, root, durable=durable, reserve=reserve)
+        self.peer_id = peer_id
+        self.root = root
+        self.limiter = limiter or trio.CapacityLimiter(16)
+
+    async def _run(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def put(self, chunk_id: int, index: int, payload: bytes | memoryview) -> None:
+        await self._run(self.dir.put, chunk_id, index, payload)
+
+    async def get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None:
+        await self._run(self.dir.get_into, chunk_id, index, offset, length, out)
+
+    async def verify(self, chunk_id: int, index: int, checksum: int) -> str:
+        return await self._run(self.dir.verify, chunk_id, index, checksum)
+
+    async def delete(self, chunk_id: int, index: int) -> None:
+        await self._run(self.dir.delete, chunk_id, index)
+
+    async def sync(self) -> None:
+        await self._run(self.dir.sync)
+
+    async def capacity(self) -> tuple[int, int]:
+        return await self._run(self.dir.capacity)
+
+    def shard_path(self, chunk_id: int, index: int) -> str:
+        return self.dir.shard_path(chunk_id, index)

@@ -23,6 +23,8 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+import trio
+
 from ..chunks.client import ChunkClient
 from ..chunks.layout import ChunkLayout
 from ..chunks.store import LocalDirStore, PeerUnavailable
@@ -128,9 +130,10 @@ class Lake:
         self.config = config
         self.peer_records = peers
         stores = {}
+        limiter = trio.CapacityLimiter(io_threads)  # local shard I/O threads, shared by all peers
         for p in peers:
             try:
-                stores[p.peer_id] = LocalDirStore(p.peer_id, p.address)
+                stores[p.peer_id] = LocalDirStore(p.peer_id, p.address, limiter=limiter)
             except PeerUnavailable:
                 pass  # a missing peer directory is a lost peer: reads go degraded
         self.chunks = ChunkClient(stores, k=config.ec_k, m=config.ec_m, min_shard=config.min_shard,

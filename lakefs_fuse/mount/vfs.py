@@ -528,7 +528,7 @@ class VFS:
         return (bits & mode) == mode
 
     async def statfs(self) -> dict:
-        total, avail = await trio.to_thread.run_sync(self.chunks.capacity)
+        total, avail = await self.chunks.capacity()
         k, m = self.chunks.k, self.chunks.m
         bsize = 4096
         used_inodes = await self.meta.count_inodes()
@@ -546,7 +546,7 @@ class VFS:
         """Keep a recent figure of usable free space for the write path's ENOSPC check."""
         while True:
             try:
-                _total, avail = await trio.to_thread.run_sync(self.chunks.capacity)
+                _total, avail = await self.chunks.capacity()
                 k, m = self.chunks.k, self.chunks.m
                 self._usable_free = avail * k // (k + m)
             except OSError as exc:
