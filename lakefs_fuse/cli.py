@@ -45,15 +45,20 @@ def main() -> None:
 @click.option("--chunk-size", default="4M", show_default=True, help="Largest chunk (e.g. 4M).")
 @click.option("--peer", "peers", multiple=True, type=click.Path(path_type=Path),
               help="A peer directory (repeat; at least K+M). Default: 6 directories inside the data dir.")
-def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, ...]) -> None:
-    """Create an empty embedded lake."""
+@click.option("--net-peer", "net_peers", multiple=True, metavar="HOST:PORT[@ZONE]",
+              help="A peer server (repeat; at least K+M) instead of local directories.")
+@click.option("--secret-file", type=click.Path(path_type=Path), default=None,
+              help="Cluster secret shared with the peer servers (default: a new random DATA/secret).")
+def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, ...], net_peers: tuple[str, ...],
+           secret_file: Path | None) -> None:
+    """Create an empty lake."""
     from .mount.lake import format_lake
     k, m = parse_ec(ec)
     config = LakeConfig(ec_k=k, ec_m=m, chunk_size=parse_size(chunk_size))
     data_dir = data_dir or default_data_dir()
-    format_lake(data_dir, config, [str(p) for p in peers] or None)
-    click.echo(f"formatted lake in {data_dir}: EC {k}+{m}, chunk {config.chunk_size >> 10} KiB, "
-               f"{len(peers) or max(6, k + m)} peers")
+    format_lake(data_dir, config, [str(p) for p in peers] or None, list(net_peers) or None, secret_file)
+    n = len(peers) or len(net_peers) or max(6, k + m)
+    click.echo(f"formatted lake in {data_dir}: EC {k}+{m}, chunk {config.chunk_size >> 10} KiB, {n} peers")
 
 
 @main.command()
@@ -272,6 +277,162 @@ def ls_cmd(path: Path, data_dir: Path | None, long: bool, as_json: bool) -> None
                 line += f" health={r.get('health', '-')}"
             line += f" {r['name']}"
         click.echo(line)
+
+
+# ---------------------------------------------------------------------- peers
+
+@main.group()
+def peer() -> None:
+    """Storage peers: run a peer server, and manage the peers of a lake."""
+
+
+@peer.command("serve")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
+              help="Directory where this peer keeps its shards.")
+@click.option("--listen", default="127.0.0.1:7070", show_default=True,
+              help="HOST:PORT to listen on (loopback unless told otherwise).")
+@click.option("--zone", default="", help="Failure zone (rack, host, disk) reported to lakes.")
+@click.option("--secret-file", type=click.Path(path_type=Path), required=True,
+              help="The cluster secret (the lake's DATA/secret).")
+def peer_serve(data_dir: Path, listen: str, zone: str, secret_file: Path) -> None:
+    """Serve shards from DIR to lakes that know the cluster secret (SIGTERM stops it)."""
+    import signal
+
+    from . import wire
+    from .chunks.peer_server import PeerServer
+    try:
+        host, port = wire.parse_address(listen)
+        secret = wire.load_secret(secret_file)
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    try:
+        server = PeerServer(data_dir, zone=zone)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{data_dir}: {exc}") from None
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            try:
+                bound = await nursery.start(server.serve, host, port, secret)
+            except OSError as exc:
+                raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+            logging.getLogger("lakefs_fuse.peer").info("peer %s serving %s on %s:%s", server.ident, data_dir,
+                                                       host, bound)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(run)
+    except BaseExceptionGroup as group:  # a UserError raised inside the nursery
+        users = [e for e in group.exceptions if isinstance(e, UserError)]
+        if users:
+            raise users[0] from None
+        raise
+
+
+def _open_for_change(data_dir: Path | None):
+    from .mount.lake import Lake, in_use
+    data_dir = data_dir or default_data_dir()
+    if in_use(data_dir):
+        raise UserError(f"{data_dir} is mounted; unmount it to change its peers")
+    return Lake.open(data_dir, lock=True)
+
+
+@peer.command("add")
+@click.argument("address", metavar="HOST:PORT")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@click.option("--zone", default=None, help="Failure zone (default: what the peer reports).")
+@click.option("--weight", type=float, default=None, help="Placement weight (default: the peer's capacity in TB).")
+def peer_add(address: str, data_dir: Path | None, zone: str | None, weight: float | None) -> None:
+    """Add a running peer server to a lake (it must answer with the lake's secret)."""
+    from .chunks.netstore import NetStore
+    from .mount.lake import parse_net_peer
+    address, _ = parse_net_peer(address)
+    lake = _open_for_change(data_dir)
+    try:
+        if any(p.kind == "net" and p.address == address for p in lake.peer_records):
+            raise UserError(f"{address} is already a peer of this lake")
+
+        async def probe() -> dict:
+            store = NetStore(-1, address, lake.secret or b"", call_timeout=5, connect_timeout=5)
+            try:
+                return await store.stat()
+            finally:
+                await store.aclose()
+        if lake.secret is None:
+            raise UserError("this lake has no cluster secret (DATA/secret)")
+        try:
+            info = trio.run(probe)
+        except Exception as exc:  # PeerUnavailable and friends: one clear line
+            raise UserError(f"peer {address} does not answer: {exc}") from None
+        pid = max((p.peer_id for p in lake.peer_records), default=-1) + 1
+        w = weight if weight is not None else round(max(0.001, info["total"] / 1e12), 3)
+        z = zone if zone is not None else info.get("zone", "")
+        lake.sm.apply(["register_peer", pid, ["net", address, z, w, "up", {"uuid": info.get("id")}]], sync=True)
+        click.echo(f"added peer {pid}: {address} zone={z or '-'} weight={w}")
+    finally:
+        lake.close()
+
+
+@peer.command("remove")
+@click.argument("peer_id", type=int)
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+def peer_remove(peer_id: int, data_dir: Path | None) -> None:
+    """Stop placing new shards on a peer (its shards stay readable until rebalanced)."""
+    lake = _open_for_change(data_dir)
+    try:
+        rec = next((p for p in lake.peer_records if p.peer_id == peer_id), None)
+        if rec is None:
+            raise UserError(f"no peer {peer_id} in this lake")
+        lake.sm.apply(["register_peer", peer_id, [rec.kind, rec.address, rec.zone, rec.weight, "removed",
+                                                  rec.extra]], sync=True)
+        click.echo(f"peer {peer_id} ({rec.address}) removed from placement")
+    finally:
+        lake.close()
+
+
+@peer.command("list")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def peer_list(data_dir: Path | None, as_json: bool) -> None:
+    """The lake's peers: kind, address, zone, weight, state, and whether each answers now."""
+    from .mount.lake import Lake
+    lake = Lake.open(data_dir or default_data_dir(), read_only=True)
+    rows = []
+    try:
+        async def check() -> None:
+            async def one(p) -> None:
+                row = {"id": p.peer_id, "kind": p.kind, "address": p.address, "zone": p.zone, "weight": p.weight,
+                       "state": p.state, "reachable": False}
+                store = lake.chunks.stores.get(p.peer_id)
+                if store is not None:
+                    with trio.move_on_after(5):
+                        try:
+                            total, avail = await store.capacity()
+                            row.update(reachable=True, total=total, avail=avail)
+                        except Exception as exc:  # report, don't fail: this is a status listing
+                            row["error"] = str(exc)
+                rows.append(row)
+            async with trio.open_nursery() as nursery:
+                for p in lake.peer_records:
+                    nursery.start_soon(one, p)
+        trio.run(check)
+    finally:
+        lake.close()
+    rows.sort(key=lambda r: r["id"])
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        up = "up" if r["reachable"] else "DOWN"
+        cap = f"{r.get('avail', 0) / 1e9:.1f}/{r.get('total', 0) / 1e9:.1f} GB free" if r["reachable"] else \
+            r.get("error", "")
+        click.echo(f"{r['id']:>3} {r['kind']:<4} {r['address']:<40} zone={r['zone'] or '-':<6} "
+                   f"w={r['weight']:<6} {r['state']:<8} {up:<5} {cap}")
 
 
 if __name__ == "__main__":

@@ -197,6 +197,7 @@ class FramedStream:
         self.max_payload = max_payload
         self._send_lock = trio.Lock()
         self._received = bytearray()  # bytes read from the stream but not yet handed out
+        self._bytes_received = 0  # lifetime total; 0 tells a silent probe from a failed peer
         self._receive_broken: BaseException | None = None
         self._send_broken: str | None = None
 
@@ -302,7 +303,9 @@ class FramedStream:
 
     async def _receive_some(self, max_bytes: int) -> bytes:
         try:
-            return await self.stream.receive_some(max_bytes)
+            data = await self.stream.receive_some(max_bytes)
+            self._bytes_received += len(data)
+            return data
         except trio.BrokenResourceError as exc:
             raise self._mark_lost(ConnectionLost(f"connection broken: {exc!r}")) from exc
         except trio.ClosedResourceError as exc:
@@ -522,6 +525,8 @@ class RpcClient:
 
 
 def _errno_of(exc: BaseException) -> int | None:
+    if isinstance(exc, trio.TooSlowError):  # the handler's own call to someone else timed out
+        return errno_codes.ETIMEDOUT
     code = getattr(exc, "errno", None)
     return code if type(code) is int and code > 0 else None
 
@@ -568,7 +573,12 @@ class _ServerConnection:
             logger.debug("%s: authenticated", self.peer)
             await self._serve_requests()
         except AuthError as exc:
-            logger.warning("%s: authentication failed, closing: %s", self.peer, exc)
+            # A peer that connects and leaves without sending a byte (a port probe, a health
+            # check; it may reset rather than close) is not worth a warning. Anything it did send
+            # that failed the handshake is.
+            quiet = self.fs._bytes_received == 0 and isinstance(exc.__cause__, (EOFError, ConnectionLost))
+            logger.log(logging.DEBUG if quiet else logging.WARNING,
+                       "%s: authentication failed, closing: %s", self.peer, exc)
         except EOFError:
             logger.debug("%s: client closed the connection", self.peer)
         except ConnectionLost as exc:

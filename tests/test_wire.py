@@ -63,6 +63,9 @@ class Service:
                 raise FileNotFoundError(errno.ENOENT, "no such shard")
             if op == "bug":
                 raise RuntimeError("handler bug")
+            if op == "slow-upstream":
+                with trio.fail_after(0.01):
+                    await trio.sleep_forever()
             if op == "hang":
                 self.hanging.set()
                 await trio.sleep_forever()
@@ -207,6 +210,10 @@ def test_remote_errors_carry_errno_and_connection_survives(caplog):
         with pytest.raises(RemoteError) as unencodable:
             await client.call("bad-result")
         assert unencodable.value.errno == errno.EIO
+        # a handler whose own upstream call timed out reports ETIMEDOUT, not a bug
+        with pytest.raises(RemoteError) as slow:
+            await client.call("slow-upstream")
+        assert slow.value.errno == errno.ETIMEDOUT
         assert (await client.call("echo", {}, b"2"))[1] == b"2"
         assert not client.closed
         await client.aclose()
@@ -426,6 +433,22 @@ def test_bad_frames_after_auth_close_only_that_connection(make_bytes, eof, caplo
 
     run_with_server(body, max_payload=4096)
     assert len(wire_warnings(caplog)) == 1
+
+
+@pytest.mark.timeout(30)
+def test_probe_that_connects_and_leaves_is_not_a_warning(caplog):
+    async def body(port, nursery, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.aclose()
+        # closing with the server's hello unread makes the kernel send a reset instead
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await trio.sleep(0.1)
+        await stream.aclose()
+        await trio.sleep(0.1)
+        await good_client_works(port, nursery)
+
+    run_with_server(body)
+    assert wire_warnings(caplog) == []
 
 
 @pytest.mark.timeout(30)

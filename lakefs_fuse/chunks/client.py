@@ -51,8 +51,9 @@ class ChunkClient:
                  threads: int = 16, on_degraded: Callable[[int, int, str], None] | None = None):
         self.stores = dict(stores)
         self.k, self.m, self.min_shard = k, m, min_shard
-        self.choices = [PeerChoice(pid, (zones or {}).get(pid, ""), (weights or {}).get(pid, 1.0))
-                        for pid in self.stores]
+        # Peers without a weight (removed, draining) still serve reads but get no new shards.
+        self.choices = [PeerChoice(pid, (zones or {}).get(pid, ""), weights[pid] if weights is not None else 1.0)
+                        for pid in self.stores if weights is None or pid in weights]
         self.limiter = trio.CapacityLimiter(threads)
         self.on_degraded = on_degraded
         self.degraded_reads = 0
@@ -105,6 +106,10 @@ class ChunkClient:
             await self.delete_chunk(ChunkLayout(chunk_id, len(data), k, self.m, shard_len, peers, sums))
             raise NoSpace(f"chunk {chunk_id}: no peer could take shard(s) {sorted(failed)}")
         return ChunkLayout(chunk_id, len(data), k, self.m, shard_len, peers, sums)
+
+    def writable_peers(self) -> int:
+        """Peers that take new shards and are not known to be down right now."""
+        return sum(1 for c in self.choices if getattr(self.stores[c.peer_id], "up", True))
 
     async def sync(self) -> None:
         """Durability barrier: every shard put so far survives a power loss afterwards."""

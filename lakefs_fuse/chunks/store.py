@@ -148,6 +148,31 @@ class ShardDir:
     def shard_path(self, chunk_id: int, index: int) -> str:
         return self._path(chunk_id, index)
 
+    def list(self, after: tuple[int, int] = (-1, -1), limit: int = 1000) -> list[tuple[int, int, int]]:
+        """Shards stored here, ordered by (chunk id, index), after ``after``: (chunk, index, bytes)."""
+        found: list[tuple[int, int, int]] = []
+        for sub in sorted(os.listdir(self.root)):
+            if len(sub) != 2:
+                continue  # tmp/ and anything that is not a shard bucket
+            try:
+                names = os.listdir(os.path.join(self.root, sub))
+            except OSError:
+                continue
+            for name in names:
+                stem, _, idx = name.partition(".")
+                try:
+                    key = (int(stem, 16), int(idx))
+                except ValueError:
+                    continue
+                if key > after:
+                    try:
+                        size = os.stat(os.path.join(self.root, sub, name)).st_size
+                    except OSError:
+                        continue
+                    found.append((key[0], key[1], size))
+        found.sort()
+        return found[:limit]
+
     def wipe(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 

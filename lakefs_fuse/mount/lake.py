@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import time
 import uuid
@@ -25,8 +26,10 @@ from pathlib import Path
 
 import trio
 
+from .. import wire
 from ..chunks.client import ChunkClient
 from ..chunks.layout import ChunkLayout
+from ..chunks.netstore import NetStore
 from ..chunks.store import LocalDirStore, PeerUnavailable
 from ..config import LakeConfig
 from ..errors import UserError
@@ -44,13 +47,43 @@ def is_lake(data_dir: Path) -> bool:
     return (data_dir / MARKER).is_file()
 
 
-def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None = None) -> None:
-    """Create an empty lake in ``data_dir`` (which must be empty or absent)."""
+def parse_net_peer(text: str) -> tuple[str, str]:
+    """'HOST:PORT' or 'HOST:PORT@ZONE' -> (address, zone)."""
+    address, _, zone = text.partition("@")
+    try:
+        wire.parse_address(address)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return address, zone
+
+
+def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None = None,
+                net_peers: list[str] | None = None, secret_file: Path | None = None) -> None:
+    """Create an empty lake in ``data_dir`` (which must be empty or absent).
+
+    Shards go to ``peer_dirs`` (local directories), to ``net_peers`` (peer servers,
+    ``HOST:PORT[@ZONE]``), or by default to 6 directories inside the data dir. The cluster
+    secret is ``secret_file`` or a new random ``<data>/secret``.
+    """
     data_dir = Path(data_dir)
     if is_lake(data_dir):
         raise UserError(f"{data_dir} already holds a lake")
     if data_dir.exists() and any(data_dir.iterdir()):
         raise UserError(f"{data_dir} is not empty; format needs an empty or new directory")
+    if peer_dirs and net_peers:
+        raise UserError("give either --peer directories or --net-peer addresses, not both")
+    if secret_file is not None:
+        try:
+            wire.load_secret(secret_file)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"secret file {secret_file}: {exc}") from None
+    if net_peers:
+        nets = [parse_net_peer(t) for t in net_peers]
+        if len({a for a, _ in nets}) != len(nets):
+            raise UserError("--net-peer addresses must be distinct")
+        config.validate(len(nets))
+        _create(data_dir, config, [], nets, secret_file)
+        return
     if peer_dirs:
         dirs = [Path(p).resolve() for p in peer_dirs]
         if len(set(dirs)) != len(dirs):
@@ -58,10 +91,15 @@ def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None 
     else:
         dirs = [data_dir.resolve() / "peers" / f"p{i}" for i in range(max(DEFAULT_PEERS, config.ec_k + config.ec_m))]
     config.validate(len(dirs))
+    _create(data_dir, config, dirs, [], secret_file)
+
+
+def _create(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tuple[str, str]],
+            secret_file: Path | None) -> None:
     created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        _format_into(data_dir, config, dirs)
+        _format_into(data_dir, config, dirs, nets, secret_file)
     except BaseException:
         if created:  # leave nothing half-formatted behind
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -70,7 +108,8 @@ def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None 
         raise
 
 
-def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path]) -> None:
+def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tuple[str, str]],
+                 secret_file: Path | None) -> None:
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
         if any(x for x in d.iterdir() if x.name != "tmp"):
@@ -85,9 +124,17 @@ def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path]) -> None:
             stv = os.statvfs(d)
             weight = round(max(0.001, stv.f_blocks * stv.f_frsize / 1e12), 3)
             sm.apply(["register_peer", i, ["dir", str(d), "", weight, "up", {}]], sync=True)
+        for i, (address, zone) in enumerate(nets):
+            sm.apply(["register_peer", i, ["net", address, zone, 1.0, "up", {}]], sync=True)
     finally:
         sm.close()
     marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uuid": str(uuid.uuid4())}
+    if secret_file is not None:
+        marker["secret_file"] = str(Path(secret_file).resolve())
+    else:
+        fd = os.open(data_dir / "secret", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
     tmp = data_dir / (MARKER + ".tmp")
     tmp.write_text(json.dumps(marker, indent=1) + "\n")
     os.replace(tmp, data_dir / MARKER)
@@ -102,6 +149,16 @@ def _take_lock(data_dir: Path) -> int:
         os.close(fd)
         raise UserError(f"{data_dir} is already mounted by another lakefs-fuse process") from None
     return fd
+
+
+def _load_lake_secret(data_dir: Path, marker: dict) -> bytes | None:
+    path = Path(marker["secret_file"]) if marker.get("secret_file") else data_dir / "secret"
+    if not path.exists():
+        return None
+    try:
+        return wire.load_secret(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cluster secret {path}: {exc}") from None
 
 
 def in_use(data_dir: Path) -> bool:
@@ -123,22 +180,29 @@ class Lake:
     """An opened embedded lake: metadata, chunk client and config."""
 
     def __init__(self, data_dir: Path, sm: StateMachine, config: LakeConfig, peers: list[PeerRecord],
-                 *, io_threads: int = 16):
+                 *, io_threads: int = 16, secret: bytes | None = None):
         self.data_dir = data_dir
         self.sm = sm
         self.meta = LocalMeta(sm)
         self.config = config
         self.peer_records = peers
+        self.secret = secret
         stores = {}
         limiter = trio.CapacityLimiter(io_threads)  # local shard I/O threads, shared by all peers
         for p in peers:
+            if p.kind == "net":
+                if secret is None:
+                    raise UserError(f"{data_dir}: the lake has network peers but no cluster secret")
+                stores[p.peer_id] = NetStore(p.peer_id, p.address, secret)
+                continue
             try:
                 stores[p.peer_id] = LocalDirStore(p.peer_id, p.address, limiter=limiter)
             except PeerUnavailable:
                 pass  # a missing peer directory is a lost peer: reads go degraded
         self.chunks = ChunkClient(stores, k=config.ec_k, m=config.ec_m, min_shard=config.min_shard,
                                   zones={p.peer_id: p.zone for p in peers},
-                                  weights={p.peer_id: p.weight for p in peers}, threads=io_threads)
+                                  weights={p.peer_id: p.weight for p in peers if p.state == "up"},
+                                  threads=io_threads)
         self._lock_fd: int | None = None
 
     @classmethod
@@ -176,7 +240,14 @@ class Lake:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise UserError(f"{data_dir}: metadata is corrupt or not formatted: {exc}") from None
-        lake = cls(data_dir, sm, config, peers, io_threads=io_threads)
+        try:
+            secret = _load_lake_secret(data_dir, marker)
+            lake = cls(data_dir, sm, config, peers, io_threads=io_threads, secret=secret)
+        except BaseException:
+            sm.close()
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
         lake._lock_fd = lock_fd
         return lake
 

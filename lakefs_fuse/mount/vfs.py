@@ -294,6 +294,11 @@ class VFS:
         if self._usable_free is not None and self.writer.buffered + len(data) > self._usable_free:
             # Refuse up front rather than accept bytes no peer can store.
             raise E.NoSpace("the lake's peers are full")
+        width = self.chunks.k + self.chunks.m
+        if self.chunks.writable_peers() < width:
+            # A full chunk needs k+m distinct peers; accepting bytes that cannot be placed
+            # would only lose them after close() has returned.
+            raise E.NoSpace(f"only {self.chunks.writable_peers()} of the {width} peers a chunk needs are up")
         h.wrote = True
         self.stats.writes += 1
         self.stats.write_bytes += len(data)

@@ -1,0 +1,122 @@
+"""A storage peer: serves one :class:`~lakefs_fuse.chunks.store.ShardDir` over the wire protocol.
+
+Operations (request ``op``, arguments ``a``, raw payload):
+
+=========  ==============================  ============================================
+op         arguments                       answer
+=========  ==============================  ============================================
+put        c (chunk), i (index)            payload = shard bytes; stored atomically
+get        c, i, o (offset), n (length)    payload = verified shard bytes
+verify     c, i, sum (xxh3-64)             h = 'ok' | 'missing' | 'corrupt'
+delete     c, i                            --
+sync       --                              directory entries of stored shards durable
+list       after [c, i], limit             s = [[c, i, bytes], ...]
+stat       --                              id, zone, total, avail, shards, version
+=========  ==============================  ============================================
+
+Errors travel as errnos: ENOENT (no such shard), EBADMSG (checksum mismatch), ENOSPC (full),
+EIO (anything else). Disk work runs in worker threads so the event loop keeps answering.
+The peer's identity (a uuid) lives in ``<data>/peer.json`` so a lake can recognise it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import trio
+
+from .. import __version__, wire
+from .shardfile import ShardCorrupt, ShardMissing
+from .store import PeerFull, PeerUnavailable, ShardDir
+
+log = logging.getLogger(__name__)
+
+
+def peer_identity(data_dir: Path) -> str:
+    """The peer's uuid, created on first start."""
+    path = Path(data_dir) / "peer.json"
+    try:
+        return json.loads(path.read_text())["id"]
+    except FileNotFoundError:
+        ident = str(uuid.uuid4())
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"id": ident}) + "\n")
+        os.replace(tmp, path)
+        return ident
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"{path} is damaged: {exc}") from None
+
+
+class PeerServer:
+    def __init__(self, data_dir: Path, *, zone: str = "", durable: bool = True, threads: int = 16):
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.ident = peer_identity(data_dir)
+        self.zone = zone
+        self.dir = ShardDir(0, str(data_dir / "shards") if (data_dir / "shards").is_dir()
+                            else _make(data_dir / "shards"), durable=durable)
+        self.limiter = trio.CapacityLimiter(threads)
+        self.requests = 0
+
+    async def _run(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def handle(self, op: str, args: dict, payload: bytearray):
+        self.requests += 1
+        try:
+            return await self._dispatch(op, args, payload)
+        except ShardMissing as exc:
+            raise _errno(errno.ENOENT, f"no such shard: {exc}") from None
+        except ShardCorrupt as exc:
+            raise _errno(errno.EBADMSG, f"corrupt shard: {exc}") from None
+        except PeerFull as exc:
+            raise _errno(errno.ENOSPC, str(exc)) from None
+        except PeerUnavailable as exc:
+            raise _errno(errno.EIO, str(exc)) from None
+
+    async def _dispatch(self, op: str, a: dict, payload: bytearray):
+        if op == "get":
+            c, i, o, n = int(a["c"]), int(a["i"]), int(a["o"]), int(a["n"])
+            if n < 0 or n > wire.DEFAULT_MAX_PAYLOAD - 4096:
+                raise _errno(errno.EINVAL, "bad length")
+            out = bytearray(n)
+            await self._run(self.dir.get_into, c, i, o, n, memoryview(out))
+            return {}, out
+        if op == "put":
+            await self._run(self.dir.put, int(a["c"]), int(a["i"]), payload)
+            return {}, b""
+        if op == "verify":
+            return {"h": await self._run(self.dir.verify, int(a["c"]), int(a["i"]), int(a["sum"]))}, b""
+        if op == "delete":
+            await self._run(self.dir.delete, int(a["c"]), int(a["i"]))
+            return {}, b""
+        if op == "sync":
+            await self._run(self.dir.sync)
+            return {}, b""
+        if op == "list":
+            after = tuple(a.get("after") or (-1, -1))
+            limit = max(1, min(int(a.get("limit", 1000)), 10000))
+            rows = await self._run(self.dir.list, after, limit)
+            return {"s": [list(r) for r in rows]}, b""
+        if op == "stat":
+            total, avail = await self._run(self.dir.capacity)
+            return {"id": self.ident, "zone": self.zone, "total": total, "avail": avail,
+                    "version": __version__}, b""
+        raise _errno(errno.EOPNOTSUPP, f"unknown op {op!r}")
+
+    async def serve(self, host: str, port: int, secret: bytes, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await wire.serve(self.handle, host, port, secret, task_status=task_status)
+
+
+def _make(path: Path) -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _errno(code: int, message: str) -> OSError:
+    return OSError(code, message)

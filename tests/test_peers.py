@@ -1,0 +1,238 @@
+"""Storage peers over the network: real peer processes on loopback, a mount using them, faults.
+
+Every peer is a ``lakefs-fuse peer serve`` subprocess listening on 127.0.0.1 port 0 (the bound
+port is read from its log); everything is torn down in ``finally``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI, REPO, LiveLake, _alive, cli, needs_fuse, wait_for
+
+MiB = 1 << 20
+
+
+class Peer:
+    def __init__(self, root: Path, name: str, secret: Path, zone: str = ""):
+        self.dir = root / name
+        self.log = root / f"{name}.log"
+        self.secret = secret
+        self.zone = zone
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        listen = f"127.0.0.1:{self.port}"
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [*CLI, "peer", "serve", "--data", str(self.dir), "--listen", listen, "--zone", self.zone,
+                 "--secret-file", str(self.secret)], stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, cwd=REPO)
+        pattern = re.compile(r"serving .* on 127\.0\.0\.1:(\d+)")
+
+        def bound():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"peer exited: {self.log.read_text()[-2000:]}")
+            found = pattern.findall(self.log.read_text())
+            return int(found[-1]) if found and (self.port == 0 or int(found[-1]) == self.port) else None
+        self.port = wait_for(bound, 30, f"peer {self.dir.name} to listen")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def write_secret(path: Path, text: str = "0123456789abcdef0123456789abcdef") -> Path:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """9 peers in 3 zones and a lake over them (EC 6+3), not yet mounted."""
+    secret = write_secret(tmp_path / "secret")
+    peers = [Peer(tmp_path, f"peer{i}", secret, zone=f"z{i % 3}") for i in range(9)]
+    lake = LiveLake(tmp_path / "lake", format_args=None)
+    try:
+        for p in peers:
+            p.start()
+        net = sum((["--net-peer", f"{p.address}@{p.zone}"] for p in peers), [])
+        cli("format", "--data", str(lake.data), "--ec", "6+3", "--secret-file", str(secret), *net,
+            env=lake.env, check=True)
+        yield lake, peers
+    finally:
+        lake.teardown()
+        for p in peers:
+            p.stop()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+READER = r"""
+import hashlib, os, sys, time
+path, progress = sys.argv[1], sys.argv[2]
+h, n = hashlib.sha256(), 0
+fd = os.open(path, os.O_RDONLY)
+while True:
+    block = os.read(fd, 1 << 20)
+    if not block:
+        break
+    h.update(block)
+    n += len(block)
+    with open(progress, "w") as f:
+        f.write(str(n))
+    time.sleep(0.02)  # a paced reader (a training loop), so peers die mid-read
+print(h.hexdigest())
+"""
+
+
+@needs_fuse
+@pytest.mark.timeout(240)
+def test_reads_survive_m_dead_peers_then_fail_fast_beyond(cluster, tmp_path):
+    lake, peers = cluster
+    lake.mount()
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(48 * MiB))
+    want = sha256(src)
+    subprocess.run(["cp", str(src), str(lake.mnt / "big")], check=True, timeout=120)
+    info = json.loads(cli("stat", str(lake.mnt / "big"), "--json", env=lake.env, check=True).stdout)
+    assert info["health"] == "ok" and {e["ec"] for e in info["extents"]} == {"6+3"}
+    zones = {s["peer"] % 3 for e in info["extents"] for s in e["shards"]}
+    assert zones == {0, 1, 2}
+    lake.remount()  # cold: nothing in the daemon's cache or the page cache
+
+    progress = tmp_path / "progress"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(lake.mnt / "big"), str(progress)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: progress.exists() and progress.read_text() and int(progress.read_text()) >= 4 * MiB,
+                 60, "the reader to get going")
+        for p in (peers[0], peers[4], peers[8]):  # three peers, one per zone, die mid-read
+            p.kill9()
+        out, err = reader.communicate(timeout=120)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+    assert reader.returncode == 0, err
+    assert out.strip() == want
+    assert "degraded read" in lake.log()
+
+    peers[2].kill9()  # a fourth: some chunks now have only 5 of 9 shards
+    lake.remount()
+    t0 = time.monotonic()
+    with pytest.raises(OSError) as exc:
+        sha256(lake.mnt / "big")
+    assert exc.value.errno == 5 and time.monotonic() - t0 < 30  # EIO, promptly, never a hang
+    assert _alive(lake.pid())
+
+    for p in (peers[0], peers[2], peers[4], peers[8]):  # they come back on their old ports
+        p.start()
+    lake.remount()
+    assert sha256(lake.mnt / "big") == want
+    listing = json.loads(cli("peer", "list", "--data", str(lake.data), "--json", env=lake.env, check=True).stdout)
+    assert all(r["reachable"] for r in listing)
+
+
+@needs_fuse
+@pytest.mark.timeout(180)
+def test_writes_fail_cleanly_when_too_few_peers_are_up(cluster):
+    lake, peers = cluster
+    lake.mount()
+    keep = os.urandom(3 * MiB)
+    assert _write(lake.mnt / "keep", keep) == 0
+    peers[5].kill9()
+    # One of 9 peers gone: a 6+3 chunk cannot be placed on 9 distinct peers. Writes must fail
+    # with ENOSPC (at write or fsync) rather than be acknowledged and lost later; the daemon
+    # notices the dead peer within a few seconds at most.
+    wait_for(lambda: _write(lake.mnt / "f", os.urandom(MiB)) == 28, 30, "writes to be refused with ENOSPC")
+    assert (lake.mnt / "keep").read_bytes() == keep  # what was committed stays readable
+    peers[5].start()
+    wait_for(lambda: _write(lake.mnt / "g", b"x" * 1000) == 0, 30, "writes to work again once the peer is back")
+    assert (lake.mnt / "g").read_bytes() == b"x" * 1000
+
+
+def _write(path: Path, data: bytes) -> int:
+    """0 or the errno of a write + fsync + close (unbuffered, so each step reaches the daemon)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        return exc.errno
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    except OSError as exc:
+        return exc.errno
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return 0
+
+
+@pytest.mark.timeout(120)
+def test_wrong_secret_and_garbage_are_refused(tmp_path):
+    good = write_secret(tmp_path / "good")
+    bad = write_secret(tmp_path / "bad", "fedcba9876543210fedcba9876543210")
+    peer = Peer(tmp_path, "p", bad)
+    lake = tmp_path / "lake"
+    try:
+        peer.start()
+        cli("format", "--data", str(lake), "--secret-file", str(good), check=True)
+        res = cli("peer", "add", peer.address, "--data", str(lake))
+        assert res.returncode == 1 and "Traceback" not in res.stderr
+        assert "does not answer" in res.stderr and "secret" in res.stderr, res.stderr
+        # garbage on the port closes that connection; the peer keeps serving
+        with socket.create_connection(("127.0.0.1", peer.port), timeout=5) as s:
+            s.sendall(b"\xff" * 64 + b"GET / HTTP/1.0\r\n\r\n")
+            s.settimeout(10)
+            while s.recv(4096):
+                pass
+        assert peer.proc.poll() is None
+        (tmp_path / "lake2").mkdir()
+        peer2 = Peer(tmp_path, "p2", good)
+        try:
+            peer2.start()
+            res = cli("peer", "add", peer2.address, "--data", str(lake), check=True)
+            assert "added peer" in res.stdout
+            listing = json.loads(cli("peer", "list", "--data", str(lake), "--json", check=True).stdout)
+            assert [r["address"] for r in listing if r["kind"] == "net"] == [peer2.address]
+            assert cli("peer", "add", peer2.address, "--data", str(lake)).returncode == 1  # twice: refused
+        finally:
+            peer2.stop()
+        assert "authentication" in peer.log.read_text().lower() or "denied" in peer.log.read_text().lower() \
+            or "secret" in peer.log.read_text().lower()
+    finally:
+        peer.stop()
