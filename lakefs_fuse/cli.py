@@ -279,6 +279,84 @@ def ls_cmd(path: Path, data_dir: Path | None, long: bool, as_json: bool) -> None
         click.echo(line)
 
 
+# ---------------------------------------------------------------- maintenance
+
+def _maintain(data_dir: Path | None, *, repair: bool, start_after: int, as_json: bool) -> None:
+    from .mount import maintenance
+    from .mount.lake import Lake, in_use
+    data_dir = data_dir or default_data_dir()
+    if repair:
+        if in_use(data_dir):
+            raise UserError(f"{data_dir} is mounted; unmount it to repair (scrub works while mounted)")
+        lake = Lake.open(data_dir, lock=True)
+    else:
+        lake = Lake.open(data_dir, read_only=True)
+    try:
+        total = maintenance.count_chunks(lake)
+        with click.progressbar(length=total, label="repair" if repair else "scrub", file=sys.stderr,
+                               show_pos=True) as bar:
+            report = trio.run(lambda: maintenance.scrub(lake, start_after=start_after, repair=repair,
+                                                        on_chunk=lambda _cid: bar.update(1)))
+    finally:
+        lake.close()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        bad = ", ".join(f"{n} {h}" for h, n in sorted(report.bad.items())) or "none"
+        click.echo(f"{report.chunks} chunks, {report.shards} shards checked; bad shards: {bad}")
+        if repair:
+            click.echo(f"repaired {report.repaired} shard(s)")
+        for cid, why in report.failed:
+            click.echo(f"  chunk {cid}: not repaired: {why}")
+        if report.lost:
+            click.echo(f"  {len(report.lost)} chunk(s) have more bad shards than parity and cannot be read: "
+                       f"{report.lost[:20]}{' ...' if len(report.lost) > 20 else ''}")
+    if report.lost or report.failed or (report.bad and not repair):
+        sys.exit(3)  # something needs attention
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@click.option("--start-after", type=int, default=-1, help="Resume after this chunk id (from a previous run).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def scrub(data_dir: Path | None, start_after: int, as_json: bool) -> None:
+    """Read every shard and check it against its checksum (exit 3 if any is bad)."""
+    _maintain(data_dir, repair=False, start_after=start_after, as_json=as_json)
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@click.option("--start-after", type=int, default=-1, help="Resume after this chunk id (from a previous run).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def repair(data_dir: Path | None, start_after: int, as_json: bool) -> None:
+    """Rebuild missing, corrupt or unreachable shards onto healthy peers (lake unmounted)."""
+    _maintain(data_dir, repair=True, start_after=start_after, as_json=as_json)
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(data_dir: Path | None, as_json: bool) -> None:
+    """Peers (up/down, zone, capacity, shard count) and chunks that are degraded."""
+    from .mount import maintenance
+    from .mount.lake import Lake
+    lake = Lake.open(data_dir or default_data_dir(), read_only=True)
+    try:
+        info = maintenance.status(lake)
+    finally:
+        lake.close()
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    click.echo(f"EC {info['ec']}, {info['chunks']} chunks, {len(info['degraded'])} degraded, "
+               f"{len(info['unreadable'])} unreadable, {info['delete_queue']} queued for deletion")
+    for r in info["peers"]:
+        up = "up" if r.get("reachable") else "DOWN"
+        cap = f"{r['avail'] / 1e9:.1f}/{r['total'] / 1e9:.1f} GB free" if r.get("reachable") else ""
+        click.echo(f"{r['id']:>3} {r['kind']:<4} {r['address']:<40} zone={r['zone'] or '-':<6} {r['state']:<8} "
+                   f"{up:<5} shards={r['shards']:<8} {cap}")
+
+
 # ---------------------------------------------------------------------- peers
 
 @main.group()

@@ -236,3 +236,82 @@ def test_wrong_secret_and_garbage_are_refused(tmp_path):
             or "secret" in peer.log.read_text().lower()
     finally:
         peer.stop()
+
+
+@needs_fuse
+@pytest.mark.timeout(240)
+def test_status_scrub_and_repair_restore_full_redundancy(tmp_path):
+    secret = write_secret(tmp_path / "secret")
+    peers = [Peer(tmp_path, f"peer{i}", secret, zone=f"z{i % 3}") for i in range(10)]
+    lake = LiveLake(tmp_path / "lake", format_args=None)
+    try:
+        for p in peers:
+            p.start()
+        net = sum((["--net-peer", f"{p.address}@{p.zone}"] for p in peers), [])
+        cli("format", "--data", str(lake.data), "--ec", "6+3", "--secret-file", str(secret), *net,
+            env=lake.env, check=True)
+        lake.mount()
+        data = os.urandom(20 * MiB)
+        (lake.mnt / "f").write_bytes(data)
+        lake.umount()
+
+        def status():
+            return json.loads(cli("status", "--data", str(lake.data), "--json", env=lake.env, check=True).stdout)
+        st = status()
+        assert st["chunks"] == 5 and st["degraded"] == [] and sum(p["shards"] for p in st["peers"]) == 45
+        victim = max(st["peers"], key=lambda p: p["shards"])
+        peers[victim["id"]].kill9()
+        st = status()
+        assert not next(p for p in st["peers"] if p["id"] == victim["id"])["reachable"]
+        assert len(st["degraded"]) == victim["shards"] > 0
+
+        # a corrupt shard on a live peer as well
+        chunk = json.loads(cli("stat", "/f", "--data", str(lake.data), "--json", env=lake.env).stdout)["extents"][0]
+        live_shard = next(s for s in chunk["shards"] if s["peer"] != victim["id"])
+        shard_file = (peers[live_shard["peer"]].dir / "shards" / f"{chunk['chunk'] & 0xff:02x}"
+                      / f"{chunk['chunk']:016x}.{live_shard['index']}")
+        raw = bytearray(shard_file.read_bytes())
+        raw[-100] ^= 0xFF
+        shard_file.write_bytes(bytes(raw))
+
+        res = cli("scrub", "--data", str(lake.data), "--json", env=lake.env)
+        assert res.returncode == 3, res.stderr
+        report = json.loads(res.stdout)
+        assert report["bad"] == {"unreachable": victim["shards"], "corrupt": 1}
+
+        res = cli("repair", "--data", str(lake.data), "--json", env=lake.env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert json.loads(res.stdout)["repaired"] == victim["shards"] + 1
+        st = status()
+        assert st["degraded"] == [] and st["unreadable"] == []
+        assert next(p for p in st["peers"] if p["id"] == victim["id"])["shards"] == 0
+        res = cli("scrub", "--data", str(lake.data), "--json", env=lake.env)
+        assert res.returncode == 0 and json.loads(res.stdout)["bad"] == {}
+        assert json.loads(cli("repair", "--data", str(lake.data), "--json", env=lake.env).stdout)["repaired"] == 0
+
+        lake.mount()
+        assert (lake.mnt / "f").read_bytes() == data
+        assert "degraded read" not in lake.log().split("mounted")[-1]  # full redundancy: no decoding needed
+    finally:
+        lake.teardown()
+        for p in peers:
+            p.stop()
+
+
+@needs_fuse
+@pytest.mark.timeout(120)
+def test_repair_of_embedded_lake(live):
+    data = os.urandom(6 * MiB)
+    (live.mnt / "f").write_bytes(data)
+    live.umount()
+    info = json.loads(cli("stat", "/f", "--data", str(live.data), "--json", env=live.env, check=True).stdout)
+    for ext in info["extents"]:
+        shard = ext["shards"][1]
+        Path(shard["address"], f"{ext['chunk'] & 0xff:02x}", f"{ext['chunk']:016x}.{shard['index']}").unlink()
+    res = cli("scrub", "--data", str(live.data), "--json", env=live.env)
+    assert res.returncode == 3 and json.loads(res.stdout)["bad"] == {"missing": len(info["extents"])}
+    res = cli("repair", "--data", str(live.data), env=live.env)
+    assert res.returncode == 0 and f"repaired {len(info['extents'])} shard(s)" in res.stdout
+    assert cli("scrub", "--data", str(live.data), env=live.env).returncode == 0
+    live.mount()
+    assert (live.mnt / "f").read_bytes() == data

@@ -231,6 +231,44 @@ class ChunkClient:
             out += decoded[index][rel:rel + n]
         return out
 
+    async def rebuild(self, layout: ChunkLayout, bad: Sequence[int], targets: Mapping[int, int]) -> None:
+        """Recreate shards ``bad`` from the others and store shard i on peer ``targets[i]``.
+
+        Reads whole shards from k healthy peers, decodes, checks every rebuilt shard against the
+        checksum recorded at write time (so a wrong decode can never be stored), then puts it.
+        """
+        want = list(bad)
+        have: dict[int, bytearray] = {}
+        failed: dict[int, str] = {}
+
+        async def fetch(index: int) -> None:
+            try:
+                have[index] = await self._get(layout, index, 0, layout.shard_len)
+            except _SHARD_ERRORS as exc:
+                failed[index] = str(exc)
+
+        candidates = [i for i in range(layout.width) if i not in bad]
+        while len(have) < layout.k:
+            batch = [i for i in candidates if i not in have and i not in failed][:layout.k - len(have)]
+            if not batch:
+                raise DataUnavailable(f"chunk {layout.chunk_id}: only {len(have)} of the {layout.k} shards "
+                                      f"needed to rebuild are readable")
+            async with trio.open_nursery() as nursery:
+                for index in batch:
+                    nursery.start_soon(fetch, index)
+        codec = get_codec(layout.k, layout.m)
+        rebuilt = await trio.to_thread.run_sync(codec.decode, have, want, limiter=self.limiter)
+        for index in want:
+            if xxhash.xxh3_64_intdigest(rebuilt[index]) != layout.checksums[index]:
+                raise DataUnavailable(f"chunk {layout.chunk_id}: rebuilt shard {index} does not match its checksum")
+
+        async def put(index: int) -> None:
+            await self.stores[targets[index]].put(layout.chunk_id, index, rebuilt[index])
+
+        async with trio.open_nursery() as nursery:
+            for index in want:
+                nursery.start_soon(put, index)
+
     async def verify(self, layout: ChunkLayout) -> list[str]:
         """Health of every shard: 'ok', 'missing', 'corrupt' or 'unreachable'."""
         result = ["unreachable"] * layout.width

@@ -534,6 +534,18 @@ class StateMachine:
         self._chunk_refs(txn, deltas, now)
         return True
 
+    def _cmd_move_shard(self, txn: Txn, chunk_id: int, index: int, old_peer: int, new_peer: int) -> bool:
+        """Repair/rebalance put shard ``index`` on ``new_peer``; only if it is still on ``old_peer``."""
+        data = txn.get(S.chunk_key(chunk_id))
+        if data is None:
+            return False  # deleted meanwhile: nothing to record
+        rec = ChunkRecord.from_bytes(chunk_id, data)
+        if not 0 <= index < len(rec.peers) or rec.peers[index] != old_peer:
+            return False
+        rec.peers[index] = new_peer
+        txn.put(S.chunk_key(chunk_id), rec.to_bytes())
+        return True
+
     def _cmd_alloc_chunks(self, txn: Txn, n: int) -> int:
         return self._next(txn, "chunk", n)
 
@@ -632,6 +644,17 @@ class StateMachine:
         if data is None:
             raise E.NotFound(f"chunk {chunk_id}")
         return ChunkRecord.from_bytes(chunk_id, data)
+
+    def chunks(self, after: int = -1, limit: int = 1000) -> list[ChunkRecord]:
+        """Chunk records with id > ``after``, in id order."""
+        out = []
+        for key, value in self.db.items(from_key=S.chunk_key(after + 1)):
+            if not key.startswith(b"C"):
+                break
+            out.append(ChunkRecord.from_bytes(S.chunk_id_of_key(key), value))
+            if len(out) >= limit:
+                break
+        return out
 
     def peers(self) -> list[PeerRecord]:
         return [PeerRecord(int.from_bytes(k[1:], "big"), *S.unpack(v)) for k, v in self._scan(b"P")]

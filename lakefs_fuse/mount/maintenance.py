@@ -1,0 +1,184 @@
+"""Scrub, repair and status of a lake: the work that joins chunk records and shards.
+
+* **scrub** reads every shard of every chunk whole and checks it against the checksum
+  recorded at write time: ``ok``, ``missing``, ``corrupt`` or ``unreachable`` (peer down).
+* **repair** rebuilds every shard that is not ``ok`` from k healthy ones, stores it on a
+  peer that holds no other shard of the chunk (placement order, zone spread, skipping peers
+  that are down or removed) and records the move with one ``move_shard`` command. A chunk
+  with more than m bad shards is reported as lost; nothing is written for it.
+* **status** counts shards per peer from the chunk records and lists chunks with shards on
+  peers that are down (degraded), without reading shards.
+
+All three walk the chunk records in id order in pages; ``start_after`` resumes a run that was
+stopped (the CLI prints the cursor). Repair is idempotent: a second run finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..chunks.layout import ChunkLayout
+from ..chunks.placement import place
+from ..errors import DataUnavailable, LakeError
+from .lake import Lake
+
+log = logging.getLogger(__name__)
+PAGE = 256
+
+
+@dataclass
+class Report:
+    chunks: int = 0
+    shards: int = 0
+    bad: dict[str, int] = field(default_factory=dict)      # health -> count
+    repaired: int = 0
+    lost: list[int] = field(default_factory=list)           # chunk ids with > m bad shards
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    cursor: int = -1                                        # last chunk id done
+
+    def to_json(self) -> dict:
+        return {"chunks": self.chunks, "shards": self.shards, "bad": self.bad, "repaired": self.repaired,
+                "lost": self.lost, "failed": [list(f) for f in self.failed], "cursor": self.cursor}
+
+
+def _layouts(lake: Lake, start_after: int):
+    after = start_after
+    while True:
+        page = lake.sm.chunks(after, PAGE)
+        if not page:
+            return
+        for rec in page:
+            yield ChunkLayout.from_wire(rec.to_wire())
+        after = page[-1].chunk_id
+
+
+def count_chunks(lake: Lake) -> int:
+    return sum(1 for _ in _layouts(lake, -1))
+
+
+async def scrub(lake: Lake, *, start_after: int = -1, on_chunk: Callable[[int], None] | None = None,
+                repair: bool = False) -> Report:
+    report = Report(cursor=start_after)
+    limiter = trio.CapacityLimiter(4)  # chunks checked at once
+
+    async def one(layout: ChunkLayout) -> None:
+        async with limiter:
+            health = await lake.chunks.verify(layout)
+            bad = [i for i, h in enumerate(health) if h != "ok"]
+            report.shards += len(health)
+            for h in health:
+                if h != "ok":
+                    report.bad[h] = report.bad.get(h, 0) + 1
+            if bad and len(bad) > layout.m:
+                report.lost.append(layout.chunk_id)
+            elif bad and repair:
+                await _repair_chunk(lake, layout, bad, report)
+            report.chunks += 1
+            if on_chunk:
+                on_chunk(layout.chunk_id)
+
+    batch: list[ChunkLayout] = []
+    for layout in _layouts(lake, start_after):
+        batch.append(layout)
+        if len(batch) >= PAGE:
+            await _run_batch(one, batch)
+            report.cursor = batch[-1].chunk_id
+            batch = []
+    if batch:
+        await _run_batch(one, batch)
+        report.cursor = batch[-1].chunk_id
+    report.lost.sort()
+    return report
+
+
+async def _run_batch(fn, batch: list[ChunkLayout]) -> None:
+    async with trio.open_nursery() as nursery:
+        for layout in batch:
+            nursery.start_soon(fn, layout)
+
+
+def _targets(lake: Lake, layout: ChunkLayout, bad: list[int]) -> dict[int, int]:
+    keep = [p for i, p in enumerate(layout.peers) if i not in bad]
+    usable = [c for c in lake.chunks.choices if getattr(lake.chunks.stores[c.peer_id], "up", True)]
+    spare = place(layout.chunk_id, usable, len(bad), exclude=keep)
+    if len(spare) < len(bad):
+        # No spare peer: put a shard back where it was if that peer answers (corrupt/missing
+        # shard on a live peer), never on a peer that already holds another shard of the chunk.
+        for i in bad:
+            if len(spare) >= len(bad):
+                break
+            if layout.peers[i] not in spare and layout.peers[i] not in keep and \
+                    getattr(lake.chunks.stores.get(layout.peers[i]), "up", False):
+                spare.append(layout.peers[i])
+    if len(spare) < len(bad):
+        raise LakeError(f"chunk {layout.chunk_id}: no peer free to take {len(bad)} rebuilt shard(s)")
+    return dict(zip(bad, spare))
+
+
+async def _repair_chunk(lake: Lake, layout: ChunkLayout, bad: list[int], report: Report) -> None:
+    try:
+        targets = _targets(lake, layout, bad)
+        await lake.chunks.rebuild(layout, bad, targets)
+    except (LakeError, DataUnavailable) as exc:
+        report.failed.append((layout.chunk_id, str(exc)))
+        log.warning("repair of chunk %d failed: %s", layout.chunk_id, exc)
+        return
+    for index, peer in targets.items():
+        old = layout.peers[index]
+        moved = lake.sm.apply(["move_shard", layout.chunk_id, index, old, peer], sync=True)
+        if moved:
+            report.repaired += 1
+            if old != peer and old in lake.chunks.stores:  # drop the bad copy where it was, if reachable
+                try:
+                    await lake.chunks.stores[old].delete(layout.chunk_id, index)
+                except Exception as exc:  # the peer may be down: its copy is garbage either way
+                    log.debug("could not delete old shard %d/%d on peer %d: %s", layout.chunk_id, index, old, exc)
+
+
+def status(lake: Lake) -> dict:
+    """Peers with their shard counts and liveness, and the chunks that are degraded."""
+    async def liveness() -> dict[int, dict]:
+        out: dict[int, dict] = {}
+
+        async def one(pid: int, store) -> None:
+            row = {"reachable": False}
+            with trio.move_on_after(5):
+                try:
+                    total, avail = await store.capacity()
+                    row = {"reachable": True, "total": total, "avail": avail}
+                except Exception as exc:  # a status listing reports, it does not fail
+                    row["error"] = str(exc)
+            out[pid] = row
+
+        async with trio.open_nursery() as nursery:
+            for pid, store in lake.chunks.stores.items():
+                nursery.start_soon(one, pid, store)
+        return out
+
+    live = trio.run(liveness)
+    shard_counts: dict[int, int] = {}
+    degraded, lost, chunks = [], [], 0
+    for layout in _layouts(lake, -1):
+        chunks += 1
+        down = 0
+        for pid in layout.peers:
+            shard_counts[pid] = shard_counts.get(pid, 0) + 1
+            if not live.get(pid, {}).get("reachable"):
+                down += 1
+        if down > layout.m:
+            lost.append(layout.chunk_id)
+        elif down:
+            degraded.append(layout.chunk_id)
+    peers = []
+    for p in lake.peer_records:
+        row = {"id": p.peer_id, "kind": p.kind, "address": p.address, "zone": p.zone, "weight": p.weight,
+               "state": p.state, "shards": shard_counts.get(p.peer_id, 0)}
+        row.update(live.get(p.peer_id, {"reachable": False}))
+        peers.append(row)
+    return {"peers": peers, "chunks": chunks, "degraded": degraded, "unreadable": lost,
+            "delete_queue": len(lake.sm.delete_queue(100000)),
+            "ec": f"{lake.config.ec_k}+{lake.config.ec_m}"}
