@@ -74,10 +74,13 @@ def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, .
 @click.option("--memory-cache", default="512M", show_default=True, help="In-memory chunk cache size.")
 @click.option("--pack-delay", type=float, default=2.0, show_default=True,
               help="Seconds closed files wait to be packed with the next ones (0: commit at every close).")
+@click.option("--repair-delay", type=float, default=300.0, show_default=True,
+              help="Seconds a peer may be down before its shards are rebuilt elsewhere in the background.")
 @click.option("-o", "options", multiple=True, help="Extra FUSE mount option (repeatable).")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other: bool, read_only: bool,
-          attr_timeout: float, dirty_budget: str, memory_cache: str, pack_delay: float, options: tuple[str, ...],
+          attr_timeout: float, dirty_budget: str, memory_cache: str, pack_delay: float, repair_delay: float,
+          options: tuple[str, ...],
           ready_fd: int | None) -> None:
     """Mount a lake at MOUNTPOINT (daemonizes; returns once the mount is live)."""
     from .mount import daemon
@@ -89,7 +92,7 @@ def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other
     cfg = MountConfig(mountpoint=mountpoint, data_dir=data_dir, read_only=read_only, allow_other=allow_other,
                       attr_timeout=attr_timeout, entry_timeout=attr_timeout,
                       dirty_budget=parse_size(dirty_budget), memory_cache=parse_size(memory_cache),
-                      pack_delay=pack_delay, extra_fuse_options=tuple(options))
+                      pack_delay=pack_delay, repair_delay=repair_delay, extra_fuse_options=tuple(options))
     cfg.validate()
     if foreground:
         logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
@@ -102,7 +105,7 @@ def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other
     Lake.open(data_dir, read_only=True).close()  # fail here, with the reason, if it is no lake
     args = [str(Path(mountpoint).resolve()), "--data", str(Path(data_dir).resolve()),
             "--attr-timeout", str(attr_timeout), "--dirty-budget", dirty_budget, "--memory-cache", memory_cache,
-            "--pack-delay", str(pack_delay)]
+            "--pack-delay", str(pack_delay), "--repair-delay", str(repair_delay)]
     args += ["--allow-other"] if allow_other else []
     args += ["--read-only"] if read_only else []
     for o in options:

@@ -103,6 +103,9 @@ class MountConfig:
     #: (0 = seal and commit at every close). Bounds what a daemon crash can lose of
     #: closed-but-not-fsynced files.
     pack_delay: float = 2.0
+    #: Seconds a peer must stay down before the daemon rebuilds its shards elsewhere
+    #: (missing or corrupt shards on live peers are rebuilt at once).
+    repair_delay: float = 300.0
     #: In-memory cache of immutable chunk ranges.
     memory_cache: int = 512 * MiB
     #: Sequential read-ahead window cap (whole chunks fetched ahead).

@@ -166,21 +166,35 @@ def test_reads_survive_m_dead_peers_then_fail_fast_beyond(cluster, tmp_path):
 
 
 @needs_fuse
-@pytest.mark.timeout(180)
-def test_writes_fail_cleanly_when_too_few_peers_are_up(cluster):
+@pytest.mark.timeout(240)
+def test_writes_with_peers_down_commit_k_plus_1_and_fail_below(cluster):
     lake, peers = cluster
     lake.mount()
     keep = os.urandom(3 * MiB)
     assert _write(lake.mnt / "keep", keep) == 0
     peers[5].kill9()
-    # One of 9 peers gone: a 6+3 chunk cannot be placed on 9 distinct peers. Writes must fail
-    # with ENOSPC (at write or fsync) rather than be acknowledged and lost later; the daemon
-    # notices the dead peer within a few seconds at most.
+    peers[7].kill9()
+    # 7 of 9 peers up: a 6+3 chunk is committed with 7 shards (k+1), readable, queued for repair
+    degraded = os.urandom(9 * MiB)
+    wait_for(lambda: _write(lake.mnt / "degraded", degraded) == 0, 30, "a write with 2 peers down to succeed")
+    assert (lake.mnt / "degraded").read_bytes() == degraded
+    peers[1].kill9()
+    # 6 of 9 up: fewer than k+1 -- refused with ENOSPC (at write or fsync), never acknowledged
+    # and lost later; the daemon notices the dead peer within seconds at most.
     wait_for(lambda: _write(lake.mnt / "f", os.urandom(MiB)) == 28, 30, "writes to be refused with ENOSPC")
     assert (lake.mnt / "keep").read_bytes() == keep  # what was committed stays readable
-    peers[5].start()
-    wait_for(lambda: _write(lake.mnt / "g", b"x" * 1000) == 0, 30, "writes to work again once the peer is back")
-    assert (lake.mnt / "g").read_bytes() == b"x" * 1000
+    for p in (peers[1], peers[5], peers[7]):
+        p.start()
+    wait_for(lambda: _write(lake.mnt / "g", b"x" * 1000) == 0, 30, "writes to work again once peers are back")
+    lake.umount()
+    st = json.loads(cli("status", "--data", str(lake.data), "--json", env=lake.env, check=True).stdout)
+    assert st["degraded"] == []  # all peers answer again...
+    res = cli("scrub", "--data", str(lake.data), "--json", env=lake.env)
+    assert res.returncode == 3 and json.loads(res.stdout)["bad"].get("missing", 0) >= 2  # ...but shards are missing
+    assert cli("repair", "--data", str(lake.data), env=lake.env).returncode == 0
+    assert cli("scrub", "--data", str(lake.data), env=lake.env).returncode == 0
+    lake.mount()
+    assert (lake.mnt / "degraded").read_bytes() == degraded
 
 
 def _write(path: Path, data: bytes) -> int:
@@ -315,3 +329,37 @@ def test_repair_of_embedded_lake(live):
     assert cli("scrub", "--data", str(live.data), env=live.env).returncode == 0
     live.mount()
     assert (live.mnt / "f").read_bytes() == data
+
+
+@needs_fuse
+@pytest.mark.timeout(240)
+def test_mount_repairs_in_the_background_after_the_delay(tmp_path):
+    secret = write_secret(tmp_path / "secret")
+    peers = [Peer(tmp_path, f"peer{i}", secret, zone=f"z{i % 3}") for i in range(10)]
+    lake = LiveLake(tmp_path / "lake", format_args=None)
+    try:
+        for p in peers:
+            p.start()
+        net = sum((["--net-peer", f"{p.address}@{p.zone}"] for p in peers), [])
+        cli("format", "--data", str(lake.data), "--ec", "6+3", "--secret-file", str(secret), *net,
+            env=lake.env, check=True)
+        lake.mount("--repair-delay", "1")
+        data = os.urandom(12 * MiB)
+        (lake.mnt / "f").write_bytes(data)
+        os.sync()
+        info = json.loads(cli("stat", str(lake.mnt / "f"), "--json", env=lake.env, check=True).stdout)
+        victim = info["extents"][0]["shards"][0]["peer"]
+        peers[victim].kill9()
+
+        def repaired():
+            st = json.loads(cli("status", "--data", str(lake.data), "--json", env=lake.env, check=True).stdout)
+            shards = next(p for p in st["peers"] if p["id"] == victim)["shards"]
+            return shards == 0 and st["degraded"] == [] and st["unreadable"] == []
+        wait_for(repaired, 90, "the daemon to rebuild the dead peer's shards elsewhere", interval=0.5)
+        assert "background repair rebuilt" in lake.log()
+        lake.remount()
+        assert (lake.mnt / "f").read_bytes() == data
+    finally:
+        lake.teardown()
+        for p in peers:
+            p.stop()

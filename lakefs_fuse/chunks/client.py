@@ -57,6 +57,9 @@ class ChunkClient:
         self.limiter = trio.CapacityLimiter(threads)
         self.on_degraded = on_degraded
         self.degraded_reads = 0
+        self.partial_writes = 0
+        #: chunks known to miss shards (partial writes, failed shard reads): repair looks here first
+        self.needs_repair: set[int] = set()
         self._inflight: dict[tuple[int, int, int], _Flight] = {}
 
     # ------------------------------------------------------------------ write
@@ -102,14 +105,29 @@ class ChunkClient:
         async with trio.open_nursery() as nursery:
             for index in range(width):
                 nursery.start_soon(put_one, index)
+        layout = ChunkLayout(chunk_id, len(data), k, self.m, shard_len, peers, sums)
+        if failed and width - len(failed) < k + 1:
+            await self.delete_chunk(layout)
+            raise NoSpace(f"chunk {chunk_id}: only {width - len(failed)} of {width} shards could be stored "
+                          f"(at least {k + 1} needed)")
         if failed:
-            await self.delete_chunk(ChunkLayout(chunk_id, len(data), k, self.m, shard_len, peers, sums))
-            raise NoSpace(f"chunk {chunk_id}: no peer could take shard(s) {sorted(failed)}")
-        return ChunkLayout(chunk_id, len(data), k, self.m, shard_len, peers, sums)
+            # Committed with at least k+1 shards: still readable if one more peer dies. The
+            # record names the intended peers of the missing shards, so the chunk shows up as
+            # degraded and repair rebuilds exactly those shards.
+            self.partial_writes += 1
+            for index in failed:
+                self.needs_repair.add(chunk_id)
+                log.warning("chunk %d stored without shard %d (peer %d); queued for repair",
+                            chunk_id, index, peers[index])
+        return layout
 
     def writable_peers(self) -> int:
         """Peers that take new shards and are not known to be down right now."""
         return sum(1 for c in self.choices if getattr(self.stores[c.peer_id], "up", True))
+
+    def min_writable_peers(self) -> int:
+        """Fewest live peers with which a full chunk can still be committed (k + 1 shards)."""
+        return self.k + 1
 
     async def sync(self) -> None:
         """Durability barrier: every shard put so far survives a power loss afterwards."""
@@ -192,6 +210,7 @@ class ChunkClient:
     async def _read_degraded(self, layout: ChunkLayout, pieces: Sequence[tuple[int, int, int]],
                              bad: dict[int, str]) -> bytearray:
         self.degraded_reads += 1
+        self.needs_repair.add(layout.chunk_id)
         for index, why in bad.items():
             log.warning("chunk %d shard %d unreadable (%s): degraded read", layout.chunk_id, index, why)
             if self.on_degraded:

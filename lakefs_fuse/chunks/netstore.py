@@ -44,6 +44,7 @@ class NetStore:
         self._down_until = 0.0
         self._backoff = BACKOFF_MIN
         self._is_down = False
+        self.down_since: float | None = None  # trio clock time of the outage's first failure
         self._unsynced = False  # shards were put since the last sync
         self.last_error = ""
 
@@ -82,6 +83,7 @@ class NetStore:
         if not self._is_down:  # one line per outage, not one per retry
             log.warning("peer %d (%s) is down: %s", self.peer_id, self.address, why)
             self._is_down = True
+            self.down_since = trio.current_time()
         self._down_until = trio.current_time() + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
@@ -89,6 +91,7 @@ class NetStore:
         if self._is_down:
             log.info("peer %d (%s) is back", self.peer_id, self.address)
             self._is_down = False
+            self.down_since = None
         self._backoff = BACKOFF_MIN
         self._down_until = 0.0
 

@@ -23,6 +23,7 @@ import trio
 
 from ..config import MountConfig, runtime_dir
 from ..errors import UserError
+from . import maintenance
 from .lake import Lake
 from .operations import Operations
 from .vfs import VFS
@@ -133,7 +134,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
                                "data_dir": str(Path(cfg.data_dir).resolve())}))
     status = 0
     try:
-        trio.run(_main, vfs, cfg, mountpoint, report)
+        trio.run(_main, vfs, cfg, mountpoint, report, lake)
     except BaseException:
         log.exception("mount daemon failed")
         status = 1
@@ -152,15 +153,27 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     return status
 
 
-async def _main(vfs: VFS, cfg: MountConfig, mountpoint: Path, report) -> None:
+async def _main(vfs: VFS, cfg: MountConfig, mountpoint: Path, report, lake: Lake) -> None:
     async with trio.open_nursery() as nursery:
         await vfs.start(nursery)
         nursery.start_soon(_signals)
+        nursery.start_soon(_repair_loop, lake, vfs, cfg.repair_delay)
         nursery.start_soon(_become_ready, cfg, mountpoint, report)
         await pyfuse3.main()
         log.info("FUSE session ended; flushing")
         await vfs.shutdown()
         nursery.cancel_scope.cancel()
+
+
+async def _repair_loop(lake: Lake, vfs: VFS, delay: float) -> None:
+    """Close redundancy gaps in the background: see :func:`maintenance.repair_pending`."""
+    tick = max(0.5, min(30.0, delay / 2))
+    while True:
+        await trio.sleep(tick)
+        try:
+            await maintenance.repair_pending(lake, delay=delay, forget_layout=vfs.forget_layout)
+        except Exception:  # repair is best effort; the next round tries again
+            log.exception("background repair failed")
 
 
 async def _signals() -> None:

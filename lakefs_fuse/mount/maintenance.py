@@ -182,3 +182,43 @@ def status(lake: Lake) -> dict:
     return {"peers": peers, "chunks": chunks, "degraded": degraded, "unreadable": lost,
             "delete_queue": len(lake.sm.delete_queue(100000)),
             "ec": f"{lake.config.ec_k}+{lake.config.ec_m}"}
+
+
+async def repair_pending(lake: Lake, *, delay: float, forget_layout: Callable[[int], None] | None = None) -> Report:
+    """Background repair inside a daemon: fix what is known to be broken, cheaply.
+
+    Candidates are the chunks the chunk client saw missing shards in (partial writes, degraded
+    reads) and the chunks with a shard on a peer that has been down for at least ``delay``
+    seconds (found from the chunk records alone; a peer that is back sooner costs nothing).
+    Of those, shards that are missing or corrupt, or unreachable on a long-down peer, are
+    rebuilt elsewhere.
+    """
+    now = trio.current_time()
+    long_down = {pid for pid, store in lake.chunks.stores.items()
+                 if getattr(store, "down_since", None) is not None and now - store.down_since >= delay}
+    wanted = set(lake.chunks.needs_repair)
+    report = Report()
+    for layout in _layouts(lake, -1):
+        if layout.chunk_id not in wanted and not long_down.intersection(layout.peers):
+            continue
+        health = await lake.chunks.verify(layout)
+        bad = [i for i, h in enumerate(health)
+               if h in ("missing", "corrupt") or (h == "unreachable" and layout.peers[i] in long_down)]
+        report.chunks += 1
+        if not bad:
+            if all(h == "ok" for h in health):
+                lake.chunks.needs_repair.discard(layout.chunk_id)
+            continue
+        if len(bad) > layout.m:
+            report.lost.append(layout.chunk_id)
+            continue
+        before = report.repaired
+        await _repair_chunk(lake, layout, bad, report)
+        if report.repaired > before:
+            if forget_layout:
+                forget_layout(layout.chunk_id)
+            if all(h == "ok" or i in bad for i, h in enumerate(health)):
+                lake.chunks.needs_repair.discard(layout.chunk_id)
+    if report.repaired:
+        log.info("background repair rebuilt %d shard(s) in %d chunk(s)", report.repaired, report.chunks)
+    return report

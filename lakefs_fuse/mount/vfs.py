@@ -294,11 +294,11 @@ class VFS:
         if self._usable_free is not None and self.writer.buffered + len(data) > self._usable_free:
             # Refuse up front rather than accept bytes no peer can store.
             raise E.NoSpace("the lake's peers are full")
-        width = self.chunks.k + self.chunks.m
-        if self.chunks.writable_peers() < width:
-            # A full chunk needs k+m distinct peers; accepting bytes that cannot be placed
-            # would only lose them after close() has returned.
-            raise E.NoSpace(f"only {self.chunks.writable_peers()} of the {width} peers a chunk needs are up")
+        need = self.chunks.min_writable_peers()
+        if self.chunks.writable_peers() < need:
+            # A chunk is committed with at least k+1 shards on distinct peers; accepting bytes
+            # that cannot be placed would only lose them after close() has returned.
+            raise E.NoSpace(f"only {self.chunks.writable_peers()} peers are up; writes need {need}")
         h.wrote = True
         self.stats.writes += 1
         self.stats.write_bytes += len(data)
@@ -364,6 +364,10 @@ class VFS:
             if len(self._layouts) > 65536:
                 self._layouts.popitem(last=False)
         return layout
+
+    def forget_layout(self, chunk_id: int) -> None:
+        """A chunk's shards moved (repair): read its record afresh next time."""
+        self._layouts.pop(chunk_id, None)
 
     async def _extent_bytes(self, ext: Extent) -> bytes:
         """The whole byte range of one extent (a small file is fetched whole; big files by chunk)."""
