@@ -363,3 +363,126 @@ def test_mount_repairs_in_the_background_after_the_delay(tmp_path):
         lake.teardown()
         for p in peers:
             p.stop()
+
+
+class FaultProxy:
+    """A TCP proxy in front of one peer that can cut the link (a network partition).
+
+    Partitioned: every proxied connection is dropped and new ones are accepted but never
+    answered -- to the client, the peer has vanished from the network.
+    """
+
+    def __init__(self, target_port: int):
+        import threading
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.partitioned = threading.Event()
+        self.closing = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+        while not self.closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns.append(client)
+            if self.partitioned.is_set():
+                continue  # a black hole: hold the socket, never answer
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns.append(upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while not self.partitioned.is_set():
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def partition(self) -> None:
+        self.partitioned.set()
+        with self.lock:
+            for s in self.conns:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.conns.clear()
+
+    def heal(self) -> None:
+        self.partitioned.clear()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.partition()
+        self.listener.close()
+
+
+@needs_fuse
+@pytest.mark.timeout(240)
+def test_partitioned_peer_is_treated_as_dead_and_rejoins(tmp_path):
+    secret = write_secret(tmp_path / "secret")
+    peers = [Peer(tmp_path, f"peer{i}", secret, zone=f"z{i % 3}") for i in range(9)]
+    lake = LiveLake(tmp_path / "lake", format_args=None)
+    proxy = None
+    try:
+        for p in peers:
+            p.start()
+        proxy = FaultProxy(peers[0].port)
+        addrs = [f"127.0.0.1:{proxy.port}@z0"] + [f"{p.address}@{p.zone}" for p in peers[1:]]
+        cli("format", "--data", str(lake.data), "--ec", "6+3", "--secret-file", str(secret),
+            *sum((["--net-peer", a] for a in addrs), []), env=lake.env, check=True)
+        lake.mount()
+        data = os.urandom(24 * MiB)
+        (lake.mnt / "f").write_bytes(data)
+        lake.remount()
+
+        proxy.partition()
+        t0 = time.monotonic()
+        assert (lake.mnt / "f").read_bytes() == data  # degraded around the unreachable peer
+        assert time.monotonic() - t0 < 60
+        assert "degraded read" in lake.log()
+        assert _alive(lake.pid())
+
+        def peer0_reachable() -> bool:
+            rows = json.loads(cli("peer", "list", "--data", str(lake.data), "--json", env=lake.env,
+                                  check=True).stdout)
+            return next(r for r in rows if r["id"] == 0)["reachable"]
+        assert not peer0_reachable()
+        proxy.heal()
+        wait_for(peer0_reachable, 60, "the partitioned peer to answer again", interval=0.5)
+        lake.remount()
+        before = lake.log().count("degraded read")
+        assert (lake.mnt / "f").read_bytes() == data
+        # back in the cluster: the daemon reaches it and needs no decoding for this file
+        assert lake.log().count("degraded read") == before
+    finally:
+        lake.teardown()
+        for p in peers:
+            p.stop()
+        if proxy:
+            proxy.close()
