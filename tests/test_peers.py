@@ -486,3 +486,34 @@ def test_partitioned_peer_is_treated_as_dead_and_rejoins(tmp_path):
             p.stop()
         if proxy:
             proxy.close()
+
+
+@needs_fuse
+@pytest.mark.timeout(240)
+def test_full_peer_refuses_and_shards_go_elsewhere(tmp_path):
+    secret = write_secret(tmp_path / "secret")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    peers = [Peer(tmp_path, f"peer{i}", secret, zone=f"z{i % 3}") for i in range(10)]
+    peers[0].dir = small / "peer0"  # this peer's disk fills up after a few shards
+    lake = LiveLake(tmp_path / "lake", format_args=None)
+    try:
+        for p in peers:
+            p.start()
+        cli("format", "--data", str(lake.data), "--ec", "6+3", "--secret-file", str(secret),
+            *sum((["--net-peer", f"{p.address}@{p.zone}"] for p in peers), []), env=lake.env, check=True)
+        lake.mount()
+        data = os.urandom(64 * MiB)  # ~100 shards of ~700 KB: peer 0 would get ~10, room for ~5
+        (lake.mnt / "f").write_bytes(data)
+        lake.umount()
+        assert "refused" in lake.log()  # peer 0 said ENOSPC at least once...
+        res = cli("scrub", "--data", str(lake.data), "--json", env=lake.env)
+        assert res.returncode == 0 and json.loads(res.stdout)["bad"] == {}  # ...and nothing is missing
+        lake.mount()
+        assert (lake.mnt / "f").read_bytes() == data
+    finally:
+        lake.teardown()
+        for p in peers:
+            p.stop()
+        subprocess.run(["umount", "-l", str(small)], check=False)
