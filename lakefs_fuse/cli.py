@@ -338,6 +338,36 @@ def repair(data_dir: Path | None, start_after: int, as_json: bool) -> None:
 
 @main.command()
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@click.option("--start-after", type=int, default=-1, help="Resume after this chunk id (from a previous run).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def rebalance(data_dir: Path | None, start_after: int, as_json: bool) -> None:
+    """Move shards onto newly added peers and off removed ones (lake unmounted)."""
+    from .mount import maintenance
+    from .mount.lake import Lake, in_use
+    data_dir = data_dir or default_data_dir()
+    if in_use(data_dir):
+        raise UserError(f"{data_dir} is mounted; unmount it to rebalance")
+    lake = Lake.open(data_dir, lock=True)
+    try:
+        total = maintenance.count_chunks(lake)
+        with click.progressbar(length=total, label="rebalance", file=sys.stderr, show_pos=True) as bar:
+            report = trio.run(lambda: maintenance.rebalance(lake, start_after=start_after,
+                                                            on_chunk=lambda _cid: bar.update(1)))
+    finally:
+        lake.close()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+        return
+    click.echo(f"{report.chunks} chunks checked, {report.repaired} shard(s) moved")
+    for cid, why in report.failed:
+        click.echo(f"  chunk {cid}: {why}")
+    if report.failed:
+        click.echo(f"  resume with --start-after {report.cursor} after fixing the above, or run again")
+        sys.exit(3)
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(data_dir: Path | None, as_json: bool) -> None:
     """Peers (up/down, zone, capacity, shard count) and chunks that are degraded."""

@@ -517,3 +517,33 @@ def test_full_peer_refuses_and_shards_go_elsewhere(tmp_path):
         for p in peers:
             p.stop()
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@needs_fuse
+@pytest.mark.timeout(240)
+def test_rebalance_fills_a_new_peer_and_drains_a_removed_one(cluster, tmp_path):
+    lake, peers = cluster
+    lake.mount()
+    data = os.urandom(40 * MiB)
+    (lake.mnt / "f").write_bytes(data)
+    lake.umount()
+    new = Peer(tmp_path, "peer9", peers[0].secret, zone="z0")
+    try:
+        new.start()
+        assert "added peer 9" in cli("peer", "add", new.address, "--data", str(lake.data), env=lake.env,
+                                     check=True).stdout
+        assert cli("peer", "remove", "3", "--data", str(lake.data), env=lake.env, check=True).returncode == 0
+        res = cli("rebalance", "--data", str(lake.data), "--json", env=lake.env)
+        assert res.returncode == 0, res.stderr
+        moved = json.loads(res.stdout)["repaired"]
+        st = json.loads(cli("status", "--data", str(lake.data), "--json", env=lake.env, check=True).stdout)
+        shards = {p["id"]: p["shards"] for p in st["peers"]}
+        assert shards[3] == 0 and shards[9] > 0 and moved >= shards[9]
+        assert not list((peers[3].dir / "shards").rglob("*.[0-9]"))  # drained on disk too
+        again = json.loads(cli("rebalance", "--data", str(lake.data), "--json", env=lake.env, check=True).stdout)
+        assert again["repaired"] == 0  # idempotent
+        assert cli("scrub", "--data", str(lake.data), env=lake.env).returncode == 0
+        lake.mount()
+        assert (lake.mnt / "f").read_bytes() == data
+    finally:
+        new.stop()

@@ -250,6 +250,30 @@ class ChunkClient:
             out += decoded[index][rel:rel + n]
         return out
 
+    async def read_shard(self, layout: ChunkLayout, index: int) -> bytearray:
+        """Shard ``index`` whole, verified; rebuilt from the others if its own copy is bad."""
+        try:
+            data = await self._get(layout, index, 0, layout.shard_len)
+        except _SHARD_ERRORS:
+            data = None
+        if data is None or xxhash.xxh3_64_intdigest(data) != layout.checksums[index]:
+            codec = get_codec(layout.k, layout.m)
+            have: dict[int, bytearray] = {}
+            for i in range(layout.width):
+                if i == index or len(have) >= layout.k:
+                    continue
+                try:
+                    have[i] = await self._get(layout, i, 0, layout.shard_len)
+                except _SHARD_ERRORS:
+                    continue
+            if len(have) < layout.k:
+                raise DataUnavailable(f"chunk {layout.chunk_id}: shard {index} cannot be read or rebuilt")
+            data = bytearray((await trio.to_thread.run_sync(codec.decode, have, [index],
+                                                            limiter=self.limiter))[index])
+            if xxhash.xxh3_64_intdigest(data) != layout.checksums[index]:
+                raise DataUnavailable(f"chunk {layout.chunk_id}: rebuilt shard {index} fails its checksum")
+        return data
+
     async def rebuild(self, layout: ChunkLayout, bad: Sequence[int], targets: Mapping[int, int]) -> None:
         """Recreate shards ``bad`` from the others and store shard i on peer ``targets[i]``.
 

@@ -222,3 +222,48 @@ async def repair_pending(lake: Lake, *, delay: float, forget_layout: Callable[[i
     if report.repaired:
         log.info("background repair rebuilt %d shard(s) in %d chunk(s)", report.repaired, report.chunks)
     return report
+
+
+async def rebalance(lake: Lake, *, start_after: int = -1, on_chunk: Callable[[int], None] | None = None,
+                    max_moves: int | None = None) -> Report:
+    """Move shards to where placement wants them today.
+
+    For every chunk, the rendezvous order over the peers that take new shards (removed peers
+    have no weight) says which peers should hold it. A shard on a removed peer, or on a peer
+    outside that set while a wanted peer holds nothing of the chunk, is copied (verified
+    against its checksum) to the wanted peer, recorded with ``move_shard``, then deleted
+    where it was. Adding a peer therefore draws roughly its share of shards; removing one
+    drains it. Idempotent and resumable (``start_after``).
+    """
+    report = Report(cursor=start_after)
+    usable = [c for c in lake.chunks.choices if getattr(lake.chunks.stores[c.peer_id], "up", True)]
+    placeable = {c.peer_id for c in lake.chunks.choices}
+    moves = 0
+    for layout in _layouts(lake, start_after):
+        report.chunks += 1
+        wanted = place(layout.chunk_id, usable, layout.width)
+        free = [p for p in wanted if p not in layout.peers]
+        for index, peer in enumerate(layout.peers):
+            if not free or (max_moves is not None and moves >= max_moves):
+                break
+            if peer in wanted and peer in placeable:
+                continue
+            target = free.pop(0)
+            try:
+                data = await lake.chunks.read_shard(layout, index)
+                await lake.chunks.stores[target].put(layout.chunk_id, index, data)
+            except Exception as exc:  # one shard that cannot move does not stop the run
+                report.failed.append((layout.chunk_id, f"shard {index}: {exc}"))
+                continue
+            if lake.sm.apply(["move_shard", layout.chunk_id, index, peer, target], sync=True):
+                moves += 1
+                report.repaired += 1
+                layout.peers[index] = target
+                try:
+                    await lake.chunks.stores[peer].delete(layout.chunk_id, index)
+                except Exception as exc:  # unreachable old peer: its copy is garbage now
+                    log.debug("could not delete moved shard on peer %d: %s", peer, exc)
+        report.cursor = layout.chunk_id
+        if on_chunk:
+            on_chunk(layout.chunk_id)
+    return report
