@@ -60,6 +60,7 @@ class ChunkClient:
         self.partial_writes = 0
         #: chunks known to miss shards (partial writes, failed shard reads): repair looks here first
         self.needs_repair: set[int] = set()
+        self._warned: dict[int, float] = {}
         self._inflight: dict[tuple[int, int, int], _Flight] = {}
 
     # ------------------------------------------------------------------ write
@@ -204,21 +205,33 @@ class ChunkClient:
                 for i, piece in enumerate(pieces):
                     nursery.start_soon(fetch, i, *piece)
         if bad:
-            return await self._read_degraded(layout, pieces, bad)
+            done = {p[0]: slots[i] for i, p in enumerate(pieces) if p[0] not in bad}
+            return await self._read_degraded(layout, pieces, bad, done)
         return out
 
     async def _read_degraded(self, layout: ChunkLayout, pieces: Sequence[tuple[int, int, int]],
-                             bad: dict[int, str]) -> bytearray:
+                             bad: dict[int, str], done: Mapping[int, memoryview]) -> bytearray:
         self.degraded_reads += 1
         self.needs_repair.add(layout.chunk_id)
+        now = trio.current_time()
         for index, why in bad.items():
-            log.warning("chunk %d shard %d unreadable (%s): degraded read", layout.chunk_id, index, why)
+            peer = layout.peers[index]
+            # One WARNING per peer per minute: a dead peer makes every chunk read degraded.
+            if now - self._warned.get(peer, -1e9) >= 60:
+                self._warned[peer] = now
+                log.warning("peer %d: shard %d of chunk %d unreadable (%s): degraded read "
+                            "(more from this peer are logged at DEBUG for a minute)",
+                            peer, index, layout.chunk_id, why)
+            else:
+                log.debug("chunk %d shard %d unreadable (%s): degraded read", layout.chunk_id, index, why)
             if self.on_degraded:
                 self.on_degraded(layout.chunk_id, index, why)
         lo = min(p[1] for p in pieces)
         hi = max(p[1] + p[2] for p in pieces)
         want = sorted({p[0] for p in pieces})
-        have: dict[int, bytes] = {}
+        # Covering shards that were read fine over the same range are inputs already.
+        have: dict[int, bytes | memoryview] = {
+            p[0]: done[p[0]] for p in pieces if p[0] in done and p[1] == lo and p[2] == hi - lo}
 
         async def fetch(index: int) -> None:
             try:
