@@ -11,6 +11,7 @@ import logging
 import os
 import stat as st
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -49,14 +50,16 @@ def main() -> None:
               help="A peer server (repeat; at least K+M) instead of local directories.")
 @click.option("--secret-file", type=click.Path(path_type=Path), default=None,
               help="Cluster secret shared with the peer servers (default: a new random DATA/secret).")
+@click.option("--tls-ca", type=click.Path(path_type=Path), default=None,
+              help="Talk TLS to the peer servers, trusting this CA/certificate (PEM).")
 def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, ...], net_peers: tuple[str, ...],
-           secret_file: Path | None) -> None:
+           secret_file: Path | None, tls_ca: Path | None) -> None:
     """Create an empty lake."""
     from .mount.lake import format_lake
     k, m = parse_ec(ec)
     config = LakeConfig(ec_k=k, ec_m=m, chunk_size=parse_size(chunk_size))
     data_dir = data_dir or default_data_dir()
-    format_lake(data_dir, config, [str(p) for p in peers] or None, list(net_peers) or None, secret_file)
+    format_lake(data_dir, config, [str(p) for p in peers] or None, list(net_peers) or None, secret_file, tls_ca)
     n = len(peers) or len(net_peers) or max(6, k + m)
     click.echo(f"formatted lake in {data_dir}: EC {k}+{m}, chunk {config.chunk_size >> 10} KiB, {n} peers")
 
@@ -405,16 +408,23 @@ def peer() -> None:
 @click.option("--zone", default="", help="Failure zone (rack, host, disk) reported to lakes.")
 @click.option("--secret-file", type=click.Path(path_type=Path), required=True,
               help="The cluster secret (the lake's DATA/secret).")
-def peer_serve(data_dir: Path, listen: str, zone: str, secret_file: Path) -> None:
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None, help="Serve TLS with this certificate (PEM).")
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="The certificate's private key (PEM).")
+def peer_serve(data_dir: Path, listen: str, zone: str, secret_file: Path, tls_cert: Path | None,
+               tls_key: Path | None) -> None:
     """Serve shards from DIR to lakes that know the cluster secret (SIGTERM stops it)."""
     import signal
+    import ssl
 
     from . import wire
     from .chunks.peer_server import PeerServer
     try:
         host, port = wire.parse_address(listen)
         secret = wire.load_secret(secret_file)
-    except (OSError, ValueError) as exc:
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        ssl_context = wire.server_tls_context(str(tls_cert), str(tls_key)) if tls_cert else None
+    except (OSError, ValueError, ssl.SSLError) as exc:
         raise UserError(str(exc)) from None
     logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
@@ -426,7 +436,7 @@ def peer_serve(data_dir: Path, listen: str, zone: str, secret_file: Path) -> Non
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             try:
-                bound = await nursery.start(server.serve, host, port, secret)
+                bound = await nursery.start(partial(server.serve, ssl_context=ssl_context), host, port, secret)
             except OSError as exc:
                 raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
             logging.getLogger("lakefs_fuse.peer").info("peer %s serving %s on %s:%s", server.ident, data_dir,
@@ -469,7 +479,8 @@ def peer_add(address: str, data_dir: Path | None, zone: str | None, weight: floa
             raise UserError(f"{address} is already a peer of this lake")
 
         async def probe() -> dict:
-            store = NetStore(-1, address, lake.secret or b"", call_timeout=5, connect_timeout=5)
+            store = NetStore(-1, address, lake.secret or b"", call_timeout=5, connect_timeout=5,
+                             ssl_context=lake.tls_context)
             try:
                 return await store.stat()
             finally:

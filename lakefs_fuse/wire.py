@@ -46,6 +46,7 @@ import itertools
 import logging
 import os
 import secrets
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -433,15 +434,28 @@ class RpcClient:
 
     @classmethod
     async def connect(cls, host: str, port: int, secret: bytes, nursery: trio.Nursery, *,
-                      connect_timeout: float = 5.0, max_payload: int = DEFAULT_MAX_PAYLOAD) -> RpcClient:
-        """Open TCP and authenticate, each step within ``connect_timeout``.
+                      connect_timeout: float = 5.0, max_payload: int = DEFAULT_MAX_PAYLOAD,
+                      ssl_context: ssl.SSLContext | None = None) -> RpcClient:
+        """Open TCP (and TLS, given ``ssl_context``) and authenticate, each within ``connect_timeout``.
 
-        Raises OSError (refused, unreachable), trio.TooSlowError (TCP connect timed out) or
-        AuthError (handshake failed or timed out).
+        Raises OSError (refused, unreachable, TLS failure), trio.TooSlowError (connect timed
+        out) or AuthError (handshake failed or timed out). TLS protects the bytes on the wire;
+        the HMAC handshake inside it still proves both ends know the cluster secret.
         """
         _require_secret(secret)
         with trio.fail_after(connect_timeout):
             stream = await trio.open_tcp_stream(host, port)
+        if ssl_context is not None:
+            stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
+            try:
+                with trio.fail_after(connect_timeout):
+                    await stream.do_handshake()
+            except (trio.BrokenResourceError, ssl.SSLError) as exc:
+                await trio.aclose_forcefully(stream)
+                raise OSError(f"TLS handshake with {host}:{port} failed: {exc.__cause__ or exc}") from exc
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
         fs = FramedStream(stream, max_payload=max_payload)
         try:
             await client_handshake(fs, secret, timeout=connect_timeout)
@@ -531,7 +545,20 @@ def _errno_of(exc: BaseException) -> int | None:
     return code if type(code) is int and code > 0 else None
 
 
+def server_tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """TLS for a server: its certificate chain and private key (PEM files)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def client_tls_context(cafile: str) -> ssl.SSLContext:
+    """TLS for a client: trust the CA (or self-signed certificate) in ``cafile``; names are checked."""
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+
+
 def _describe_peer(stream) -> str:
+    stream = getattr(stream, "transport_stream", stream)  # under TLS, the TCP stream beneath
     try:
         host, port = stream.socket.getpeername()[:2]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -647,7 +674,8 @@ class _ServerConnection:
 
 async def serve(handler: Handler, host: str, port: int, secret: bytes, *,
                 max_payload: int = DEFAULT_MAX_PAYLOAD, max_inflight_per_conn: int = 64,
-                handshake_timeout: float = 5.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                handshake_timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``handler`` on host:port until cancelled; reports the bound port via task_status.
 
     ``handler(op, args, payload)`` returns ``(result_dict, payload)``. An exception with an
@@ -663,6 +691,8 @@ async def serve(handler: Handler, host: str, port: int, secret: bytes, *,
         bound_port = listeners[0].socket.getsockname()[1]
 
         async def handle_connection(stream: trio.SocketStream) -> None:
+            if ssl_context is not None:  # TLS first; its handshake runs on the first read
+                stream = trio.SSLStream(stream, ssl_context, server_side=True)
             connection = _ServerConnection(stream, handler, secret, max_payload=max_payload,
                                            max_inflight=max_inflight_per_conn,
                                            handshake_timeout=handshake_timeout)

@@ -33,12 +33,13 @@ class Peer:
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         listen = f"127.0.0.1:{self.port}"
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 [*CLI, "peer", "serve", "--data", str(self.dir), "--listen", listen, "--zone", self.zone,
-                 "--secret-file", str(self.secret)], stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, cwd=REPO)
+                 "--secret-file", str(self.secret), *extra], stdout=logf, stderr=logf, stdin=subprocess.DEVNULL,
+                cwd=REPO)
         pattern = re.compile(r"serving .* on 127\.0\.0\.1:(\d+)")
 
         def bound():
@@ -547,3 +548,57 @@ def test_rebalance_fills_a_new_peer_and_drains_a_removed_one(cluster, tmp_path):
         assert (lake.mnt / "f").read_bytes() == data
     finally:
         new.stop()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@needs_fuse
+@pytest.mark.timeout(180)
+def test_tls_between_mount_and_peers(tmp_path):
+    cert, key = self_signed(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_cert, _ = self_signed(tmp_path / "other")
+    secret = write_secret(tmp_path / "secret")
+    peers = [Peer(tmp_path, f"peer{i}", secret) for i in range(6)]
+    lake = LiveLake(tmp_path / "lake", format_args=None)
+    try:
+        for p in peers:
+            p.start("--tls-cert", str(cert), "--tls-key", str(key))
+        net = sum((["--net-peer", p.address] for p in peers), [])
+        cli("format", "--data", str(lake.data), "--ec", "4+2", "--secret-file", str(secret), "--tls-ca", str(cert),
+            *net, env=lake.env, check=True)
+        lake.mount()
+        data = os.urandom(5 * MiB)
+        (lake.mnt / "f").write_bytes(data)
+        lake.remount()
+        assert (lake.mnt / "f").read_bytes() == data
+        lake.umount()
+        rows = json.loads(cli("peer", "list", "--data", str(lake.data), "--json", env=lake.env, check=True).stdout)
+        assert all(r["reachable"] for r in rows)
+        # a lake that does not trust the peers' certificate is refused, and says why
+        bad = tmp_path / "bad-lake"
+        cli("format", "--data", str(bad), "--secret-file", str(secret), "--tls-ca", str(other_cert), *net,
+            "--ec", "4+2", env=lake.env, check=True)
+        rows = json.loads(cli("peer", "list", "--data", str(bad), "--json", env=lake.env, check=True).stdout)
+        assert not any(r["reachable"] for r in rows)
+        assert "TLS" in rows[0]["error"] or "certificate" in rows[0]["error"], rows[0]
+        # a plaintext client gets nothing from a TLS peer (the connection fails, the peer lives on)
+        with socket.create_connection(("127.0.0.1", peers[0].port), timeout=5) as s:
+            s.sendall(b"\0" * 8)
+            s.settimeout(15)
+            try:
+                while s.recv(4096):
+                    pass
+            except (ConnectionResetError, socket.timeout):
+                pass
+        assert peers[0].proc.poll() is None
+    finally:
+        lake.teardown()
+        for p in peers:
+            p.stop()

@@ -29,11 +29,12 @@ BACKOFF_MAX = 10.0
 
 class NetStore:
     def __init__(self, peer_id: int, address: str, secret: bytes, *, call_timeout: float = 10.0,
-                 connect_timeout: float = 3.0, connections: int = 2):
+                 connect_timeout: float = 3.0, connections: int = 2, ssl_context=None):
         self.peer_id = peer_id
         self.address = address
         self.host, self.port = wire.parse_address(address)
         self.secret = secret
+        self.ssl_context = ssl_context
         self.call_timeout = call_timeout
         self.connect_timeout = connect_timeout
         self.connections = connections
@@ -113,7 +114,8 @@ class NetStore:
             nursery = await self._owner_nursery()
             try:
                 client = await wire.RpcClient.connect(self.host, self.port, self.secret, nursery,
-                                                      connect_timeout=self.connect_timeout)
+                                                      connect_timeout=self.connect_timeout,
+                                                      ssl_context=self.ssl_context)
             except wire.AuthError as exc:
                 self._mark_down(f"authentication failed: {exc}")
                 raise PeerUnavailable(f"peer {self.address}: authentication failed (wrong secret?)") from exc

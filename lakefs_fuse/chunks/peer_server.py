@@ -109,8 +109,9 @@ class PeerServer:
                     "version": __version__}, b""
         raise _errno(errno.EOPNOTSUPP, f"unknown op {op!r}")
 
-    async def serve(self, host: str, port: int, secret: bytes, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await wire.serve(self.handle, host, port, secret, task_status=task_status)
+    async def serve(self, host: str, port: int, secret: bytes, *, ssl_context=None,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await wire.serve(self.handle, host, port, secret, ssl_context=ssl_context, task_status=task_status)
 
 
 def _make(path: Path) -> str:

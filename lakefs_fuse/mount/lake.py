@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import ssl
 import time
 import uuid
 from dataclasses import asdict
@@ -58,7 +59,8 @@ def parse_net_peer(text: str) -> tuple[str, str]:
 
 
 def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None = None,
-                net_peers: list[str] | None = None, secret_file: Path | None = None) -> None:
+                net_peers: list[str] | None = None, secret_file: Path | None = None,
+                tls_ca: Path | None = None) -> None:
     """Create an empty lake in ``data_dir`` (which must be empty or absent).
 
     Shards go to ``peer_dirs`` (local directories), to ``net_peers`` (peer servers,
@@ -82,7 +84,12 @@ def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None 
         if len({a for a, _ in nets}) != len(nets):
             raise UserError("--net-peer addresses must be distinct")
         config.validate(len(nets))
-        _create(data_dir, config, [], nets, secret_file)
+        if tls_ca is not None:
+            try:
+                wire.client_tls_context(str(tls_ca))
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                raise UserError(f"TLS CA file {tls_ca}: {exc}") from None
+        _create(data_dir, config, [], nets, secret_file, tls_ca)
         return
     if peer_dirs:
         dirs = [Path(p).resolve() for p in peer_dirs]
@@ -91,15 +98,15 @@ def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None 
     else:
         dirs = [data_dir.resolve() / "peers" / f"p{i}" for i in range(max(DEFAULT_PEERS, config.ec_k + config.ec_m))]
     config.validate(len(dirs))
-    _create(data_dir, config, dirs, [], secret_file)
+    _create(data_dir, config, dirs, [], secret_file, None)
 
 
 def _create(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tuple[str, str]],
-            secret_file: Path | None) -> None:
+            secret_file: Path | None, tls_ca: Path | None) -> None:
     created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        _format_into(data_dir, config, dirs, nets, secret_file)
+        _format_into(data_dir, config, dirs, nets, secret_file, tls_ca)
     except BaseException:
         if created:  # leave nothing half-formatted behind
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -109,7 +116,7 @@ def _create(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tup
 
 
 def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tuple[str, str]],
-                 secret_file: Path | None) -> None:
+                 secret_file: Path | None, tls_ca: Path | None) -> None:
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
         if any(x for x in d.iterdir() if x.name != "tmp"):
@@ -129,6 +136,8 @@ def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: lis
     finally:
         sm.close()
     marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uuid": str(uuid.uuid4())}
+    if tls_ca is not None:
+        marker["tls_ca"] = str(Path(tls_ca).resolve())
     if secret_file is not None:
         marker["secret_file"] = str(Path(secret_file).resolve())
     else:
@@ -180,20 +189,27 @@ class Lake:
     """An opened embedded lake: metadata, chunk client and config."""
 
     def __init__(self, data_dir: Path, sm: StateMachine, config: LakeConfig, peers: list[PeerRecord],
-                 *, io_threads: int = 16, secret: bytes | None = None):
+                 *, io_threads: int = 16, secret: bytes | None = None, tls_ca: str | None = None):
         self.data_dir = data_dir
         self.sm = sm
         self.meta = LocalMeta(sm)
         self.config = config
         self.peer_records = peers
         self.secret = secret
+        ssl_context = None
+        if tls_ca:
+            try:
+                ssl_context = wire.client_tls_context(tls_ca)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"TLS CA file {tls_ca}: {exc}") from None
+        self.tls_context = ssl_context
         stores = {}
         limiter = trio.CapacityLimiter(io_threads)  # local shard I/O threads, shared by all peers
         for p in peers:
             if p.kind == "net":
                 if secret is None:
                     raise UserError(f"{data_dir}: the lake has network peers but no cluster secret")
-                stores[p.peer_id] = NetStore(p.peer_id, p.address, secret)
+                stores[p.peer_id] = NetStore(p.peer_id, p.address, secret, ssl_context=ssl_context)
                 continue
             try:
                 stores[p.peer_id] = LocalDirStore(p.peer_id, p.address, limiter=limiter)
@@ -242,7 +258,8 @@ class Lake:
             raise UserError(f"{data_dir}: metadata is corrupt or not formatted: {exc}") from None
         try:
             secret = _load_lake_secret(data_dir, marker)
-            lake = cls(data_dir, sm, config, peers, io_threads=io_threads, secret=secret)
+            lake = cls(data_dir, sm, config, peers, io_threads=io_threads, secret=secret,
+                       tls_ca=marker.get("tls_ca"))
         except BaseException:
             sm.close()
             if lock_fd is not None:
