@@ -419,16 +419,16 @@ class VFS:
         size = min(size, inode.size - off)
         self.stats.reads += 1
         self.stats.read_bytes += size
-        while True:
-            # A seal of this inode that commits while _read_committed awaits has left the
-            # writer's overlay but is missing from the extents looked up before it: read again.
-            gen = self.writer.generations.get(h.ino, 0)
-            data = await self._read_committed(h.ino, off, size)
-            if self.writer.generations.get(h.ino, 0) == gen:
-                break
-        if self.writer.has_data(h.ino):
+        # Buffered bytes are copied *before* the extents are looked up: a seal that commits
+        # while _read_committed awaits leaves the writer's buffers, and its extents may be
+        # newer than the lookup; the copy still carries its bytes.
+        earlier = self.writer.pieces(h.ino, off, size) if self.writer.has_data(h.ino) else None
+        data = await self._read_committed(h.ino, off, size)
+        if earlier or self.writer.has_data(h.ino):
             if not isinstance(data, bytearray):
                 data = bytearray(data)
+            for start, piece in earlier or ():
+                data[start - off:start - off + len(piece)] = piece
             self.writer.overlay(h.ino, data, off)
         self._read_ahead(h, off, size, inode.size)
         return data

@@ -161,7 +161,6 @@ class Writer:
         self._chunk_ids: list[int] = []
         self._nursery: trio.Nursery | None = None
         self.seals_committed = 0
-        self.generations: dict[int, int] = {}  # ino -> seals of it finished (committed or failed)
         self.on_commit = None  # callback(sizes: dict[ino, size]) for attribute caches
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -222,6 +221,26 @@ class Writer:
         if df is not None:
             df.overlay(buf, off)
 
+    def pieces(self, ino: int, off: int, size: int) -> list[tuple[int, bytes]]:
+        """Copies of the buffered bytes of ``ino`` in [off, off+size), oldest first."""
+        out: list[tuple[int, bytes]] = []
+        end = off + size
+        for seal in self.inflight.get(ino, ()):
+            for i, o, d in seal.parts:
+                if i == ino and o < end and o + len(d) > off:
+                    a, b = max(o, off), min(o + len(d), end)
+                    out.append((a, bytes(d[a - o:b - o])))
+        df = self.dirty.get(ino)
+        if df is not None:
+            i = max(0, bisect.bisect_right(df.starts, off) - 1)
+            while i < len(df.starts) and df.starts[i] < end:
+                s, seg = df.starts[i], df.segs[i]
+                a, b = max(s, off), min(s + len(seg), end)
+                if a < b:
+                    out.append((a, bytes(seg[a - s:b - s])))
+                i += 1
+        return out
+
     def truncate(self, ino: int, size: int) -> None:
         df = self.dirty.get(ino)
         if df is not None:
@@ -233,7 +252,6 @@ class Writer:
     def discard(self, ino: int) -> None:
         """The inode is gone: drop its unsealed bytes (in-flight seals commit to nothing)."""
         self.closed.pop(ino, None)
-        self.generations.pop(ino, None)
         df = self.dirty.pop(ino, None)
         if df is not None:
             self.buffered -= df.nbytes
@@ -330,7 +348,6 @@ class Writer:
             for ev in seal.prev:  # keep commit order even when this seal failed early
                 await ev.wait()
             for ino in inos:
-                self.generations[ino] = self.generations.get(ino, 0) + 1
                 pending = self.inflight.get(ino)
                 if pending:
                     pending.remove(seal)
