@@ -27,7 +27,12 @@ extras=""
 [ "$want_test" = "--test" ] && extras="[test]"
 stamp=".venv/.installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -v '^WARNING: Location' || true
+  log=.venv/pip-install.log
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}" >"$log" 2>&1; then
+    tail -30 "$log" >&2
+    echo "setup: pip install failed (full log: $log)" >&2
+    exit 1
+  fi
   .venv/bin/python -c "import pyfuse3, pyeclib.ec_iface, rocksdict, trio" || { echo "setup: install failed" >&2; exit 1; }
   touch "$stamp"
 fi
