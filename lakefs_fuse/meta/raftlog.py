@@ -1,0 +1,251 @@
+"""Raft's durable state: current term, vote, the log, and the latest snapshot.
+
+This module owns the :class:`RaftStorage` interface and its two implementations:
+
+* :class:`MemoryStorage` keeps everything in Python objects. A test simulates a crash by
+  dropping the :class:`~lakefs_fuse.meta.raft.RaftNode` and building a new one on the *same*
+  storage object: what was written survives, nothing else does.
+* :class:`RocksStorage` keeps everything in one RocksDB directory. Every method writes one
+  ``WriteBatch`` with ``sync=True``, so when it returns the write is on disk; the node calls
+  these methods before it sends any reply that promises durability (a vote, an append ack).
+
+Every method is synchronous (no ``await``), so a storage write is atomic with respect to the
+event loop. The fsync does block the loop for its duration; see the limitations in
+``raft.py``'s docstring.
+
+Log indexes start at 1. A snapshot at index ``i`` replaces entries ``1..i``; the log then holds
+``i+1..last``. A snapshot at index 0 with empty data is how a node records the cluster it was
+bootstrapped with (its initial voters) -- there is nothing to restore from it.
+
+RocksDB key layout (raw bytes keys; values msgpack)::
+
+    b"h"                    [term, voted_for]
+    b"m"                    [index, term, voters]    meta of the latest snapshot
+    b"s"                    snapshot data (raw bytes)
+    b"l" + !Q index         [term, kind, data]       one log entry
+
+May import only the standard library, msgpack and rocksdict (bottom of ``meta``).
+"""
+
+from __future__ import annotations
+
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import msgpack
+import rocksdict
+
+NodeId = int
+
+#: Entry kinds. A NOOP is what a new leader appends to commit the entries of earlier terms;
+#: a COMMAND carries ``[client_id, seq, command]``; a CONFIG carries the full sorted voter list.
+ENTRY_NOOP = 0
+ENTRY_COMMAND = 1
+ENTRY_CONFIG = 2
+
+
+class Entry(NamedTuple):
+    """One log entry. On the wire and on disk it is the list ``[term, kind, data]``."""
+
+    term: int
+    kind: int
+    data: Any = None
+
+    def to_wire(self) -> list:
+        return [self.term, self.kind, self.data]
+
+    @classmethod
+    def from_wire(cls, raw: Sequence) -> Entry:
+        term, kind, data = raw
+        return cls(int(term), int(kind), data)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """State-machine state after applying entries ``1..index``, and the voters at ``index``."""
+
+    index: int
+    term: int
+    voters: tuple[NodeId, ...]
+    data: bytes = b""
+
+
+@dataclass
+class StoredState:
+    """Everything a node reads back when it starts."""
+
+    term: int = 0
+    voted_for: NodeId | None = None
+    snapshot: Snapshot | None = None
+    #: Entries ``snapshot.index + 1 ...`` (``1 ...`` without a snapshot).
+    entries: list[Entry] = field(default_factory=list)
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes | bytearray | memoryview) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class RaftStorage(ABC):
+    """Durable term, vote, log and snapshot of one Raft node. Every write is durable on return."""
+
+    @abstractmethod
+    def load(self) -> StoredState:
+        """Read back everything (called once when a node starts)."""
+
+    @abstractmethod
+    def save_term(self, term: int, voted_for: NodeId | None) -> None:
+        """Record the current term and the vote cast in it."""
+
+    @abstractmethod
+    def append(self, index: int, entries: Sequence[Entry]) -> None:
+        """Drop every entry at ``index`` or later, then store ``entries`` at ``index, index+1, ...``.
+
+        ``index`` is at most one past the last stored entry.
+        """
+
+    @abstractmethod
+    def save_snapshot(self, snapshot: Snapshot, *, keep_log: bool) -> None:
+        """Replace the stored snapshot.
+
+        ``keep_log=True`` (compaction, or an installed snapshot that matches our log) drops only
+        the entries up to ``snapshot.index``; ``keep_log=False`` drops the whole log.
+        """
+
+    @abstractmethod
+    def snapshot(self) -> Snapshot | None:
+        """The latest stored snapshot, data included."""
+
+    def close(self) -> None:  # noqa: B027 - a no-op default on purpose: only RocksStorage has a handle
+        """Release resources (RocksDB handle); the memory store has none."""
+
+
+class MemoryStorage(RaftStorage):
+    """Volatile storage for tests: survives a node object, not the process."""
+
+    def __init__(self) -> None:
+        self.term = 0
+        self.voted_for: NodeId | None = None
+        self._snapshot: Snapshot | None = None
+        self._first = 1  # index of self._entries[0]
+        self._entries: list[Entry] = []
+        self.writes = 0  # number of durable writes (tests look at it)
+
+    def load(self) -> StoredState:
+        return StoredState(self.term, self.voted_for, self._snapshot, list(self._entries))
+
+    def save_term(self, term: int, voted_for: NodeId | None) -> None:
+        self.term, self.voted_for = term, voted_for
+        self.writes += 1
+
+    def append(self, index: int, entries: Sequence[Entry]) -> None:
+        last = self._first + len(self._entries) - 1
+        if not self._first <= index <= last + 1:
+            raise ValueError(f"append at {index}, log holds {self._first}..{last}")
+        del self._entries[index - self._first:]
+        self._entries.extend(entries)
+        self.writes += 1
+
+    def save_snapshot(self, snapshot: Snapshot, *, keep_log: bool) -> None:
+        if keep_log:
+            drop = max(0, snapshot.index - self._first + 1)
+            del self._entries[:drop]
+        else:
+            self._entries.clear()
+        self._first = snapshot.index + 1
+        self._snapshot = snapshot
+        self.writes += 1
+
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+
+_INDEX = struct.Struct("!Q")
+_HARD_KEY = b"h"
+_META_KEY = b"m"
+_DATA_KEY = b"s"
+_LOG_PREFIX = b"l"
+
+
+def _log_key(index: int) -> bytes:
+    return _LOG_PREFIX + _INDEX.pack(index)
+
+
+class RocksStorage(RaftStorage):
+    """Raft state in a RocksDB directory; every write is one synced WriteBatch."""
+
+    def __init__(self, path: str):
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        self.path = path
+        self.db = rocksdict.Rdict(path, options=opts)
+        self._sync = rocksdict.WriteOptions()
+        self._sync.sync = True
+        # The stored log range, kept in memory so truncation knows what to delete.
+        self._first, self._last = 1, 0
+        meta = self.db.get(_META_KEY)
+        if meta is not None:
+            self._first = unpack(meta)[0] + 1
+            self._last = self._first - 1
+        for key in self.db.keys(backwards=True, from_key=_log_key(2**64 - 1)):  # the newest entry
+            if key.startswith(_LOG_PREFIX):
+                self._last = _INDEX.unpack(key[1:])[0]
+            break
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _write(self, batch: rocksdict.WriteBatch) -> None:
+        self.db.write(batch, self._sync)
+
+    def load(self) -> StoredState:
+        state = StoredState()
+        hard = self.db.get(_HARD_KEY)
+        if hard is not None:
+            state.term, state.voted_for = unpack(hard)
+        state.snapshot = self.snapshot()
+        for key, value in self.db.items(from_key=_log_key(self._first)):
+            if not key.startswith(_LOG_PREFIX):
+                break
+            state.entries.append(Entry.from_wire(unpack(value)))
+        return state
+
+    def save_term(self, term: int, voted_for: NodeId | None) -> None:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch.put(_HARD_KEY, pack([term, voted_for]))
+        self._write(batch)
+
+    def append(self, index: int, entries: Sequence[Entry]) -> None:
+        if not self._first <= index <= self._last + 1:
+            raise ValueError(f"append at {index}, log holds {self._first}..{self._last}")
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        if index <= self._last:
+            batch.delete_range(_log_key(index), _log_key(self._last + 1))
+        for offset, entry in enumerate(entries):
+            batch.put(_log_key(index + offset), pack(entry.to_wire()))
+        self._write(batch)
+        self._last = index + len(entries) - 1
+
+    def save_snapshot(self, snapshot: Snapshot, *, keep_log: bool) -> None:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch.put(_META_KEY, pack([snapshot.index, snapshot.term, list(snapshot.voters)]))
+        batch.put(_DATA_KEY, bytes(snapshot.data))
+        drop_to = snapshot.index if keep_log else max(self._last, snapshot.index)
+        if drop_to >= self._first:
+            batch.delete_range(_log_key(self._first), _log_key(drop_to + 1))
+        self._write(batch)
+        self._first = snapshot.index + 1
+        self._last = max(self._last, snapshot.index) if keep_log else snapshot.index
+
+    def snapshot(self) -> Snapshot | None:
+        meta = self.db.get(_META_KEY)
+        if meta is None:
+            return None
+        index, term, voters = unpack(meta)
+        return Snapshot(index, term, tuple(voters), bytes(self.db.get(_DATA_KEY) or b""))
