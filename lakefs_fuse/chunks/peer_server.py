@@ -58,8 +58,9 @@ class PeerServer:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.ident = peer_identity(data_dir)
         self.zone = zone
-        self.dir = ShardDir(0, str(data_dir / "shards") if (data_dir / "shards").is_dir()
-                            else _make(data_dir / "shards"), durable=durable)
+        shards = data_dir / "shards"
+        shards.mkdir(exist_ok=True)
+        self.dir = ShardDir(0, str(shards), durable=durable)
         self.limiter = trio.CapacityLimiter(threads)
         self.requests = 0
 
@@ -112,11 +113,6 @@ class PeerServer:
     async def serve(self, host: str, port: int, secret: bytes, *, ssl_context=None,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:
         await wire.serve(self.handle, host, port, secret, ssl_context=ssl_context, task_status=task_status)
-
-
-def _make(path: Path) -> str:
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
 
 
 def _errno(code: int, message: str) -> OSError:

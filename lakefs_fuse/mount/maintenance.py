@@ -198,6 +198,8 @@ async def repair_pending(lake: Lake, *, delay: float, forget_layout: Callable[[i
                  if getattr(store, "down_since", None) is not None and now - store.down_since >= delay}
     wanted = set(lake.chunks.needs_repair)
     report = Report()
+    if not wanted and not long_down:
+        return report  # the common case: nothing known to be broken, no scan
     for layout in _layouts(lake, -1):
         if layout.chunk_id not in wanted and not long_down.intersection(layout.peers):
             continue
