@@ -6,6 +6,7 @@ port is read from its log); everything is torn down in ``finally``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -74,23 +75,30 @@ def write_secret(path: Path, text: str = "0123456789abcdef0123456789abcdef") -> 
     return path
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """9 peers in 3 zones and a lake over them (EC 6+3), not yet mounted."""
+@contextlib.contextmanager
+def peer_cluster(tmp_path: Path, n: int = 9, *, ec: str = "6+3"):
+    """``n`` peers in 3 zones and a lake over them (not mounted); all stopped on the way out."""
     secret = write_secret(tmp_path / "secret")
-    peers = [Peer(tmp_path, f"peer{i}", secret, zone=f"z{i % 3}") for i in range(9)]
+    peers = [Peer(tmp_path, f"peer{i}", secret, zone=f"z{i % 3}") for i in range(n)]
     lake = LiveLake(tmp_path / "lake", format_args=None)
     try:
         for p in peers:
             p.start()
         net = sum((["--net-peer", f"{p.address}@{p.zone}"] for p in peers), [])
-        cli("format", "--data", str(lake.data), "--ec", "6+3", "--secret-file", str(secret), *net,
+        cli("format", "--data", str(lake.data), "--ec", ec, "--secret-file", str(secret), *net,
             env=lake.env, check=True)
         yield lake, peers
     finally:
         lake.teardown()
         for p in peers:
             p.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """9 peers in 3 zones and a lake over them (EC 6+3), not yet mounted."""
+    with peer_cluster(tmp_path, 9) as made:
+        yield made
 
 
 def sha256(path: Path) -> str:
@@ -259,15 +267,7 @@ def test_wrong_secret_and_garbage_are_refused(tmp_path):
 @needs_fuse
 @pytest.mark.timeout(240)
 def test_status_scrub_and_repair_restore_full_redundancy(tmp_path):
-    secret = write_secret(tmp_path / "secret")
-    peers = [Peer(tmp_path, f"peer{i}", secret, zone=f"z{i % 3}") for i in range(10)]
-    lake = LiveLake(tmp_path / "lake", format_args=None)
-    try:
-        for p in peers:
-            p.start()
-        net = sum((["--net-peer", f"{p.address}@{p.zone}"] for p in peers), [])
-        cli("format", "--data", str(lake.data), "--ec", "6+3", "--secret-file", str(secret), *net,
-            env=lake.env, check=True)
+    with peer_cluster(tmp_path, 10) as (lake, peers):
         lake.mount()
         data = os.urandom(20 * MiB)
         (lake.mnt / "f").write_bytes(data)
@@ -310,10 +310,6 @@ def test_status_scrub_and_repair_restore_full_redundancy(tmp_path):
         lake.mount()
         assert (lake.mnt / "f").read_bytes() == data
         assert "degraded read" not in lake.log().split("mounted")[-1]  # full redundancy: no decoding needed
-    finally:
-        lake.teardown()
-        for p in peers:
-            p.stop()
 
 
 @needs_fuse
@@ -338,15 +334,7 @@ def test_repair_of_embedded_lake(live):
 @needs_fuse
 @pytest.mark.timeout(240)
 def test_mount_repairs_in_the_background_after_the_delay(tmp_path):
-    secret = write_secret(tmp_path / "secret")
-    peers = [Peer(tmp_path, f"peer{i}", secret, zone=f"z{i % 3}") for i in range(10)]
-    lake = LiveLake(tmp_path / "lake", format_args=None)
-    try:
-        for p in peers:
-            p.start()
-        net = sum((["--net-peer", f"{p.address}@{p.zone}"] for p in peers), [])
-        cli("format", "--data", str(lake.data), "--ec", "6+3", "--secret-file", str(secret), *net,
-            env=lake.env, check=True)
+    with peer_cluster(tmp_path, 10) as (lake, peers):
         lake.mount("--repair-delay", "1")
         data = os.urandom(12 * MiB)
         (lake.mnt / "f").write_bytes(data)
@@ -363,10 +351,6 @@ def test_mount_repairs_in_the_background_after_the_delay(tmp_path):
         assert "background repair rebuilt" in lake.log()
         lake.remount()
         assert (lake.mnt / "f").read_bytes() == data
-    finally:
-        lake.teardown()
-        for p in peers:
-            p.stop()
 
 
 class FaultProxy:
