@@ -39,6 +39,7 @@ the whole connection down; a timeout while waiting for the *answer* does not.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_codes
 import hashlib
 import hmac
@@ -334,60 +335,60 @@ def _is_token(value) -> bool:
     return isinstance(value, bytes) and len(value) == _CHALLENGE_BYTES
 
 
-async def client_handshake(fs: FramedStream, secret: bytes, *, timeout: float = 5.0) -> None:
-    """Prove we hold the cluster secret and check that the server does too."""
-    _require_secret(secret)
+@contextlib.contextmanager
+def _handshake(timeout: float):
+    """Run one side of the handshake under ``timeout``; every failure becomes an AuthError."""
     try:
         with trio.fail_after(timeout):
-            hello, _ = await fs.receive(max_payload=0)
-            challenge = hello.get("challenge")
-            if hello.get("op") != "hello" or not _is_token(challenge):
-                raise AuthError("server did not open with a valid hello")
-            nonce = secrets.token_bytes(_CHALLENGE_BYTES)
-            await fs.send({"v": PROTOCOL_VERSION, "op": "auth", "nonce": nonce,
-                           "mac": _mac(secret, b"client", challenge, nonce)})
-            reply, _ = await fs.receive(max_payload=0)
-            if reply.get("op") == "denied":
-                raise AuthError(f"server rejected our cluster secret (fingerprint {fingerprint(secret)})")
-            proof = reply.get("mac")
-            if reply.get("op") != "welcome" or not isinstance(proof, bytes):
-                raise AuthError("server sent a malformed handshake reply")
-            if not hmac.compare_digest(proof, _mac(secret, b"server", nonce, challenge)):
-                raise AuthError("server could not prove it holds our cluster secret")
+            yield
     except AuthError:
         raise
     except trio.TooSlowError:
         raise AuthError(f"handshake timed out after {timeout}s") from None
     except (ProtocolError, EOFError, ConnectionLost) as exc:
         raise AuthError(f"handshake failed: {exc}") from exc
+
+
+async def client_handshake(fs: FramedStream, secret: bytes, *, timeout: float = 5.0) -> None:
+    """Prove we hold the cluster secret and check that the server does too."""
+    _require_secret(secret)
+    with _handshake(timeout):
+        hello, _ = await fs.receive(max_payload=0)
+        challenge = hello.get("challenge")
+        if hello.get("op") != "hello" or not _is_token(challenge):
+            raise AuthError("server did not open with a valid hello")
+        nonce = secrets.token_bytes(_CHALLENGE_BYTES)
+        await fs.send({"v": PROTOCOL_VERSION, "op": "auth", "nonce": nonce,
+                       "mac": _mac(secret, b"client", challenge, nonce)})
+        reply, _ = await fs.receive(max_payload=0)
+        if reply.get("op") == "denied":
+            raise AuthError(f"server rejected our cluster secret (fingerprint {fingerprint(secret)})")
+        proof = reply.get("mac")
+        if reply.get("op") != "welcome" or not isinstance(proof, bytes):
+            raise AuthError("server sent a malformed handshake reply")
+        if not hmac.compare_digest(proof, _mac(secret, b"server", nonce, challenge)):
+            raise AuthError("server could not prove it holds our cluster secret")
 
 
 async def server_handshake(fs: FramedStream, secret: bytes, *, timeout: float = 5.0) -> None:
     """Check that the client holds the cluster secret, then prove that we do."""
     _require_secret(secret)
     challenge = secrets.token_bytes(_CHALLENGE_BYTES)
-    try:
-        with trio.fail_after(timeout):
-            await fs.send({"v": PROTOCOL_VERSION, "op": "hello", "challenge": challenge})
-            auth, _ = await fs.receive(max_payload=0)
-            nonce, proof = auth.get("nonce"), auth.get("mac")
-            if auth.get("op") != "auth" or not _is_token(nonce) or not isinstance(proof, bytes):
-                raise AuthError(f"client sent {auth.get('op')!r} instead of a valid auth frame")
-            if not hmac.compare_digest(proof, _mac(secret, b"client", challenge, nonce)):
-                # Telling the client lets it report "wrong secret" rather than a bare disconnect.
-                try:
-                    await fs.send({"v": PROTOCOL_VERSION, "op": "denied"})
-                except (ConnectionLost, OSError):
-                    pass
-                raise AuthError("client does not hold our cluster secret")
-            await fs.send({"v": PROTOCOL_VERSION, "op": "welcome",
-                           "mac": _mac(secret, b"server", nonce, challenge)})
-    except AuthError:
-        raise
-    except trio.TooSlowError:
-        raise AuthError(f"handshake timed out after {timeout}s") from None
-    except (ProtocolError, EOFError, ConnectionLost) as exc:
-        raise AuthError(f"handshake failed: {exc}") from exc
+    with _handshake(timeout):
+        await fs.send({"v": PROTOCOL_VERSION, "op": "hello", "challenge": challenge})
+        auth, _ = await fs.receive(max_payload=0)
+        nonce, proof = auth.get("nonce"), auth.get("mac")
+        if auth.get("op") != "auth" or not _is_token(nonce) or not isinstance(proof, bytes):
+            raise AuthError(f"client sent {auth.get('op')!r} instead of a valid auth frame")
+        if not hmac.compare_digest(proof, _mac(secret, b"client", challenge, nonce)):
+            # Telling the client lets it report "wrong secret" rather than a bare disconnect.
+            try:
+                await fs.send({"v": PROTOCOL_VERSION, "op": "denied"})
+            except (ConnectionLost, OSError):
+                pass
+            raise AuthError("client does not hold our cluster secret")
+        await fs.send({"v": PROTOCOL_VERSION, "op": "welcome",
+                       "mac": _mac(secret, b"server", nonce, challenge)})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -37,6 +37,18 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.02):
         time.sleep(interval)
 
 
+def write_synced_file(path, data: bytes) -> None:
+    """Write one file alone and fsync it (so it gets chunks of its own, committed at once)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def is_mountpoint(path: Path) -> bool:
     p = str(Path(path).resolve())
     with open("/proc/self/mounts") as f:

@@ -22,22 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LiveLake, _alive, cli, needs_fuse
+from conftest import LiveLake, _alive, cli, needs_fuse, write_synced_file
 
 MiB = 1 << 20
 BLOCK = 64 * 1024
-
-
-def write_file(path: Path, data: bytes) -> None:
-    """Write and fsync one file alone, so it gets chunks of its own (no packing with others)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def stat_json(lake: LiveLake, name: str, *, via_mount: bool) -> dict:
@@ -90,8 +78,8 @@ def test_two_bad_shards_per_chunk_are_tolerated_and_reported(live):
     rng = random.Random(42)
     a = rng.randbytes(6 * MiB)
     b = rng.randbytes(6 * MiB)
-    write_file(live.mnt / "a", a)
-    write_file(live.mnt / "b", b)
+    write_synced_file(live.mnt / "a", a)
+    write_synced_file(live.mnt / "b", b)
     live.umount()
 
     info = stat_json(live, "a", via_mount=False)
@@ -141,8 +129,8 @@ def test_three_bad_shards_fail_with_eio_and_the_daemon_survives(live):
     rng = random.Random(3)
     c = rng.randbytes(6 * MiB)
     other = rng.randbytes(1 * MiB)
-    write_file(live.mnt / "c", c)
-    write_file(live.mnt / "other", other)
+    write_synced_file(live.mnt / "c", c)
+    write_synced_file(live.mnt / "other", other)
     live.umount()
 
     chunks = sorted(chunks_of(stat_json(live, "c", via_mount=False)).items())
@@ -193,7 +181,7 @@ def test_three_bad_shards_fail_with_eio_and_the_daemon_survives(live):
 def test_small_file_uses_ec_2_plus_2_and_tolerates_two_bad_shards(live):
     rng = random.Random(5)
     small = rng.randbytes(100_000)
-    write_file(live.mnt / "small", small)
+    write_synced_file(live.mnt / "small", small)
     live.umount()
 
     chunks = chunks_of(stat_json(live, "small", via_mount=False))

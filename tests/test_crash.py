@@ -29,7 +29,7 @@ import sys
 
 import pytest
 
-from conftest import _alive, cli, needs_fuse, wait_for
+from conftest import _alive, cli, needs_fuse, wait_for, write_synced_file
 from lakefs_fuse.mount.lake import Lake
 
 MiB = 1 << 20
@@ -74,17 +74,6 @@ def assert_prefix(name: str, got: bytes, want: bytes) -> None:
                              f"({got[i:i + 4096].count(0)}/4096 zero bytes there)")
 
 
-def write_synced(path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @needs_fuse
 @pytest.mark.timeout(120)
 def test_kill9_during_large_copy(live, tmp_path):
@@ -92,7 +81,7 @@ def test_kill9_during_large_copy(live, tmp_path):
     synced = {f"synced{i}": rng.randbytes(8 * MiB) for i in range(3)}
     closed = {f"closed{i}": rng.randbytes(MiB + 1000 * i) for i in range(3)}
     for name, data in synced.items():
-        write_synced(live.mnt / name, data)
+        write_synced_file(live.mnt / name, data)
     for name, data in closed.items():
         (live.mnt / name).write_bytes(data)  # closed, never fsynced
     # the pack delay bounds how long closed data waits: it must reach the metadata soon
@@ -154,7 +143,7 @@ def test_kill9_during_large_copy(live, tmp_path):
 
     # the lake takes new writes after the crash
     fresh = rng.randbytes(5 * MiB + 17)
-    write_synced(live.mnt / "fresh", fresh)
+    write_synced_file(live.mnt / "fresh", fresh)
     assert (live.mnt / "fresh").read_bytes() == fresh
     live.umount()
 
@@ -185,7 +174,7 @@ def test_kill9_with_unflushed_writes_then_orphans(live):
     must release it (its inode and chunks), and everything that was closed stays readable.
     """
     keep = os.urandom(3 * MiB)
-    write_synced(live.mnt / "keep", keep)
+    write_synced_file(live.mnt / "keep", keep)
     just_closed = {f"just{i}": os.urandom(50_000 * (i + 1)) for i in range(4)}
     for name, data in just_closed.items():
         (live.mnt / name).write_bytes(data)  # closed right before the crash, never fsynced

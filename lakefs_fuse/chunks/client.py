@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import trio
 import xxhash
@@ -48,14 +48,13 @@ class _Flight:
 class ChunkClient:
     def __init__(self, stores: Mapping[int, ShardStore], *, k: int, m: int, min_shard: int,
                  zones: Mapping[int, str] | None = None, weights: Mapping[int, float] | None = None,
-                 threads: int = 16, on_degraded: Callable[[int, int, str], None] | None = None):
+                 threads: int = 16):
         self.stores = dict(stores)
         self.k, self.m, self.min_shard = k, m, min_shard
         # Peers without a weight (removed, draining) still serve reads but get no new shards.
         self.choices = [PeerChoice(pid, (zones or {}).get(pid, ""), weights[pid] if weights is not None else 1.0)
                         for pid in self.stores if weights is None or pid in weights]
         self.limiter = trio.CapacityLimiter(threads)
-        self.on_degraded = on_degraded
         self.degraded_reads = 0
         self.partial_writes = 0
         #: chunks known to miss shards (partial writes, failed shard reads): repair looks here first
@@ -224,8 +223,6 @@ class ChunkClient:
                             peer, index, layout.chunk_id, why)
             else:
                 log.debug("chunk %d shard %d unreadable (%s): degraded read", layout.chunk_id, index, why)
-            if self.on_degraded:
-                self.on_degraded(layout.chunk_id, index, why)
         lo = min(p[1] for p in pieces)
         hi = max(p[1] + p[2] for p in pieces)
         want = sorted({p[0] for p in pieces})

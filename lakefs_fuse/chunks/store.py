@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from typing import Protocol
 
 import trio
@@ -173,8 +172,6 @@ class ShardDir:
         found.sort()
         return found[:limit]
 
-    def wipe(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class LocalDirStore:

@@ -80,7 +80,6 @@ class StateMachine:
             self.db = rocksdict.Rdict(path, options=opts)
         self._sync_opt = rocksdict.WriteOptions()
         self._sync_opt.sync = True
-        self.applied = 0  # commands applied since open (Raft will track its log index)
 
     def close(self) -> None:
         self.db.close()
@@ -99,7 +98,6 @@ class StateMachine:
                 self.db.write(txn.batch, self._sync_opt)
             else:
                 self.db.write(txn.batch)
-        self.applied += 1
         return result
 
     def sync(self) -> None:
@@ -551,12 +549,6 @@ class StateMachine:
 
     def _cmd_register_peer(self, txn: Txn, peer_id: int, record: list) -> None:
         txn.put(S.peer_key(peer_id), S.pack(record))
-
-    def _cmd_chunk_unused(self, txn: Txn, chunk: list, now: int) -> None:
-        """A chunk was stored but its commit never happened (e.g. every file gone): queue it."""
-        rec = ChunkRecord.from_wire(chunk)
-        txn.put(S.chunk_key(rec.chunk_id), rec.to_bytes())
-        txn.put(S.queue_key(rec.chunk_id), S.pack([now]))
 
     def _cmd_gc_done(self, txn: Txn, chunk_ids: list) -> None:
         for chunk_id in chunk_ids:

@@ -17,7 +17,7 @@ import os
 import stat as st
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -66,7 +66,6 @@ class Stats:
     writes: int = 0
     write_bytes: int = 0
     prefetches: int = 0
-    counters: dict = field(default_factory=dict)
 
 
 class VFS:

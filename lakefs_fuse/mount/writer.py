@@ -161,7 +161,6 @@ class Writer:
         self._chunk_ids: list[int] = []
         self._nursery: trio.Nursery | None = None
         self.seals_committed = 0
-        self.on_commit = None  # callback(sizes: dict[ino, size]) for attribute caches
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -331,10 +330,8 @@ class Writer:
             layout = await self.chunks.put_chunk(chunk_id, seal.payload)
             for ev in seal.prev:
                 await ev.wait()
-            sizes = await self.meta.apply(["commit", layout.to_wire(), extents, seal.mtimes, time.time_ns()])
+            await self.meta.apply(["commit", layout.to_wire(), extents, seal.mtimes, time.time_ns()])
             self.seals_committed += 1
-            if self.on_commit is not None:
-                self.on_commit(sizes)
         except LakeError as exc:
             log.error("seal of %d bytes for inodes %s failed: %s", seal.nbytes, sorted(inos), exc)
             for ino in inos:
