@@ -52,12 +52,22 @@ def main() -> None:
               help="Cluster secret shared with the peer servers (default: a new random DATA/secret).")
 @click.option("--tls-ca", type=click.Path(path_type=Path), default=None,
               help="Talk TLS to the peer servers, trusting this CA/certificate (PEM).")
+@click.option("--meta", "meta", default=None, metavar="HOST:PORT,...",
+              help="Format a lake on these metadata servers (needs --net-peer and --secret-file).")
 def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, ...], net_peers: tuple[str, ...],
-           secret_file: Path | None, tls_ca: Path | None) -> None:
-    """Create an empty lake."""
-    from .mount.lake import format_lake
+           secret_file: Path | None, tls_ca: Path | None, meta: str | None) -> None:
+    """Create an empty lake (embedded in DATA, or on metadata servers with --meta)."""
+    from .mount.lake import format_lake, format_remote
     k, m = parse_ec(ec)
     config = LakeConfig(ec_k=k, ec_m=m, chunk_size=parse_size(chunk_size))
+    if meta is not None:
+        if data_dir is not None or peers:
+            raise UserError("--meta formats a cluster lake: --data and --peer do not apply")
+        addresses = _meta_list(meta)
+        format_remote(addresses, config, list(net_peers), secret_file)
+        click.echo(f"formatted lake on {','.join(addresses)}: EC {k}+{m}, chunk {config.chunk_size >> 10} KiB, "
+                   f"{len(net_peers)} peers")
+        return
     data_dir = data_dir or default_data_dir()
     format_lake(data_dir, config, [str(p) for p in peers] or None, list(net_peers) or None, secret_file, tls_ca)
     n = len(peers) or len(net_peers) or max(6, k + m)
@@ -75,19 +85,35 @@ def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, .
               help="Seconds the kernel caches attributes and entries.")
 @click.option("--dirty-budget", default="256M", show_default=True, help="Unsealed write memory before writers wait.")
 @click.option("--memory-cache", default="512M", show_default=True, help="In-memory chunk cache size.")
-@click.option("--pack-delay", type=float, default=2.0, show_default=True,
-              help="Seconds closed files wait to be packed with the next ones (0: commit at every close).")
+@click.option("--pack-delay", type=float, default=None,
+              help="Seconds closed files wait to be packed with the next ones (0: commit at every close). "
+                   "Default 2 for an embedded lake, 0 with --meta (close-to-open between mounts).")
+@click.option("--meta", "meta", default=None, metavar="HOST:PORT,...",
+              help="Mount a cluster lake served by these metadata servers.")
+@click.option("--secret-file", type=click.Path(path_type=Path), default=None,
+              help="The cluster secret (with --meta).")
+@click.option("--tls-ca", type=click.Path(path_type=Path), default=None,
+              help="Talk TLS to the peer servers, trusting this CA (with --meta).")
 @click.option("--repair-delay", type=float, default=300.0, show_default=True,
               help="Seconds a peer may be down before its shards are rebuilt elsewhere in the background.")
 @click.option("-o", "options", multiple=True, help="Extra FUSE mount option (repeatable).")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other: bool, read_only: bool,
-          attr_timeout: float, dirty_budget: str, memory_cache: str, pack_delay: float, repair_delay: float,
-          options: tuple[str, ...],
-          ready_fd: int | None) -> None:
+          attr_timeout: float, dirty_budget: str, memory_cache: str, pack_delay: float | None,
+          meta: str | None, secret_file: Path | None, tls_ca: Path | None, repair_delay: float,
+          options: tuple[str, ...], ready_fd: int | None) -> None:
     """Mount a lake at MOUNTPOINT (daemonizes; returns once the mount is live)."""
     from .mount import daemon
     from .mount.lake import format_lake, is_lake
+    if meta is not None:
+        if data_dir is not None:
+            raise UserError("give either --data (embedded lake) or --meta (cluster lake), not both")
+        _mount_cluster(mountpoint, _meta_list(meta), secret_file, tls_ca, foreground, allow_other, read_only,
+                       attr_timeout, dirty_budget, memory_cache, 0.0 if pack_delay is None else pack_delay,
+                       repair_delay, options, ready_fd)
+        return
+    if pack_delay is None:
+        pack_delay = 2.0
     if data_dir is None:
         data_dir = default_data_dir()
         if not is_lake(data_dir) and not (data_dir.exists() and any(data_dir.iterdir())):
@@ -115,6 +141,55 @@ def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other
         args += ["-o", o]
     daemon.spawn(args, Path(mountpoint).resolve(), Path(data_dir) / "mount.log")
     click.echo(f"mounted {data_dir} at {mountpoint}")
+
+
+def _meta_list(text: str) -> list[str]:
+    from . import wire
+    addresses = [a.strip() for a in text.split(",") if a.strip()]
+    if not addresses:
+        raise UserError("--meta needs at least one HOST:PORT")
+    for a in addresses:
+        try:
+            wire.parse_address(a)
+        except ValueError as exc:
+            raise UserError(f"--meta {a!r}: {exc}") from None
+    return addresses
+
+
+def _mount_cluster(mountpoint: Path, addresses: list[str], secret_file: Path | None, tls_ca: Path | None,
+                   foreground: bool, allow_other: bool, read_only: bool, attr_timeout: float, dirty_budget: str,
+                   memory_cache: str, pack_delay: float, repair_delay: float, options: tuple[str, ...],
+                   ready_fd: int | None) -> None:
+    from .config import runtime_dir
+    from .mount import daemon
+    from .mount.lake import Lake
+    if secret_file is None:
+        raise UserError("--meta needs --secret-file (the cluster secret)")
+    cfg = MountConfig(mountpoint=mountpoint, data_dir=None, meta=tuple(addresses),
+                      secret_file=Path(secret_file).resolve(), tls_ca=Path(tls_ca).resolve() if tls_ca else None,
+                      read_only=read_only, allow_other=allow_other, attr_timeout=attr_timeout,
+                      entry_timeout=attr_timeout, dirty_budget=parse_size(dirty_budget),
+                      memory_cache=parse_size(memory_cache), pack_delay=pack_delay, repair_delay=repair_delay,
+                      extra_fuse_options=tuple(options))
+    cfg.validate()
+    if foreground:
+        logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
+                            format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+        sys.exit(daemon.serve(cfg, ready_fd))
+    daemon.check_mountpoint(mountpoint)
+    Lake.open_remote(addresses, cfg.secret_file, tls_ca=cfg.tls_ca).close()  # fail here with the reason
+    mnt = Path(mountpoint).resolve()
+    args = [str(mnt), "--meta", ",".join(addresses), "--secret-file", str(cfg.secret_file),
+            "--attr-timeout", str(attr_timeout), "--dirty-budget", dirty_budget, "--memory-cache", memory_cache,
+            "--pack-delay", str(pack_delay), "--repair-delay", str(repair_delay)]
+    args += ["--tls-ca", str(cfg.tls_ca)] if cfg.tls_ca else []
+    args += ["--allow-other"] if allow_other else []
+    args += ["--read-only"] if read_only else []
+    for o in options:
+        args += ["-o", o]
+    log_path = runtime_dir() / ("mount-" + str(mnt).strip("/").replace("/", "_") + ".log")
+    daemon.spawn(args, mnt, log_path)
+    click.echo(f"mounted the lake on {','.join(addresses)} at {mountpoint} (log: {log_path})")
 
 
 @main.command()
@@ -287,22 +362,51 @@ def ls_cmd(path: Path, data_dir: Path | None, long: bool, as_json: bool) -> None
 
 # ---------------------------------------------------------------- maintenance
 
-def _maintain(data_dir: Path | None, *, repair: bool, start_after: int, as_json: bool) -> None:
-    from .mount import maintenance
+def lake_options(fn):
+    """--data (embedded lake) or --meta/--secret-file/--tls-ca (cluster lake)."""
+    for opt in reversed([
+        click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+                     help="The embedded lake's data directory."),
+        click.option("--meta", "meta", default=None, metavar="HOST:PORT,...",
+                     help="A cluster lake: its metadata servers (instead of --data)."),
+        click.option("--secret-file", type=click.Path(path_type=Path), default=None,
+                     help="The cluster secret (with --meta)."),
+        click.option("--tls-ca", type=click.Path(path_type=Path), default=None,
+                     help="CA to trust for TLS to peer servers (with --meta)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _open_lake(data_dir: Path | None, meta: str | None, secret_file: Path | None, tls_ca: Path | None, *,
+               change: str | None = None):
+    """Open the lake the options name. ``change`` (a verb) takes an embedded lake's lock first:
+    an embedded lake is changed only while unmounted; a cluster lake's commands are
+    compare-and-set, so they run beside its mounts."""
     from .mount.lake import Lake, in_use
+    if meta is not None:
+        if data_dir is not None:
+            raise UserError("give either --data or --meta, not both")
+        return Lake.open_remote(_meta_list(meta), secret_file, tls_ca=tls_ca)
     data_dir = data_dir or default_data_dir()
-    if repair:
-        if in_use(data_dir):
-            raise UserError(f"{data_dir} is mounted; unmount it to repair (scrub works while mounted)")
-        lake = Lake.open(data_dir, lock=True)
-    else:
-        lake = Lake.open(data_dir, read_only=True)
-    try:
-        total = maintenance.count_chunks(lake)
+    if change is None:
+        return Lake.open(data_dir, read_only=True)
+    if in_use(data_dir):
+        raise UserError(f"{data_dir} is mounted; unmount it to {change}")
+    return Lake.open(data_dir, lock=True)
+
+
+def _maintain(lake, *, repair: bool, start_after: int, as_json: bool) -> None:
+    from .mount import maintenance
+
+    async def run():
+        total = await maintenance.count_chunks(lake)
         with click.progressbar(length=total, label="repair" if repair else "scrub", file=sys.stderr,
                                show_pos=True) as bar:
-            report = trio.run(lambda: maintenance.scrub(lake, start_after=start_after, repair=repair,
-                                                        on_chunk=lambda _cid: bar.update(1)))
+            return await maintenance.scrub(lake, start_after=start_after, repair=repair,
+                                           on_chunk=lambda _cid: bar.update(1))
+    try:
+        report = trio.run(run)
     finally:
         lake.close()
     if as_json:
@@ -322,40 +426,40 @@ def _maintain(data_dir: Path | None, *, repair: bool, start_after: int, as_json:
 
 
 @main.command()
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@lake_options
 @click.option("--start-after", type=int, default=-1, help="Resume after this chunk id (from a previous run).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-def scrub(data_dir: Path | None, start_after: int, as_json: bool) -> None:
+def scrub(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bool) -> None:
     """Read every shard and check it against its checksum (exit 3 if any is bad)."""
-    _maintain(data_dir, repair=False, start_after=start_after, as_json=as_json)
+    _maintain(_open_lake(data_dir, meta, secret_file, tls_ca), repair=False, start_after=start_after,
+              as_json=as_json)
 
 
 @main.command()
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@lake_options
 @click.option("--start-after", type=int, default=-1, help="Resume after this chunk id (from a previous run).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-def repair(data_dir: Path | None, start_after: int, as_json: bool) -> None:
-    """Rebuild missing, corrupt or unreachable shards onto healthy peers (lake unmounted)."""
-    _maintain(data_dir, repair=True, start_after=start_after, as_json=as_json)
+def repair(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bool) -> None:
+    """Rebuild missing, corrupt or unreachable shards onto healthy peers (an embedded lake unmounted)."""
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="repair (scrub works while mounted)")
+    _maintain(lake, repair=True, start_after=start_after, as_json=as_json)
 
 
 @main.command()
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@lake_options
 @click.option("--start-after", type=int, default=-1, help="Resume after this chunk id (from a previous run).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-def rebalance(data_dir: Path | None, start_after: int, as_json: bool) -> None:
-    """Move shards onto newly added peers and off removed ones (lake unmounted)."""
+def rebalance(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bool) -> None:
+    """Move shards onto newly added peers and off removed ones (an embedded lake unmounted)."""
     from .mount import maintenance
-    from .mount.lake import Lake, in_use
-    data_dir = data_dir or default_data_dir()
-    if in_use(data_dir):
-        raise UserError(f"{data_dir} is mounted; unmount it to rebalance")
-    lake = Lake.open(data_dir, lock=True)
-    try:
-        total = maintenance.count_chunks(lake)
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="rebalance")
+
+    async def run():
+        total = await maintenance.count_chunks(lake)
         with click.progressbar(length=total, label="rebalance", file=sys.stderr, show_pos=True) as bar:
-            report = trio.run(lambda: maintenance.rebalance(lake, start_after=start_after,
-                                                            on_chunk=lambda _cid: bar.update(1)))
+            return await maintenance.rebalance(lake, start_after=start_after, on_chunk=lambda _cid: bar.update(1))
+    try:
+        report = trio.run(run)
     finally:
         lake.close()
     if as_json:
@@ -370,20 +474,28 @@ def rebalance(data_dir: Path | None, start_after: int, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@lake_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(data_dir: Path | None, as_json: bool) -> None:
-    """Peers (up/down, zone, capacity, shard count) and chunks that are degraded."""
+def status(data_dir, meta, secret_file, tls_ca, as_json: bool) -> None:
+    """Peers (up/down, zone, capacity, shard count), degraded chunks, and (with --meta) each
+    metadata server's Raft role, term, commit/applied index, lag and health."""
     from .mount import maintenance
-    from .mount.lake import Lake
-    lake = Lake.open(data_dir or default_data_dir(), read_only=True)
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca)
+
+    async def run():
+        info = await maintenance.status(lake)
+        if lake.meta_addresses:
+            info["meta"] = await _raft_status(lake.meta.service)
+        return info
     try:
-        info = maintenance.status(lake)
+        info = trio.run(run)
     finally:
         lake.close()
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return
+    if "meta" in info:
+        _print_raft(info["meta"], False)
     click.echo(f"EC {info['ec']}, {info['chunks']} chunks, {len(info['degraded'])} degraded, "
                f"{len(info['unreadable'])} unreadable, {info['delete_queue']} queued for deletion")
     for r in info["peers"]:
@@ -446,34 +558,33 @@ def peer_serve(data_dir: Path, listen: str, zone: str, secret_file: Path, tls_ce
                     break
             nursery.cancel_scope.cancel()
 
+    _run_server(run)
+
+
+def _run_server(run) -> None:
+    """trio.run a server; a UserError from inside its nurseries becomes the one-line error."""
     try:
         trio.run(run)
-    except BaseExceptionGroup as group:  # a UserError raised inside the nursery
-        users = [e for e in group.exceptions if isinstance(e, UserError)]
-        if users:
-            raise users[0] from None
+    except BaseExceptionGroup as group:
+        match, _rest = group.split(UserError)
+        if match is not None:
+            while isinstance(match, BaseExceptionGroup):
+                match = match.exceptions[0]
+            raise match from None
         raise
-
-
-def _open_for_change(data_dir: Path | None):
-    from .mount.lake import Lake, in_use
-    data_dir = data_dir or default_data_dir()
-    if in_use(data_dir):
-        raise UserError(f"{data_dir} is mounted; unmount it to change its peers")
-    return Lake.open(data_dir, lock=True)
 
 
 @peer.command("add")
 @click.argument("address", metavar="HOST:PORT")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@lake_options
 @click.option("--zone", default=None, help="Failure zone (default: what the peer reports).")
 @click.option("--weight", type=float, default=None, help="Placement weight (default: the peer's capacity in TB).")
-def peer_add(address: str, data_dir: Path | None, zone: str | None, weight: float | None) -> None:
+def peer_add(address: str, data_dir, meta, secret_file, tls_ca, zone: str | None, weight: float | None) -> None:
     """Add a running peer server to a lake (it must answer with the lake's secret)."""
     from .chunks.netstore import NetStore
     from .mount.lake import parse_net_peer
     address, _ = parse_net_peer(address)
-    lake = _open_for_change(data_dir)
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
     try:
         if any(p.kind == "net" and p.address == address for p in lake.peer_records):
             raise UserError(f"{address} is already a peer of this lake")
@@ -494,7 +605,8 @@ def peer_add(address: str, data_dir: Path | None, zone: str | None, weight: floa
         pid = max((p.peer_id for p in lake.peer_records), default=-1) + 1
         w = weight if weight is not None else round(max(0.001, info["total"] / 1e12), 3)
         z = zone if zone is not None else info.get("zone", "")
-        lake.sm.apply(["register_peer", pid, ["net", address, z, w, "up", {"uuid": info.get("id")}]], sync=True)
+        trio.run(partial(lake.meta.apply, ["register_peer", pid, ["net", address, z, w, "up", {"uuid": info.get("id")}]],
+                         sync=True))
         click.echo(f"added peer {pid}: {address} zone={z or '-'} weight={w}")
     finally:
         lake.close()
@@ -502,28 +614,27 @@ def peer_add(address: str, data_dir: Path | None, zone: str | None, weight: floa
 
 @peer.command("remove")
 @click.argument("peer_id", type=int)
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
-def peer_remove(peer_id: int, data_dir: Path | None) -> None:
+@lake_options
+def peer_remove(peer_id: int, data_dir, meta, secret_file, tls_ca) -> None:
     """Stop placing new shards on a peer (its shards stay readable until rebalanced)."""
-    lake = _open_for_change(data_dir)
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
     try:
         rec = next((p for p in lake.peer_records if p.peer_id == peer_id), None)
         if rec is None:
             raise UserError(f"no peer {peer_id} in this lake")
-        lake.sm.apply(["register_peer", peer_id, [rec.kind, rec.address, rec.zone, rec.weight, "removed",
-                                                  rec.extra]], sync=True)
+        trio.run(partial(lake.meta.apply, ["register_peer", peer_id, [rec.kind, rec.address, rec.zone, rec.weight,
+                                                                      "removed", rec.extra]], sync=True))
         click.echo(f"peer {peer_id} ({rec.address}) removed from placement")
     finally:
         lake.close()
 
 
 @peer.command("list")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help="The lake's data directory.")
+@lake_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def peer_list(data_dir: Path | None, as_json: bool) -> None:
+def peer_list(data_dir, meta, secret_file, tls_ca, as_json: bool) -> None:
     """The lake's peers: kind, address, zone, weight, state, and whether each answers now."""
-    from .mount.lake import Lake
-    lake = Lake.open(data_dir or default_data_dir(), read_only=True)
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca)
     rows = []
     try:
         async def check() -> None:
@@ -555,6 +666,183 @@ def peer_list(data_dir: Path | None, as_json: bool) -> None:
             r.get("error", "")
         click.echo(f"{r['id']:>3} {r['kind']:<4} {r['address']:<40} zone={r['zone'] or '-':<6} "
                    f"w={r['weight']:<6} {r['state']:<8} {up:<5} {cap}")
+
+
+# ---------------------------------------------------------------- metadata servers
+
+@main.group("meta")
+def meta_group() -> None:
+    """Metadata servers: run one, change the cluster's membership, show its Raft state."""
+
+
+def _log_setup() -> None:
+    logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+
+
+def _run_service(addresses: list[str], secret_file: Path | None, fn):
+    """Run ``await fn(service)`` against a metadata cluster; errors become one line."""
+    from . import wire
+    from .meta.remote import MetaService
+    if secret_file is None:
+        raise UserError("--secret-file is required (the cluster secret)")
+    try:
+        secret = wire.load_secret(secret_file)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"secret file {secret_file}: {exc}") from None
+
+    async def run():
+        service = MetaService(addresses, secret, op_timeout=30.0)
+        try:
+            return await fn(service)
+        finally:
+            await service.aclose()
+
+    return trio.run(run)
+
+
+@meta_group.command("serve")
+@click.option("--id", "node_id", type=int, required=True, help="This server's member id (1, 2, 3, ...).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
+              help="Directory for this server's Raft log, snapshots and state.")
+@click.option("--listen", default="127.0.0.1:7200", show_default=True,
+              help="HOST:PORT to listen on (loopback unless told otherwise); also the address other members use.")
+@click.option("--peers", default=None, metavar="ID=HOST:PORT,...",
+              help="All founding members, this one included (first start of a new cluster).")
+@click.option("--join", default=None, metavar="HOST:PORT",
+              help="Join a running cluster through this member (first start of an added server).")
+@click.option("--secret-file", type=click.Path(path_type=Path), required=True, help="The cluster secret.")
+def meta_serve(node_id: int, data_dir: Path, listen: str, peers: str | None, join: str | None,
+               secret_file: Path) -> None:
+    """Serve one replica of the lake's metadata (SIGTERM stops it; a restart recovers its log)."""
+    import signal
+
+    from . import wire
+    from .meta.server import MetaServer, parse_members
+    if peers and join:
+        raise UserError("give --peers (found a cluster) or --join (join one), not both")
+    if node_id < 1:
+        raise UserError("--id must be >= 1")
+    try:
+        wire.parse_address(listen)
+        secret = wire.load_secret(secret_file)
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if join:
+        _meta_list(join)
+    members = parse_members(peers) if peers else None
+    _log_setup()
+    try:
+        server = MetaServer(node_id, data_dir, listen, secret, peers=members, join=join)
+    except OSError as exc:
+        raise UserError(f"{data_dir}: {exc}") from None
+    except Exception as exc:  # rocksdict: locked or corrupt database
+        if isinstance(exc, UserError):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{data_dir}: cannot open the metadata store: {first}") from None
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(server.run)
+            except OSError as exc:
+                raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            logging.getLogger("lakefs_fuse.meta").info("member %d stopping", node_id)
+            nursery.cancel_scope.cancel()
+
+    _run_server(run)
+
+
+@meta_group.command("add")
+@click.option("--meta", "meta", required=True, metavar="HOST:PORT,...", help="Any running members.")
+@click.option("--id", "node_id", type=int, required=True, help="The new member's id.")
+@click.option("--address", required=True, metavar="HOST:PORT", help="Where the new member listens.")
+@click.option("--secret-file", type=click.Path(path_type=Path), required=True, help="The cluster secret.")
+def meta_add(meta: str, node_id: int, address: str, secret_file: Path) -> None:
+    """Add a metadata server (started with 'meta serve --join') as a voting member."""
+    _meta_list(address)
+
+    async def add(service):
+        res, _ = await service.call("add", {"id": node_id, "address": address}, timeout=60.0)
+        return res
+    res = _run_service(_meta_list(meta), secret_file, add)
+    click.echo(f"member {node_id} ({address}) added; members: {_fmt_members(res.get('members', {}))}")
+
+
+@meta_group.command("remove")
+@click.option("--meta", "meta", required=True, metavar="HOST:PORT,...", help="Any running members.")
+@click.option("--id", "node_id", type=int, required=True, help="The member to remove.")
+@click.option("--secret-file", type=click.Path(path_type=Path), required=True, help="The cluster secret.")
+def meta_remove(meta: str, node_id: int, secret_file: Path) -> None:
+    """Remove a metadata server from the cluster (it may then be stopped)."""
+    async def remove(service):
+        res, _ = await service.call("remove", {"id": node_id}, timeout=60.0)
+        return res
+    res = _run_service(_meta_list(meta), secret_file, remove)
+    click.echo(f"member {node_id} removed; members: {_fmt_members(res.get('members', {}))}")
+
+
+def _fmt_members(members: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(members.items(), key=lambda kv: int(kv[0])))
+
+
+async def _raft_status(service) -> list[dict]:
+    """Every member's Raft view: ask the given servers, then the members they name."""
+    seen = await service.call_each("status")
+    for res in list(seen.values()):
+        if isinstance(res, dict):
+            for address in res.get("members", {}).values():
+                if address not in service.addresses:
+                    service.addresses.append(address)
+    seen.update(await service.call_each("status"))
+    rows, leader_last = [], None
+    for address, res in seen.items():
+        if isinstance(res, dict) and res.get("role") == "leader":
+            leader_last = res
+    for address, res in sorted(seen.items()):
+        if not isinstance(res, dict):
+            rows.append({"address": address, "health": res})
+            continue
+        row = {k: res.get(k) for k in ("id", "address", "role", "term", "leader", "commit_index", "last_applied",
+                                       "last_index", "snapshot_index", "voters")}
+        if leader_last is not None:
+            follower = leader_last.get("followers", {}).get(str(res.get("id")))
+            row["lag"] = 0 if res is leader_last else (
+                follower["lag"] if follower else leader_last["last_index"] - res["last_applied"])
+            row["health"] = "ok" if res is leader_last or (follower and follower["last_ack_s"] < 2) else "lagging"
+        else:
+            row["health"] = "no leader"
+        rows.append(row)
+    return rows
+
+
+@meta_group.command("status")
+@click.option("--meta", "meta", required=True, metavar="HOST:PORT,...", help="Any members.")
+@click.option("--secret-file", type=click.Path(path_type=Path), required=True, help="The cluster secret.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def meta_status(meta: str, secret_file: Path, as_json: bool) -> None:
+    """Each member's role, term, commit and applied index, lag and health."""
+    rows = _run_service(_meta_list(meta), secret_file, _raft_status)
+    _print_raft(rows, as_json)
+    if not any(r.get("role") == "leader" for r in rows):
+        sys.exit(3)
+
+
+def _print_raft(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    click.echo(f"{'id':>3} {'address':<22} {'role':<10} {'term':>5} {'commit':>8} {'applied':>8} {'lag':>6}  health")
+    for r in rows:
+        if "role" not in r:
+            click.echo(f"{'?':>3} {r['address']:<22} {'-':<10} {'-':>5} {'-':>8} {'-':>8} {'-':>6}  {r['health']}")
+            continue
+        click.echo(f"{r['id']:>3} {r['address']:<22} {r['role']:<10} {r['term']:>5} {r['commit_index']:>8} "
+                   f"{r['last_applied']:>8} {r.get('lag', '-'):>6}  {r['health']}")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,14 @@ class MountConfig:
     """How one mount behaves. Defaults follow close-to-open consistency."""
 
     mountpoint: Path
-    data_dir: Path
+    #: The embedded lake's data directory (unused when ``meta`` names metadata servers).
+    data_dir: Path | None
+    #: Metadata servers (HOST:PORT) of a cluster lake; empty for an embedded lake.
+    meta: tuple[str, ...] = ()
+    #: The cluster secret (a cluster lake's mounts need it for metadata and peer servers).
+    secret_file: Path | None = None
+    #: CA/certificate to trust for TLS to peer servers (cluster lakes).
+    tls_ca: Path | None = None
     read_only: bool = False
     allow_other: bool = False
     #: Seconds the kernel may cache attributes and entries (dataset mode raises them).

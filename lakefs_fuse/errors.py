@@ -93,3 +93,16 @@ class UserError(Exception):
 
 class TooBig(LakeError):
     errno = errno.E2BIG
+
+
+_BY_ERRNO: dict[int, type[LakeError]] = {
+    cls.errno: cls for cls in (NotFound, Exists, NotEmpty, NotADir, IsADir, NameTooLong, Invalid,
+                               TooManyLinks, NoData, RangeError, NoSpace, NotPermitted, Busy,
+                               CrossDevice, TooBig)
+}
+
+
+def from_errno(code: int, message: str = "") -> LakeError:
+    """The LakeError for an errno that crossed the network (a remote server's answer)."""
+    cls = _BY_ERRNO.get(code, LakeError)
+    return cls(message) if cls is not LakeError else LakeError(message, err=code or errno.EIO)

@@ -498,6 +498,18 @@ class RpcClient:
             return header.get("r", {}), body
         raise RemoteError(header.get("err", "remote error"), header.get("errno", 0))
 
+    async def post(self, op: str, args: dict | None = None,
+                   payload: bytes | bytearray | memoryview = b"") -> None:
+        """Send a request without waiting for its answer (the answer is read and dropped).
+
+        For one-way messages such as Raft's, whose protocol carries its own replies.
+        Raises ConnectionLost if the connection has ended.
+        """
+        if self._lost is not None:
+            raise ConnectionLost(f"{self._peer}: {self._lost}")
+        await self._fs.send({"v": PROTOCOL_VERSION, "id": next(self._ids), "op": op,
+                             "a": {} if args is None else args}, payload)
+
     async def _route_responses(self) -> None:
         reason = "connection closed"
         try:

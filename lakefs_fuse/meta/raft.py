@@ -871,7 +871,11 @@ class RaftNode:
                            data=snap.data, round=self._round)
             return
         window = 1 if pr.probing else self.config.max_inflight
-        while len(pr.inflight) < window and pr.next <= self.last_index:
+        # A probing follower gets an append even when ``next`` is past our log (an empty one):
+        # a server added with an empty log is otherwise only sent heartbeats, which check no log,
+        # and would not catch up until the next command arrived.
+        while len(pr.inflight) < window and (pr.next <= self.last_index or
+                                             (pr.probing and not pr.inflight and pr.match < self.last_index)):
             prev = pr.next - 1
             end = min(self.last_index, prev + self.config.max_batch)
             entries = [e.to_wire() for e in self._log[prev - self._snap_index:end - self._snap_index]]

@@ -18,6 +18,7 @@ key                   meaning                                     value
 ``P<peer:4>``         storage peer                                :class:`PeerRecord` array
 ``O<ino:8>``          orphan: nlink 0, released when unused       b""
 ``Q<chunk:8>``        delete queue: chunk with no references      [queued_at_ns]
+``M<member:8>``       metadata server (Raft member) address       "host:port"
 ====================  ==========================================  =====================================
 
 A readdir cookie is assigned when an entry is created (or renamed in) and never changes,
@@ -70,6 +71,10 @@ def cookie_prefix(parent: int) -> bytes:
 
 def cookie_of_key(key: bytes) -> int:
     return _U64.unpack_from(key, 9)[0]
+
+
+def member_key(node_id: int) -> bytes:
+    return b"M" + _U64.pack(node_id)
 
 
 def extent_key(ino: int, index: int) -> bytes:

@@ -550,6 +550,13 @@ class StateMachine:
     def _cmd_register_peer(self, txn: Txn, peer_id: int, record: list) -> None:
         txn.put(S.peer_key(peer_id), S.pack(record))
 
+    def _cmd_set_meta_member(self, txn: Txn, node_id: int, address: str | None) -> None:
+        """Record (or, with None, forget) the address of metadata server ``node_id``."""
+        if address is None:
+            txn.delete(S.member_key(node_id))
+        else:
+            txn.put(S.member_key(node_id), S.pack(address))
+
     def _cmd_gc_done(self, txn: Txn, chunk_ids: list) -> None:
         for chunk_id in chunk_ids:
             data = txn.get(S.chunk_key(chunk_id))
@@ -650,6 +657,9 @@ class StateMachine:
 
     def peers(self) -> list[PeerRecord]:
         return [PeerRecord(int.from_bytes(k[1:], "big"), *S.unpack(v)) for k, v in self._scan(b"P")]
+
+    def meta_members(self) -> dict[int, str]:
+        return {int.from_bytes(k[1:], "big"): S.unpack(v) for k, v in self._scan(b"M")}
 
     def orphans(self) -> list[int]:
         return [S.ino_of_orphan_key(k) for k, _ in self._scan(b"O")]

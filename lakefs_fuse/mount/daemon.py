@@ -109,12 +109,15 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
 
     try:
         mountpoint = check_mountpoint(cfg.mountpoint)
-        lake = Lake.open(cfg.data_dir, io_threads=cfg.io_threads, lock=True)
+        if cfg.meta:
+            lake = Lake.open_remote(list(cfg.meta), cfg.secret_file, tls_ca=cfg.tls_ca, io_threads=cfg.io_threads)
+        else:
+            lake = Lake.open(cfg.data_dir, io_threads=cfg.io_threads, lock=True)
     except UserError as exc:
         report(f"error: {exc}")
         raise
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size)
+    vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(cfg.meta))
     ops = Operations(vfs)
     options = set(pyfuse3.default_options) | {"fsname=lakefs", "subtype=lakefs"}
     if cfg.allow_other:
@@ -131,7 +134,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     reg = registry_file(mountpoint)
     reg.parent.mkdir(parents=True, exist_ok=True)
     reg.write_text(json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint),
-                               "data_dir": str(Path(cfg.data_dir).resolve())}))
+                               "data_dir": str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None,
+                               "meta": list(cfg.meta), "secret_file": str(cfg.secret_file or "")}))
     status = 0
     try:
         trio.run(_main, vfs, cfg, mountpoint, report, lake)

@@ -14,6 +14,7 @@ builds the chunk client over them.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -34,7 +35,9 @@ from ..chunks.netstore import NetStore
 from ..chunks.store import LocalDirStore, PeerUnavailable
 from ..config import LakeConfig
 from ..errors import UserError
+from ..errors import LakeError
 from ..meta.client import LocalMeta
+from ..meta.remote import MetaService, RemoteMeta
 from ..meta.schema import ChunkRecord, PeerRecord
 from ..meta.state import StateMachine
 
@@ -149,6 +152,65 @@ def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: lis
     os.replace(tmp, data_dir / MARKER)
 
 
+def lake_config(fmt: dict) -> LakeConfig:
+    """The LakeConfig fields of a format record (which also holds e.g. the secret's fingerprint)."""
+    return LakeConfig(**{k: v for k, v in fmt.items() if k in LakeConfig.__dataclass_fields__})
+
+
+def _secret_from(secret_file: Path | None) -> bytes:
+    if secret_file is None:
+        raise UserError("a lake on metadata servers needs --secret-file (the cluster secret)")
+    try:
+        return wire.load_secret(secret_file)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"secret file {secret_file}: {exc}") from None
+
+
+async def _fetch_remote(addresses: list[str], secret: bytes) -> tuple[dict, list[PeerRecord]]:
+    service = MetaService(addresses, secret, op_timeout=15.0)
+    meta = RemoteMeta(service, sessions=1)
+    try:
+        return await meta.format_record(), await meta.peers()
+    except LakeError as exc:
+        if exc.errno == errno.ENOENT:
+            raise UserError(f"the metadata servers {','.join(addresses)} hold no lake yet; "
+                            "run 'lakefs-fuse format --meta ...'") from None
+        raise UserError(f"metadata servers {','.join(addresses)}: {exc}") from None
+    finally:
+        await service.aclose()
+
+
+def format_remote(addresses: list[str], config: LakeConfig, net_peers: list[str], secret_file: Path | None,
+                  tls_ca: Path | None = None) -> None:
+    """Format a lake on a metadata cluster, with peer servers ``net_peers`` (``HOST:PORT[@ZONE]``)."""
+    secret = _secret_from(secret_file)
+    if not net_peers:
+        raise UserError("a lake on metadata servers needs --net-peer servers (shards must be reachable "
+                        "from every mount)")
+    nets = [parse_net_peer(t) for t in net_peers]
+    if len({a for a, _ in nets}) != len(nets):
+        raise UserError("--net-peer addresses must be distinct")
+    config.validate(len(nets))
+
+    async def run() -> None:
+        service = MetaService(addresses, secret, op_timeout=15.0)
+        meta = RemoteMeta(service, sessions=1)
+        try:
+            record = {**asdict(config), "secret_fp": wire.fingerprint(secret)}
+            try:
+                await meta.apply(["format", record, time.time_ns(), os.getuid(), os.getgid()])
+            except LakeError as exc:
+                if exc.errno == errno.EEXIST:
+                    raise UserError(f"the metadata servers {','.join(addresses)} already hold a lake") from None
+                raise UserError(f"metadata servers {','.join(addresses)}: {exc}") from None
+            for i, (address, zone) in enumerate(nets):
+                await meta.apply(["register_peer", i, ["net", address, zone, 1.0, "up", {}]])
+        finally:
+            await service.aclose()
+
+    trio.run(run)
+
+
 def _take_lock(data_dir: Path) -> int:
     """The lake's exclusive lock: one mount daemon per embedded lake."""
     fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -186,13 +248,19 @@ def in_use(data_dir: Path) -> bool:
 
 
 class Lake:
-    """An opened embedded lake: metadata, chunk client and config."""
+    """An opened lake: metadata (embedded, or a cluster of metadata servers), chunk client, config.
 
-    def __init__(self, data_dir: Path, sm: StateMachine, config: LakeConfig, peers: list[PeerRecord],
-                 *, io_threads: int = 16, secret: bytes | None = None, tls_ca: str | None = None):
+    ``sm`` is the local state machine of an embedded lake (None in a cluster); ``meta`` is the
+    :class:`~lakefs_fuse.meta.client.MetaClient` every layer uses either way.
+    """
+
+    def __init__(self, data_dir: Path | None, sm: StateMachine | None, config: LakeConfig,
+                 peers: list[PeerRecord], *, io_threads: int = 16, secret: bytes | None = None,
+                 tls_ca: str | None = None, meta=None, meta_addresses: list[str] | None = None):
         self.data_dir = data_dir
         self.sm = sm
-        self.meta = LocalMeta(sm)
+        self.meta = meta if meta is not None else LocalMeta(sm)
+        self.meta_addresses = meta_addresses
         self.config = config
         self.peer_records = peers
         self.secret = secret
@@ -208,7 +276,7 @@ class Lake:
         for p in peers:
             if p.kind == "net":
                 if secret is None:
-                    raise UserError(f"{data_dir}: the lake has network peers but no cluster secret")
+                    raise UserError(f"{data_dir or 'the lake'}: the lake has network peers but no cluster secret")
                 stores[p.peer_id] = NetStore(p.peer_id, p.address, secret, ssl_context=ssl_context)
                 continue
             try:
@@ -248,8 +316,7 @@ class Lake:
                 raise UserError(f"{data_dir} is in use by another process ({msg})") from None
             raise UserError(f"{data_dir}: metadata cannot be opened: {msg}") from None
         try:
-            fmt = sm.format_record()
-            config = LakeConfig(**fmt)
+            config = lake_config(sm.format_record())
             peers = sm.peers()
         except Exception as exc:
             sm.close()
@@ -268,7 +335,22 @@ class Lake:
         lake._lock_fd = lock_fd
         return lake
 
+    @classmethod
+    def open_remote(cls, addresses: list[str], secret_file: Path, *, tls_ca: Path | None = None,
+                    io_threads: int = 16) -> "Lake":
+        """Open a lake whose metadata lives on metadata servers (``--meta``)."""
+        secret = _secret_from(secret_file)
+        fmt, peers = trio.run(_fetch_remote, addresses, secret)
+        fp = fmt.get("secret_fp")
+        if fp and fp != wire.fingerprint(secret):
+            raise UserError(f"{secret_file} is not this lake's cluster secret (fingerprint {fp})")
+        meta = RemoteMeta(MetaService(addresses, secret))
+        return cls(None, None, lake_config(fmt), peers, io_threads=io_threads, secret=secret,
+                   tls_ca=str(tls_ca) if tls_ca else None, meta=meta, meta_addresses=list(addresses))
+
     def close(self) -> None:
+        if self.sm is None:
+            return
         self.sm.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

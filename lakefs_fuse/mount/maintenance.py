@@ -45,10 +45,10 @@ class Report:
                 "lost": self.lost, "failed": [list(f) for f in self.failed], "cursor": self.cursor}
 
 
-def _layouts(lake: Lake, start_after: int):
+async def _layouts(lake: Lake, start_after: int):
     after = start_after
     while True:
-        page = lake.sm.chunks(after, PAGE)
+        page = await lake.meta.chunks(after, PAGE)
         if not page:
             return
         for rec in page:
@@ -56,8 +56,8 @@ def _layouts(lake: Lake, start_after: int):
         after = page[-1].chunk_id
 
 
-def count_chunks(lake: Lake) -> int:
-    return sum(1 for _ in _layouts(lake, -1))
+async def count_chunks(lake: Lake) -> int:
+    return sum([1 async for _ in _layouts(lake, -1)])
 
 
 async def scrub(lake: Lake, *, start_after: int = -1, on_chunk: Callable[[int], None] | None = None,
@@ -82,7 +82,7 @@ async def scrub(lake: Lake, *, start_after: int = -1, on_chunk: Callable[[int], 
                 on_chunk(layout.chunk_id)
 
     batch: list[ChunkLayout] = []
-    for layout in _layouts(lake, start_after):
+    async for layout in _layouts(lake, start_after):
         batch.append(layout)
         if len(batch) >= PAGE:
             await _run_batch(one, batch)
@@ -129,7 +129,7 @@ async def _repair_chunk(lake: Lake, layout: ChunkLayout, bad: list[int], report:
         return
     for index, peer in targets.items():
         old = layout.peers[index]
-        moved = lake.sm.apply(["move_shard", layout.chunk_id, index, old, peer], sync=True)
+        moved = await lake.meta.apply(["move_shard", layout.chunk_id, index, old, peer], sync=True)
         if moved:
             report.repaired += 1
             if old != peer and old in lake.chunks.stores:  # drop the bad copy where it was, if reachable
@@ -139,7 +139,7 @@ async def _repair_chunk(lake: Lake, layout: ChunkLayout, bad: list[int], report:
                     log.debug("could not delete old shard %d/%d on peer %d: %s", layout.chunk_id, index, old, exc)
 
 
-def status(lake: Lake) -> dict:
+async def status(lake: Lake) -> dict:
     """Peers with their shard counts and liveness, and the chunks that are degraded."""
     async def liveness() -> dict[int, dict]:
         out: dict[int, dict] = {}
@@ -159,10 +159,10 @@ def status(lake: Lake) -> dict:
                 nursery.start_soon(one, pid, store)
         return out
 
-    live = trio.run(liveness)
+    live = await liveness()
     shard_counts: dict[int, int] = {}
     degraded, lost, chunks = [], [], 0
-    for layout in _layouts(lake, -1):
+    async for layout in _layouts(lake, -1):
         chunks += 1
         down = 0
         for pid in layout.peers:
@@ -180,7 +180,7 @@ def status(lake: Lake) -> dict:
         row.update(live.get(p.peer_id, {"reachable": False}))
         peers.append(row)
     return {"peers": peers, "chunks": chunks, "degraded": degraded, "unreadable": lost,
-            "delete_queue": len(lake.sm.delete_queue(100000)),
+            "delete_queue": len(await lake.meta.delete_queue(100000)),
             "ec": f"{lake.config.ec_k}+{lake.config.ec_m}"}
 
 
@@ -200,7 +200,7 @@ async def repair_pending(lake: Lake, *, delay: float, forget_layout: Callable[[i
     report = Report()
     if not wanted and not long_down:
         return report  # the common case: nothing known to be broken, no scan
-    for layout in _layouts(lake, -1):
+    async for layout in _layouts(lake, -1):
         if layout.chunk_id not in wanted and not long_down.intersection(layout.peers):
             continue
         health = await lake.chunks.verify(layout)
@@ -241,7 +241,7 @@ async def rebalance(lake: Lake, *, start_after: int = -1, on_chunk: Callable[[in
     usable = [c for c in lake.chunks.choices if getattr(lake.chunks.stores[c.peer_id], "up", True)]
     placeable = {c.peer_id for c in lake.chunks.choices}
     moves = 0
-    for layout in _layouts(lake, start_after):
+    async for layout in _layouts(lake, start_after):
         report.chunks += 1
         wanted = place(layout.chunk_id, usable, layout.width)
         free = [p for p in wanted if p not in layout.peers]
@@ -257,7 +257,7 @@ async def rebalance(lake: Lake, *, start_after: int = -1, on_chunk: Callable[[in
             except Exception as exc:  # one shard that cannot move does not stop the run
                 report.failed.append((layout.chunk_id, f"shard {index}: {exc}"))
                 continue
-            if lake.sm.apply(["move_shard", layout.chunk_id, index, peer, target], sync=True):
+            if await lake.meta.apply(["move_shard", layout.chunk_id, index, peer, target], sync=True):
                 moves += 1
                 report.repaired += 1
                 layout.peers[index] = target

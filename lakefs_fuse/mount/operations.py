@@ -141,6 +141,13 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def open(self, inode, flags, ctx):
         fh, keep, direct = await self.vfs.open(inode, flags, _ctx(ctx))
+        if not keep and self.vfs.shared:
+            # Another mount may have changed the file: drop the kernel's cached size so a read
+            # past it asks us (attribute-only invalidation takes no inode lock, so it is safe here).
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError:
+                pass  # ENOENT: the kernel has already forgotten the inode
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=direct)
 
     @fuse_errors

@@ -70,8 +70,10 @@ class Stats:
 
 class VFS:
     def __init__(self, meta: MetaClient, chunks: ChunkClient, config: MountConfig, *, chunk_size: int,
-                 gc_grace: float = 30.0):
+                 gc_grace: float = 30.0, shared: bool = False):
         self.meta = meta
+        #: Other mounts use the same metadata (a cluster lake): orphans may be theirs.
+        self.shared = shared
         self.chunks = chunks
         self.cfg = config
         self.chunk_size = chunk_size
@@ -95,9 +97,11 @@ class VFS:
     async def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self.writer.start(nursery)
-        # After a restart nothing can reference an orphan: free what a crash left behind.
-        for ino in await self.meta.orphans():
-            await self.meta.apply(["release", ino, time.time_ns()])
+        if not self.shared:
+            # After a restart nothing can reference an orphan: free what a crash left behind.
+            # (On a shared lake another mount may still have it open.)
+            for ino in await self.meta.orphans():
+                await self.meta.apply(["release", ino, time.time_ns()])
         nursery.start_soon(self._gc_loop)
         nursery.start_soon(self._watch_space)
 

@@ -1,0 +1,608 @@
+"""A metadata server: one Raft replica of the lake's metadata, served over the wire protocol.
+
+``lakefs-fuse meta serve`` runs :class:`MetaServer`. It joins three things:
+
+* a :class:`~.raft.RaftNode` whose log lives in ``<data>/raft`` (:class:`~.raftlog.RocksStorage`,
+  synced before any answer);
+* :class:`ReplicatedState`, the issue-2 :class:`~.state.StateMachine` in ``<data>/state`` as Raft's
+  state machine. Committed commands are applied to it unchanged. It is rebuilt at every start
+  from the newest snapshot plus the log, so it needs no fsync of its own;
+* :class:`WireTransport`, Raft messages as one-way ``raft`` calls over authenticated ``wire``
+  connections between the servers.
+
+Client operations (all authenticated with the cluster secret)
+-------------------------------------------------------------
+
+=========  =================================  ============================================
+op         arguments / payload                answer
+=========  =================================  ============================================
+apply      c (client id), s (seq);            payload = msgpack result. A failed command is
+           payload = msgpack command          an error answer with its errno.
+query      q (name); payload = msgpack args   payload = msgpack result, read after ReadIndex
+status     --                                 this member's Raft view (+ followers if leader)
+members    --                                 {id: address} of the voters
+add        id, address                        adds a voter (leader only)
+remove     id                                 removes a voter (leader only)
+hello      id, cluster                        id and cluster of this server
+raft       src, addr; payload = message       one-way Raft message
+=========  =================================  ============================================
+
+A server that cannot take an ``apply``/``query``/``add``/``remove`` because it is not the
+leader (or lost leadership mid-way) answers ``{"redirect": 1, "leader": address-or-None}``;
+clients go there and retry the same ``(client id, seq)``, which the Raft session table applies
+at most once.
+
+Membership addresses live in the replicated state (``set_meta_member`` command, keys ``M``),
+so every server and client learns them from the log; a founding server bootstraps them from
+``--peers``. ``<data>/server.json`` records the server's id and cluster id, so a server cannot
+be restarted under another identity, and a peer list that does not match the cluster is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import rocksdict
+import trio
+
+from .. import errors as E
+from .. import wire
+from . import schema as S
+from .raft import (
+    LEADER,
+    CommitUnknown,
+    NotLeader,
+    RaftConfig,
+    RaftError,
+    RaftNode,
+    RaftObserver,
+    Transport,
+    pack_message,
+    unpack_message,
+)
+from .raftlog import RocksStorage, unpack
+from .state import StateMachine
+
+log = logging.getLogger(__name__)
+
+#: Raft messages carry whole snapshots; allow big frames between servers.
+MAX_PAYLOAD = 1024 * 1024 * 1024
+SERVER_FILE = "server.json"
+
+
+def parse_members(text: str) -> dict[int, str]:
+    """'1=host:port,2=host:port,...' -> {1: 'host:port', ...}."""
+    members: dict[int, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        ident, sep, address = part.partition("=")
+        if not sep:
+            raise E.UserError(f"--peers entry {part!r} is not ID=HOST:PORT")
+        try:
+            node_id = int(ident)
+        except ValueError:
+            raise E.UserError(f"--peers entry {part!r}: the id must be a number") from None
+        if node_id < 1:
+            raise E.UserError(f"--peers entry {part!r}: ids start at 1")
+        try:
+            wire.parse_address(address)
+        except ValueError as exc:
+            raise E.UserError(f"--peers entry {part!r}: {exc}") from None
+        if node_id in members:
+            raise E.UserError(f"--peers names member {node_id} twice")
+        members[node_id] = address
+    if not members:
+        raise E.UserError("--peers is empty")
+    if len(set(members.values())) != len(members):
+        raise E.UserError("--peers gives two members the same address")
+    return members
+
+
+def cluster_id(members: dict[int, str], secret: bytes) -> str:
+    """A founding cluster's id: its member list and secret, so every founder derives the same."""
+    text = ",".join(f"{i}={a}" for i, a in sorted(members.items())) + "/" + wire.fingerprint(secret)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ state machine
+
+
+class ReplicatedState:
+    """Raft's state machine: the metadata StateMachine, rebuilt from snapshot + log at start."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        shutil.rmtree(self.path, ignore_errors=True)  # derived state: Raft replays it
+        self.sm = StateMachine(str(self.path), create=True)
+
+    def apply(self, index: int, command: Any) -> Any:
+        if not isinstance(command, list) or not command or not isinstance(command[0], str):
+            raise E.Invalid("malformed metadata command")
+        return self.sm.apply(command)
+
+    def snapshot(self, index: int) -> bytes:
+        packer = msgpack.Packer(use_bin_type=True)
+        parts = [packer.pack_array_header(0)]  # placeholder replaced below
+        count = 0
+        for key, value in self.sm.db.items():
+            parts.append(packer.pack([key, value]))
+            count += 1
+        parts[0] = packer.pack_array_header(count)
+        return b"".join(parts)
+
+    def restore(self, data: bytes) -> None:
+        self.sm.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.sm = StateMachine(str(self.path), create=True)
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        n = 0
+        for key, value in msgpack.unpackb(data, raw=False, use_list=True):
+            batch.put(key, value)
+            n += 1
+            if n % 10000 == 0:
+                self.sm.db.write(batch)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+        self.sm.db.write(batch)
+
+    def members(self) -> dict[int, str]:
+        return self.sm.meta_members()
+
+    def close(self) -> None:
+        self.sm.close()
+
+
+# ----------------------------------------------------------------------------------- transport
+
+
+class WireTransport(Transport):
+    """Raft messages as one-way ``raft`` calls; one connection per destination, made on demand."""
+
+    def __init__(self, node_id: int, address: str, secret: bytes, addresses, *, ssl_context=None,
+                 connect_timeout: float = 1.0):
+        self.node_id = node_id
+        self.address = address
+        self.secret = secret
+        self.ssl_context = ssl_context
+        self.connect_timeout = connect_timeout
+        self._addresses = addresses  # callable: id -> address or None
+        self._learned: dict[int, str] = {}
+        self._clients: dict[int, wire.RpcClient] = {}
+        self._retry_at: dict[int, float] = {}
+        self._nursery: trio.Nursery | None = None
+        send, self.incoming = trio.open_memory_channel(4096)
+        self._incoming_send = send
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def address_of(self, node_id: int) -> str | None:
+        return self._addresses(node_id) or self._learned.get(node_id)
+
+    async def send(self, to: int, message: dict) -> None:
+        client = self._clients.get(to)
+        if client is None or client.closed:
+            client = await self._connect(to)
+            if client is None:
+                return
+        try:
+            await client.post("raft", {"src": self.node_id, "addr": self.address}, pack_message(message))
+        except (wire.ConnectionLost, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._clients.pop(to, None)
+
+    async def _connect(self, to: int) -> wire.RpcClient | None:
+        now = trio.current_time()
+        address = self.address_of(to)
+        if address is None or now < self._retry_at.get(to, 0.0) or self._nursery is None:
+            return None
+        host, port = wire.parse_address(address)
+        try:
+            client = await wire.RpcClient.connect(host, port, self.secret, self._nursery,
+                                                  connect_timeout=self.connect_timeout,
+                                                  max_payload=MAX_PAYLOAD, ssl_context=self.ssl_context)
+        except (OSError, trio.TooSlowError, wire.ProtocolError) as exc:
+            if to not in self._retry_at or now - self._retry_at[to] > 5:
+                log.info("member %d (%s) unreachable: %s", to, address, exc)
+            self._retry_at[to] = now + 0.5
+            return None
+        self._retry_at.pop(to, None)
+        self._clients[to] = client
+        return client
+
+    def deliver(self, src: int, address: str, payload: bytes | bytearray) -> None:
+        """A message arrived over the server (called by the request handler)."""
+        if address and self._addresses(src) is None:
+            self._learned[src] = address
+        try:
+            message = unpack_message(payload)
+        except Exception as exc:  # noqa: BLE001 -- garbage from an authenticated peer: drop it
+            raise E.Invalid(f"undecodable raft message: {exc}") from None
+        try:
+            self._incoming_send.send_nowait(message)
+        except trio.WouldBlock:
+            pass  # Raft retransmits; a full inbox means we are behind anyway
+
+    async def aclose(self) -> None:
+        for client in list(self._clients.values()):
+            await client.aclose()
+        self._clients.clear()
+
+
+# --------------------------------------------------------------------------------------- server
+
+
+def _encode_inode(inode: S.Inode) -> list:
+    return [inode.ino, inode.to_bytes()]
+
+
+def _encode_chunk(rec: S.ChunkRecord) -> list:
+    return [rec.chunk_id, rec.to_bytes()]
+
+
+#: Query name -> how its result travels (the client decodes with the mirror table in remote.py).
+QUERIES = {
+    "format_record": lambda r: r,
+    "getattr": _encode_inode,
+    "lookup": _encode_inode,
+    "readdir": lambda rows: [[name, inode.ino, inode.to_bytes(), cookie] for name, inode, cookie in rows],
+    "extents": lambda exts: [[e.file_off, e.length, e.chunk_id, e.chunk_off] for e in exts],
+    "readlink": lambda r: r,
+    "getxattr": lambda r: r,
+    "listxattr": lambda r: r,
+    "chunk": _encode_chunk,
+    "chunks": lambda recs: [_encode_chunk(r) for r in recs],
+    "peers": lambda peers: [[p.peer_id, p.to_bytes()] for p in peers],
+    "orphans": lambda r: r,
+    "delete_queue": lambda rows: [list(x) for x in rows],
+    "count_inodes": lambda r: r,
+}
+
+
+class _Observer(RaftObserver):
+    def __init__(self, server: MetaServer):
+        self.server = server
+
+    def became_leader(self, node: RaftNode) -> None:
+        log.info("member %d is the leader in term %d", node.id, node.term)
+        self.server._leader_changed()
+
+
+class MetaServer:
+    """One metadata server. ``await server.run(task_status)`` serves until cancelled."""
+
+    def __init__(self, node_id: int, data_dir: Path, listen: str, secret: bytes, *,
+                 peers: dict[int, str] | None = None, join: str | None = None,
+                 raft_config: RaftConfig | None = None, ssl_server=None, ssl_client=None):
+        self.id = node_id
+        self.data_dir = Path(data_dir)
+        self.listen = listen
+        self.host, self.port = wire.parse_address(listen)
+        self.secret = secret
+        self.join = join
+        self.ssl_server = ssl_server
+        self.ssl_client = ssl_client
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._new_identity = False
+        self.identity = self._check_identity(peers)
+        self.founders: dict[int, str] = {int(k): v for k, v in self.identity.get("founders", {}).items()}
+        self.storage = RocksStorage(str(self.data_dir / "raft"))
+        try:
+            self.state = ReplicatedState(self.data_dir / "state")
+        except BaseException:
+            self.storage.close()
+            raise
+        self.transport = WireTransport(node_id, listen, secret, self._address_of, ssl_context=ssl_client)
+        cfg = raft_config or RaftConfig(snapshot_every=20000, request_timeout=5.0)
+        self.node = RaftNode(node_id, self.storage, self.transport, self.state, config=cfg,
+                             initial_voters=list(self.founders) if self.founders else None,
+                             observer=_Observer(self))
+        self._members_wanted = trio.Event()
+        self._internal_seq = 0
+        self.bound_port: int | None = None
+
+    # ---------------------------------------------------------------- identity
+
+    def _check_identity(self, peers: dict[int, str] | None) -> dict:
+        """Load or create server.json; refuse an id, cluster or member list that does not match."""
+        path = self.data_dir / SERVER_FILE
+        try:
+            ident = json.loads(path.read_text())
+        except FileNotFoundError:
+            ident = None
+        except (OSError, ValueError) as exc:
+            raise E.UserError(f"{path} is unreadable: {exc}") from None
+        if ident is not None:
+            if ident.get("id") != self.id:
+                raise E.UserError(f"{self.data_dir} holds the state of metadata member {ident.get('id')}, "
+                                  f"not {self.id}; start it with --id {ident.get('id')} or use another --data")
+            founders = {int(k): v for k, v in ident.get("founders", {}).items()}
+            if peers is not None and founders and peers != founders and peers != ident.get("members_seen"):
+                raise E.UserError(
+                    f"--peers {_fmt(peers)} does not match this server's cluster ({_fmt(founders)}); "
+                    "restart without --peers, and change membership with 'lakefs-fuse meta add/remove'")
+            return ident
+        if peers is None and self.join is None:
+            raise E.UserError(f"{self.data_dir} is a new server: give --peers ID=HOST:PORT,... to found a "
+                              "cluster or --join HOST:PORT to join one")
+        if peers is not None:
+            if self.id not in peers:
+                raise E.UserError(f"--peers does not list this server's --id {self.id}")
+            if wire.parse_address(peers[self.id]) != (self.host, self.port) and self.port != 0:
+                raise E.UserError(f"--peers gives member {self.id} the address {peers[self.id]}, "
+                                  f"but it listens on {self.listen}")
+            ident = {"id": self.id, "cluster": cluster_id(peers, self.secret),
+                     "founders": {str(k): v for k, v in peers.items()}}
+        else:
+            ident = {"id": self.id, "cluster": None, "founders": {}}
+        self._write_identity(ident)
+        self._new_identity = True
+        return ident
+
+    def _write_identity(self, ident: dict) -> None:
+        path = self.data_dir / SERVER_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ident, indent=1) + "\n")
+        os.replace(tmp, path)
+
+    async def _verify_founders(self) -> None:
+        """Ask each founding member who it is; refuse to run beside a mismatched cluster."""
+        if not self.founders:
+            return
+        async with trio.open_nursery() as nursery:
+            for node_id, address in self.founders.items():
+                if node_id != self.id:
+                    nursery.start_soon(self._verify_one, node_id, address)
+
+    async def _verify_one(self, node_id: int, address: str) -> None:
+        from .remote import MetaService
+
+        service = MetaService([address], self.secret, ssl_context=self.ssl_client, connect_timeout=1.0)
+        try:
+            client = await service._client(address)
+            res, _ = await client.call("hello", {"id": self.id, "cluster": self.identity["cluster"]}, timeout=2.0)
+        except wire.AuthError:
+            raise E.UserError(f"member {node_id} at {address} refused our cluster secret") from None
+        except (OSError, trio.TooSlowError, wire.ProtocolError, wire.ConnectionLost, wire.RemoteError) as exc:
+            log.info("could not check member %d at %s: %s", node_id, address, exc)
+            return
+        finally:
+            await service.aclose()
+        if res.get("id") != node_id:
+            raise E.UserError(f"the server at {address} is member {res.get('id')}, but --peers names it "
+                              f"member {node_id}")
+        if res.get("cluster") and res.get("cluster") != self.identity["cluster"]:
+            raise E.UserError(f"member {node_id} at {address} belongs to another cluster "
+                              f"({res.get('cluster')}); check --peers")
+
+    # ---------------------------------------------------------------- members
+
+    def members(self) -> dict[int, str]:
+        """Voter addresses: the replicated table, else the founders'."""
+        table = self.state.members()
+        out = {i: table.get(i) or self.founders.get(i) or self.transport._learned.get(i) for i in self.node.voters}
+        if self.id in out and out[self.id] is None:
+            out[self.id] = self.listen
+        return {i: a for i, a in out.items() if a}
+
+    def _address_of(self, node_id: int) -> str | None:
+        return self.state.members().get(node_id) or self.founders.get(node_id)
+
+    def _leader_address(self) -> str | None:
+        leader = self.node.leader_id
+        if leader is None:
+            return None
+        if leader == self.id:
+            return self.listen
+        return self._address_of(leader) or self.transport._learned.get(leader)
+
+    def _leader_changed(self) -> None:
+        self._members_wanted.set()
+
+    async def _maintain_members(self) -> None:
+        """As leader, make sure the replicated member table names every voter."""
+        while True:
+            await self._members_wanted.wait()
+            self._members_wanted = trio.Event()
+            if not self.node.is_leader:
+                continue
+            table = self.state.members()
+            missing = {i: self.founders[i] for i in self.node.voters if i not in table and i in self.founders}
+            if self.id in self.node.voters and self.id not in table:
+                missing[self.id] = self.listen
+            for node_id, address in missing.items():
+                try:
+                    await self._submit_internal(["set_meta_member", node_id, address])
+                except (RaftError, E.LakeError) as exc:
+                    log.info("could not record member %d: %s", node_id, exc)
+                    self._members_wanted.set()
+                    await trio.sleep(0.5)
+                    break
+            self._record_members()
+
+    def _record_members(self) -> None:
+        seen = self.members()
+        if seen and seen != {int(k): v for k, v in self.identity.get("members_seen", {}).items()}:
+            self.identity["members_seen"] = {str(k): v for k, v in seen.items()}
+            self._write_identity(self.identity)
+
+    async def _submit_internal(self, command: list) -> Any:
+        # Server-internal commands use the server's own session id (negative: never a client's);
+        # the seq is the clock so it keeps rising across restarts.
+        self._internal_seq = max(self._internal_seq + 1, time.time_ns())
+        return await self.node.submit(-self.id, self._internal_seq, command)
+
+    async def _join(self) -> None:
+        """A new server asks the cluster (through any member) to add it as a voter."""
+        if self.node.voters or self.join is None:
+            return
+        from .remote import MetaService  # a client of the cluster, like any other
+
+        service = MetaService([self.join], self.secret, ssl_context=self.ssl_client, op_timeout=60.0)
+        try:
+            info = await service.call("hello", {"id": self.id, "cluster": None})
+            if info[0].get("cluster"):
+                self.identity["cluster"] = info[0]["cluster"]
+                self._write_identity(self.identity)
+            await service.call("add", {"id": self.id, "address": self.listen}, timeout=60.0)
+            log.info("joined the cluster through %s as member %d", self.join, self.id)
+        finally:
+            await service.aclose()
+
+    # ---------------------------------------------------------------- requests
+
+    async def handle(self, op: str, args: dict, payload: bytearray):
+        if op == "raft":
+            src, addr = args.get("src"), args.get("addr", "")
+            if type(src) is not int or not isinstance(addr, str):
+                raise E.Invalid("raft message without a sender")
+            self.transport.deliver(src, addr, payload)
+            return {}, b""
+        if op == "apply":
+            client_id, seq = args.get("c"), args.get("s")
+            if type(client_id) is not int or client_id < 0 or type(seq) is not int:
+                raise E.Invalid("apply needs an integer client id and seq")
+            command = _unpack_payload(payload)
+            if not isinstance(command, list) or not command or not isinstance(command[0], str):
+                raise E.Invalid("malformed metadata command")
+            try:
+                value = await self.node.submit(client_id, seq, command)
+            except RaftError as exc:
+                return self._redirect(exc), b""
+            return {}, S.pack(value)
+        if op == "query":
+            name = args.get("q")
+            encode = QUERIES.get(name) if isinstance(name, str) else None
+            if encode is None:
+                raise E.Invalid(f"unknown query {name!r}")
+            qargs = _unpack_payload(payload)
+            if not isinstance(qargs, list):
+                raise E.Invalid("query arguments must be a list")
+            try:
+                await self.node.read_index()
+            except RaftError as exc:
+                return self._redirect(exc), b""
+            try:
+                result = getattr(self.state.sm, name)(*qargs)
+            except TypeError as exc:
+                raise E.Invalid(f"bad arguments for {name}: {exc}") from None
+            return {}, S.pack(encode(result))
+        if op == "status":
+            return self.status(), b""
+        if op == "members":
+            return {"members": {str(k): v for k, v in self.members().items()}}, b""
+        if op == "hello":
+            return {"id": self.id, "cluster": self.identity.get("cluster")}, b""
+        if op in ("add", "remove"):
+            return await self._change_membership(op, args), b""
+        raise E.LakeError(f"unknown op {op!r}", err=errno.EOPNOTSUPP)
+
+    def _redirect(self, exc: RaftError) -> dict:
+        if isinstance(exc, CommitUnknown):
+            log.debug("commit unknown: %s", exc)
+        leader = self._leader_address()
+        return {"redirect": 1, "leader": leader if leader != self.listen or self.node.is_leader else None}
+
+    async def _change_membership(self, op: str, args: dict) -> dict:
+        node_id = args.get("id")
+        if type(node_id) is not int or node_id < 1:
+            raise E.Invalid("membership change needs a member id >= 1")
+        if not self.node.is_leader:
+            return self._redirect(NotLeader())
+        try:
+            if op == "add":
+                address = args.get("address")
+                if not isinstance(address, str):
+                    raise E.Invalid("add needs an address")
+                try:
+                    wire.parse_address(address)
+                except ValueError as exc:
+                    raise E.Invalid(str(exc)) from None
+                known = self.state.members().get(node_id)
+                if node_id in self.node.voters and known not in (None, address):
+                    raise E.Exists(f"member {node_id} already exists with address {known}")
+                await self._submit_internal(["set_meta_member", node_id, address])
+                if node_id not in self.node.voters:
+                    await self.node.add_voter(node_id)
+            else:
+                if node_id not in self.node.voters:
+                    raise E.NotFound(f"member {node_id} is not in the cluster")
+                if len(self.node.voters) == 1:
+                    raise E.Invalid("cannot remove the last member")
+                await self.node.remove_voter(node_id)
+                if self.node.is_leader:
+                    await self._submit_internal(["set_meta_member", node_id, None])
+        except RaftError as exc:
+            return self._redirect(exc)
+        self._record_members()
+        return {"members": {str(k): v for k, v in self.members().items()}}
+
+    def status(self) -> dict:
+        node = self.node
+        out = {"id": self.id, "address": self.listen, "role": node.role, "term": node.term,
+               "leader": node.leader_id, "leader_address": self._leader_address(),
+               "commit_index": node.commit_index, "last_applied": node.last_applied,
+               "last_index": node.last_index, "snapshot_index": node.snapshot_index,
+               "voters": sorted(node.voters), "cluster": self.identity.get("cluster"),
+               "members": {str(k): v for k, v in self.members().items()}}
+        if node.role == LEADER:
+            now = trio.current_time()
+            out["followers"] = {
+                str(peer): {"match": pr.match, "lag": node.last_index - pr.match,
+                            "last_ack_s": round(now - pr.last_ack, 3)}
+                for peer, pr in node._progress.items()}
+        return out
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            try:
+                await self._verify_founders()
+            except BaseException:
+                if self._new_identity:  # refused on first start: leave no identity behind
+                    (self.data_dir / SERVER_FILE).unlink(missing_ok=True)
+                raise
+            async with trio.open_nursery() as nursery:
+                self.transport.start(nursery)
+                self.bound_port = await nursery.start(partial_serve(self))
+                await nursery.start(self.node.run)
+                nursery.start_soon(self._maintain_members)
+                nursery.start_soon(self._join)
+                log.info("metadata member %d serving on %s:%d (data %s)", self.id, self.host,
+                         self.bound_port, self.data_dir)
+                task_status.started(self.bound_port)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.transport.aclose()
+            self.close()
+
+    def close(self) -> None:
+        try:
+            self.state.close()
+        finally:
+            self.storage.close()
+
+
+def partial_serve(server: MetaServer):
+    async def serve(task_status=trio.TASK_STATUS_IGNORED):
+        await wire.serve(server.handle, server.host, server.port, server.secret, max_payload=MAX_PAYLOAD,
+                         ssl_context=server.ssl_server, task_status=task_status)
+    return serve
+
+
+def _unpack_payload(payload) -> Any:
+    try:
+        return unpack(payload)
+    except Exception as exc:  # noqa: BLE001 -- bad bytes from a client: its error, not ours
+        raise E.Invalid(f"undecodable payload: {exc}") from None
+
+
+def _fmt(members: dict[int, str]) -> str:
+    return ",".join(f"{i}={a}" for i, a in sorted(members.items()))
