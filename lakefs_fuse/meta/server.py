@@ -224,6 +224,8 @@ class WireTransport(Transport):
             message = unpack_message(payload)
         except Exception as exc:  # noqa: BLE001 -- garbage from an authenticated peer: drop it
             raise E.Invalid(f"undecodable raft message: {exc}") from None
+        if not isinstance(message, dict):
+            raise E.Invalid("a raft message must be a map")
         try:
             self._incoming_send.send_nowait(message)
         except trio.WouldBlock:
@@ -572,7 +574,7 @@ class MetaServer:
             async with trio.open_nursery() as nursery:
                 self.transport.start(nursery)
                 self.bound_port = await nursery.start(partial_serve(self))
-                await nursery.start(self.node.run)
+                await nursery.start(self._run_node)
                 nursery.start_soon(self._maintain_members)
                 nursery.start_soon(self._join)
                 log.info("metadata member %d serving on %s:%d (data %s)", self.id, self.host,
@@ -583,11 +585,24 @@ class MetaServer:
                 await self.transport.aclose()
             self.close()
 
-    def close(self) -> None:
+    async def _run_node(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
-            self.state.close()
-        finally:
-            self.storage.close()
+            await self.node.run(task_status=task_status)
+        except Exception as exc:
+            # Fail-stop: a storage error (disk full, I/O error) or a bug must not leave a member
+            # half-working. Its log and snapshot are intact up to the last acknowledged write.
+            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
+            log.error("member %d: Raft node failed, stopping", self.id, exc_info=exc)
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise E.UserError(f"metadata member {self.id} stopped: {first}") from None
+
+    def close(self) -> None:
+        for what, closer in (("state", self.state.close), ("raft log", self.storage.close)):
+            try:
+                closer()
+            except Exception as exc:  # noqa: BLE001 -- e.g. a full disk; everything acknowledged is synced
+                log.warning("member %d: closing the %s failed: %s", self.id, what, exc)
 
 
 def partial_serve(server: MetaServer):
