@@ -712,12 +712,15 @@ def _run_service(addresses: list[str], secret_file: Path | None, fn):
 @click.option("--join", default=None, metavar="HOST:PORT",
               help="Join a running cluster through this member (first start of an added server).")
 @click.option("--secret-file", type=click.Path(path_type=Path), required=True, help="The cluster secret.")
+@click.option("--snapshot-every", type=click.IntRange(min=10), default=20000, show_default=True,
+              help="Snapshot the state and truncate the log every this many applied entries.")
 def meta_serve(node_id: int, data_dir: Path, listen: str, peers: str | None, join: str | None,
-               secret_file: Path) -> None:
+               secret_file: Path, snapshot_every: int) -> None:
     """Serve one replica of the lake's metadata (SIGTERM stops it; a restart recovers its log)."""
     import signal
 
     from . import wire
+    from .meta.raft import RaftConfig
     from .meta.server import MetaServer, parse_members
     if peers and join:
         raise UserError("give --peers (found a cluster) or --join (join one), not both")
@@ -733,7 +736,8 @@ def meta_serve(node_id: int, data_dir: Path, listen: str, peers: str | None, joi
     members = parse_members(peers) if peers else None
     _log_setup()
     try:
-        server = MetaServer(node_id, data_dir, listen, secret, peers=members, join=join)
+        server = MetaServer(node_id, data_dir, listen, secret, peers=members, join=join,
+                            raft_config=RaftConfig(snapshot_every=snapshot_every))
     except OSError as exc:
         raise UserError(f"{data_dir}: {exc}") from None
     except Exception as exc:  # rocksdict: locked or corrupt database

@@ -167,7 +167,8 @@ class MetaCluster:
 
 @contextlib.contextmanager
 def meta_cluster(tmp_path: Path, *, n_peers: int = 3, ec: str = "2+1", addresses: list[str] | None = None,
-                 netns: dict[int, str] | None = None, data_dirs: dict[int, Path] | None = None):
+                 netns: dict[int, str] | None = None, data_dirs: dict[int, Path] | None = None,
+                 member_args: tuple[str, ...] = ()):
     """3 metadata servers + ``n_peers`` peer servers + a formatted lake; all stopped on the way out."""
     secret = write_secret(tmp_path / "secret")
     if addresses is None:
@@ -183,7 +184,7 @@ def meta_cluster(tmp_path: Path, *, n_peers: int = 3, ec: str = "2+1", addresses
         for p in peers:
             p.start()
         for m in members:
-            m.start("--peers", founders)
+            m.start("--peers", founders, *member_args)
         cluster.leader()
         cli("format", "--meta", cluster.meta, "--ec", ec, "--secret-file", str(secret),
             *sum((["--net-peer", p.address] for p in peers), []), check=True)
@@ -385,7 +386,8 @@ def tree_of(root: Path) -> dict[str, bytes | None]:
 @needs_fuse
 @pytest.mark.timeout(300)
 def test_restart_all_servers_tree_is_intact(tmp_path):
-    with meta_cluster(tmp_path) as cluster:
+    # Snapshots every 50 entries: the restart restores a snapshot and replays the log after it.
+    with meta_cluster(tmp_path, member_args=("--snapshot-every", "50")) as cluster:
         a = cluster.mount("a")
         for d in range(5):
             (a.mnt / f"d{d}").mkdir()
@@ -397,10 +399,12 @@ def test_restart_all_servers_tree_is_intact(tmp_path):
         statuses = {r["id"]: r for r in cluster.status()}
         applied = max(r["last_applied"] for r in statuses.values())
 
+        wait_for(lambda: all(r.get("snapshot_index", 0) > 0 for r in cluster.status()), 30,
+                 "every member to take a snapshot", interval=0.2)
         for m in cluster.members:
             m.stop()
         for m in cluster.members:
-            m.start()  # no --peers: it knows its cluster from its own log
+            m.start("--snapshot-every", "50")  # no --peers: it knows its cluster from its own log
         cluster.leader()
         wait_for(lambda: all(r.get("last_applied", -1) >= applied for r in cluster.status()), 30,
                  "every member to replay its log", interval=0.2)
@@ -418,7 +422,8 @@ def test_restart_all_servers_tree_is_intact(tmp_path):
 @needs_fuse
 @pytest.mark.timeout(300)
 def test_member_joins_catches_up_and_is_removed(tmp_path):
-    with meta_cluster(tmp_path) as cluster:
+    # Small snapshots: the log is truncated, so the new member is brought up by InstallSnapshot.
+    with meta_cluster(tmp_path, member_args=("--snapshot-every", "20")) as cluster:
         a = cluster.mount("a")
         for i in range(50):
             (a.mnt / f"f{i}").write_bytes(b"%d" % i)
@@ -433,6 +438,8 @@ def test_member_joins_catches_up_and_is_removed(tmp_path):
                 return leader and 4 in leader["voters"] and 4 in rows and \
                     rows[4]["last_applied"] == leader["last_applied"]
             wait_for(caught_up, 30, "member 4 to join and catch up", interval=0.2)
+            row4 = next(r for r in cluster.status() if r.get("id") == 4)
+            assert row4["snapshot_index"] > 0  # it was given a snapshot, not the whole log
             (a.mnt / "after-join").write_bytes(b"y")
             res = cli("meta", "remove", "--meta", cluster.meta, "--id", "4", "--secret-file", str(cluster.secret))
             assert res.returncode == 0, res.stderr
@@ -645,6 +652,26 @@ def test_wrong_secret_identity_mismatch_and_garbage_are_refused(tmp_path):
         a = cluster.mount("a")
         (a.mnt / "still-fine").write_bytes(b"ok")
         assert (a.mnt / "still-fine").read_bytes() == b"ok"
+
+
+def test_replicated_state_snapshot_restores_every_key(tmp_path):
+    from lakefs_fuse.meta.server import ReplicatedState
+
+    src = ReplicatedState(tmp_path / "a")
+    src.apply(1, ["format", {"ec_k": 2, "ec_m": 1, "chunk_size": 4 * MiB, "min_shard": 65536}, 1, 0, 0])
+    for i in range(300):
+        src.apply(i + 2, ["mknod", 1, b"f%d" % i, 0o100644, 0, 0, 0, 5])
+    src.apply(400, ["set_meta_member", 1, "127.0.0.1:1"])
+    data = src.snapshot(400)
+    dst = ReplicatedState(tmp_path / "b")
+    dst.restore(data)
+    assert dict(dst.sm.db.items()) == dict(src.sm.db.items())
+    assert dst.members() == {1: "127.0.0.1:1"}
+    assert len(dst.sm.readdir(1, 0, 1000)) == 300
+    with pytest.raises(Exception):  # a failed command raises its LakeError, writes nothing
+        dst.apply(401, ["mknod", 1, b"f1", 0o100644, 0, 0, 0, 5])
+    src.close()
+    dst.close()
 
 
 def test_malformed_rpcs_from_an_authenticated_client_get_errors_not_crashes(tmp_path):

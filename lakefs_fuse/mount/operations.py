@@ -81,9 +81,12 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         return self.entry(await self.vfs.lookup(parent_inode, name, _ctx(ctx) if ctx else Ctx()))
 
-    @fuse_errors
     async def forget(self, inode_list):
-        await self.vfs.forget(list(inode_list))
+        # forget gets no reply: any exception here, FUSEError included, would end the FUSE session.
+        try:
+            await self.vfs.forget(list(inode_list))
+        except Exception:
+            log.exception("forget failed")
 
     @fuse_errors
     async def getattr(self, inode, ctx=None):

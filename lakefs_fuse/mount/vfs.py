@@ -162,13 +162,19 @@ class VFS:
         return self._ref(await self.meta.lookup(parent, name))
 
     async def forget(self, items: list[tuple[int, int]]) -> None:
+        unused = []
         for ino, n in items:
             left = self.lookups.get(ino, 0) - n
             if left > 0:
                 self.lookups[ino] = left
             else:
                 self.lookups[ino] = 0
+                unused.append(ino)
+        for ino in unused:
+            try:
                 await self._maybe_release(ino)
+            except E.LakeError as exc:  # metadata unreachable: the orphan stays until reclaimed
+                log.warning("inode %d: could not release it: %s", ino, exc)
 
     async def getattr(self, ino: int) -> Inode:
         return self._overlay_attr(await self.meta.getattr(ino))
