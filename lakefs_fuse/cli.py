@@ -737,7 +737,7 @@ def meta_serve(node_id: int, data_dir: Path, listen: str, peers: str | None, joi
     _log_setup()
     try:
         server = MetaServer(node_id, data_dir, listen, secret, peers=members, join=join,
-                            raft_config=RaftConfig(snapshot_every=snapshot_every))
+                            raft_config=RaftConfig(snapshot_every=snapshot_every, lease_reads=True))
     except OSError as exc:
         raise UserError(f"{data_dir}: {exc}") from None
     except Exception as exc:  # rocksdict: locked or corrupt database

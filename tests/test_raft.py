@@ -25,6 +25,7 @@ from lakefs_fuse.meta.raft import (
     LinkFaults,
     MemoryNetwork,
     NotLeader,
+    RaftError,
     RaftConfig,
     RaftNode,
     RaftObserver,
@@ -277,18 +278,43 @@ def test_memory_network_partitions_drops_and_duplicates():
 # ------------------------------------------------------------------------- randomized safety
 
 
-async def chaos(seed, size, duration, *, snapshot_every):
-    """Random partitions, crashes and restarts on a lossy network while clients count."""
-    config = RaftConfig(snapshot_every=snapshot_every)
+async def reading_client(cluster, results, stale):
+    """Reads through any node that believes it leads (deposed ones included): a read invoked after
+    a write was acknowledged must see it, or the read path is not linearizable."""
+    while True:
+        leaders = [n for n in cluster.live() if n.is_leader]
+        if not leaders:
+            await trio.sleep(0.01)
+            continue
+        node = cluster.rng.choice(leaders)
+        floor = results.get(1, 0)
+        try:
+            await node.read_index(timeout=0.3)
+        except RaftError:
+            await trio.sleep(0.01)
+            continue
+        seen = cluster.machines[node.id].data.get("c1", 0)
+        if seen < floor:
+            stale.append((node.id, seen, floor))
+        cluster.reads += 1
+        await trio.sleep(0.003)
+
+
+async def chaos(seed, size, duration, *, snapshot_every, lease_reads=False):
+    """Random partitions, crashes and restarts on a lossy network while clients count and read."""
+    config = RaftConfig(snapshot_every=snapshot_every, lease_reads=lease_reads)
     async with trio.open_nursery() as nursery:
         cluster = Cluster(nursery, range(1, size + 1), seed, faults=LOSSY, config=config)
         cluster.start_all()
         rng = cluster.rng
         results: dict[int, int] = {}
+        stale: list = []
+        cluster.reads = 0
         with trio.move_on_after(duration):
             async with trio.open_nursery() as clients:
                 for client_id in (1, 2, 3):
                     clients.start_soon(counting_client, cluster, client_id, results)
+                clients.start_soon(reading_client, cluster, results, stale)
                 while True:
                     await trio.sleep(rng.uniform(0.2, 0.8))
                     action = rng.random()
@@ -314,6 +340,8 @@ async def chaos(seed, size, duration, *, snapshot_every):
         await cluster.converge()
         cluster.check_converged()
         check_counters(cluster, results)
+        assert not stale, f"stale reads (node, seen, acknowledged): {stale[:5]}"
+        assert cluster.reads > 0
         assert cluster.checker.leaders, "no leader was ever elected"
         nursery.cancel_scope.cancel()
         return cluster
@@ -727,5 +755,123 @@ def test_node_on_rocks_storage_restarts_with_its_log(tmp_path):
                     nursery.cancel_scope.cancel()
             finally:
                 storage.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("pre_vote", [True, False])
+def test_lease_reads_on_a_deposed_leader_are_never_stale(pre_vote):
+    """With leases, a partitioned leader may keep answering reads for a moment, but only while no
+    other leader can have committed anything: every read it serves must have been invoked before
+    the new leader's write completed. (Without pre-vote, the voters' refusal to vote while they
+    hear from a leader is all that guards the lease.)"""
+    async def main():
+        config = RaftConfig(snapshot_every=0, lease_reads=True, pre_vote=pre_vote)
+        async with trio.open_nursery() as nursery:
+            cluster = Cluster(nursery, [1, 2, 3], 23, config=config)
+            cluster.start_all()
+            old = await cluster.leader()
+            await cluster.request(1, 1, ["set", "x", 1])
+            await trio.sleep(0.2)  # a few heartbeat rounds: the lease is live
+            before = old.stats["lease_reads"]
+            assert await old.read_index() <= old.last_applied
+            assert old.stats["lease_reads"] == before + 1  # served from the lease, no round
+            others = [i for i in cluster.founders if i != old.id]
+            cluster.net.partition([old.id], others)
+            served = []  # (invoked, returned, index) of reads the old leader answered
+            stop = trio.Event()
+
+            async def keep_reading():
+                while not stop.is_set():
+                    invoked = trio.current_time()
+                    try:
+                        index = await old.read_index(timeout=0.05)
+                    except NotLeader:
+                        await trio.sleep(0.01)
+                        continue
+                    served.append((invoked, trio.current_time(), index))
+                    await trio.sleep(0.005)
+
+            nursery.start_soon(keep_reading)
+            new = await cluster.leader(among=others)
+            write_index_before = new.commit_index
+            assert await new.submit(1, 2, ["set", "x", 2], timeout=5.0) == 1
+            committed_at = trio.current_time()
+            await trio.sleep(1.0)
+            stop.set()
+            assert served, "the old leader never used its lease (the test would prove nothing)"
+            for invoked, _returned, index in served:
+                assert index <= write_index_before or invoked < committed_at
+                assert invoked < committed_at, f"stale lease read invoked at {invoked} > {committed_at}"
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_chaos_with_lease_reads_keeps_safety_and_reads_fresh(size):
+    """The chaos run with leases on: elections still happen, safety holds, no stale read."""
+    leases = terms = 0
+    for seed in range(12):
+        cluster = run(lambda seed=seed: chaos(1000 + seed, size, 8.0, snapshot_every=40, lease_reads=True), seed)
+        leases += sum(n.stats["lease_reads"] for n in cluster.live())
+        terms += len(cluster.checker.leaders)
+    assert terms > 12 * 2  # the chaos really forced elections
+    assert leases > 100  # the lease path really served reads
+
+
+def test_lease_holds_against_an_eager_candidate():
+    """Without pre-vote, a node cut off for a while comes back campaigning with a high term while
+    the leader is cut off in turn. The remaining follower still heard from the leader a moment ago:
+    it must refuse that vote until the leader's lease has run out, or the new leader could commit
+    while the old one still answers reads from its lease."""
+    async def main():
+        config = RaftConfig(snapshot_every=0, lease_reads=True, pre_vote=False, check_quorum=False)
+        async with trio.open_nursery() as nursery:
+            cluster = Cluster(nursery, [1, 2, 3], 31, config=config)
+            cluster.start_all()
+            old = await cluster.leader()
+            await cluster.request(1, 1, ["set", "x", 1])
+            a, b = [i for i in cluster.founders if i != old.id]
+            cluster.net.partition([b], [old.id, a])
+            await trio.sleep(1.5)  # b campaigns alone, again and again
+            assert cluster.nodes[b].term > old.term
+            await trio.sleep(0.1)  # fresh heartbeats: the old leader's lease is live
+            served, committed = [], []
+            stop = trio.Event()
+
+            async def keep_reading():
+                while not stop.is_set():
+                    invoked = trio.current_time()
+                    try:
+                        await old.read_index(timeout=0.02)
+                        served.append(invoked)
+                    except NotLeader:
+                        pass
+                    await trio.sleep(0.002)
+
+            async def write():
+                with trio.fail_after(10):
+                    while True:
+                        for node in (cluster.nodes[a], cluster.nodes[b]):
+                            if node.is_leader:
+                                try:
+                                    await node.submit(1, 2, ["set", "x", 2], timeout=0.5)
+                                    committed.append(trio.current_time())
+                                    return
+                                except RaftError:
+                                    pass
+                        await trio.sleep(0.002)
+
+            nursery.start_soon(keep_reading)
+            cluster.net.partition([old.id], [a, b])
+            await write()
+            await trio.sleep(0.5)
+            stop.set()
+            assert served, "the old leader never used its lease"
+            late = [t for t in served if t > committed[0]]
+            assert not late, f"old leader served lease reads after x=2 committed at {committed[0]}: {late[:3]}"
+            assert cluster.nodes[a].stats["votes_refused_in_lease"] > 0
+            nursery.cancel_scope.cancel()
 
     run(main)

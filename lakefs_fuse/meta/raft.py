@@ -59,6 +59,17 @@ the recorded index. A leader lease would save the round trip but would rest on b
 between servers; ReadIndex rests on nothing but messages, and reads that arrive together share one
 heartbeat round. A deposed leader cannot complete the round, so it never serves a stale read.
 
+*Leases (optional, ``lease_reads``).* The round costs a message exchange per read (shared by
+concurrent reads). With ``lease_reads`` a leader answers ``read_index()`` at once while it holds a
+lease: a majority acknowledged a round that began less than ``lease_fraction`` x
+``election_timeout_min`` ago. The lease is sound because every voter then *refuses to vote* (does
+not even adopt the higher term) for ``election_timeout_min`` after it last heard from its leader, and
+for ``election_timeout_min`` after it starts (it may have heard from one just before a restart):
+no other leader can be elected, let alone commit, before the lease runs out. It rests on one
+assumption the message-only round does not: the servers' clocks run at rates within
+``1 - lease_fraction`` (20 %) of each other (durations only; the clocks need not agree). When the
+lease has lapsed the round is used.
+
 *Snapshots.* Every ``snapshot_every`` applied entries the node asks the state machine for a snapshot
 (with the session table) and truncates its log up to it. ``restore`` replaces the state machine's
 state from such bytes (when a snapshot is installed, and when a node restarts).
@@ -168,6 +179,11 @@ class RaftConfig:
     send_timeout: float = 1.0
     #: Default seconds submit(), read_index() and membership changes wait.
     request_timeout: float = 5.0
+    #: Serve read_index() from a leader lease instead of a heartbeat round (see "Leases" above).
+    lease_reads: bool = False
+    #: The lease lasts this fraction of election_timeout_min after the start of the newest round a
+    #: majority acknowledged; 1 - lease_fraction is the clock-rate difference it tolerates.
+    lease_fraction: float = 0.8
 
     def validate(self) -> None:
         """Rules: 0 < heartbeat; election_timeout_min > 3 x heartbeat (a few lost heartbeats must not
@@ -187,6 +203,8 @@ class RaftConfig:
             raise E.UserError("raft snapshot_every must be >= 0")
         if not (self.send_timeout > 0 and self.request_timeout > 0):
             raise E.UserError("raft send and request timeouts must be > 0")
+        if not 0 < self.lease_fraction < 1:
+            raise E.UserError("raft lease fraction must be between 0 and 1")
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -476,6 +494,8 @@ class RaftNode:
         self._term_start = math.inf  # index of this leader's no-op
         self._lead_since = 0.0
         self._round = 0  # heartbeat rounds sent by this node as leader (ReadIndex counts them)
+        self._round_started: deque[tuple[int, float]] = deque()  # (round, when it began), for leases
+        self._started_at = -math.inf
         self._leader_contact = -math.inf
         self._election_deadline = math.inf
         self._heartbeat_deadline = math.inf
@@ -525,6 +545,7 @@ class RaftNode:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._started_at = trio.current_time()
                 self._reset_election_timer()
                 nursery.start_soon(self._receive_loop, name=f"raft-{self.id}-receive")
                 nursery.start_soon(self._timer_loop, name=f"raft-{self.id}-timer")
@@ -558,6 +579,11 @@ class RaftNode:
         with trio.move_on_after(self._timeout(timeout)):
             # A new leader's commit index may lag until an entry of its own term commits.
             await self._wait_until(lambda: self.commit_index >= self._term_start, term)
+            if self.config.lease_reads and self._lease_valid():
+                read_at = self.commit_index  # no other leader can exist yet: no round needed
+                self.stats["lease_reads"] += 1
+                await self._wait_until(lambda: self.last_applied >= read_at, term)
+                return read_at
             read_at = self.commit_index
             needed = self._round + 1
             self._heartbeat_now()  # concurrent reads share this round
@@ -839,6 +865,9 @@ class RaftNode:
                 self._become_follower(self.term, None)
                 return
         self._round += 1
+        self._round_started.append((self._round, now))
+        if len(self._round_started) > 4096:  # no majority answers (we are cut off): keep it bounded
+            self._round_started.popleft()
         for peer, pr in self._progress.items():
             if pr.inflight and now - pr.last_progress >= cfg.retransmit_timeout:
                 self._restart_probe(pr, pr.match + 1)
@@ -913,6 +942,28 @@ class RaftNode:
         candidate = matches[len(self.voters) // 2]
         if candidate > self.commit_index and self.entry_term(candidate) == self.term:
             self._commit_to(candidate)
+
+    def _lease_valid(self) -> bool:
+        """Leader lease: a majority acknowledged a round that began less than
+        lease_fraction x election_timeout_min ago. Each of them refuses votes for
+        election_timeout_min after hearing that round, so no other leader can exist before then."""
+        acked = self._quorum_round()
+        started = self._round_started
+        while len(started) > 1 and started[1][0] <= acked:
+            started.popleft()  # keep the newest round at or below ``acked``
+        if not started or started[0][0] > acked:
+            return False
+        limit = self.config.lease_fraction * self.config.election_timeout_min
+        return trio.current_time() - started[0][1] < limit
+
+    def _refuses_votes(self) -> bool:
+        """With leases, a voter that heard from a leader within election_timeout_min (or started
+        less than that ago: it may have heard from one before a restart) refuses to vote."""
+        now = trio.current_time()
+        if now - self._started_at < self.config.election_timeout_min:
+            return True
+        return self.role == FOLLOWER and self.leader_id is not None and \
+            now - self._leader_contact < self.config.election_timeout_min
 
     def _quorum_round(self) -> int:
         rounds = [pr.acked_round for pr in self._progress.values()]
@@ -990,6 +1041,9 @@ class RaftNode:
         if kind == "prevote":  # never changes terms: its "term" is hypothetical
             self._on_prevote(msg)
             return
+        if kind == "vote" and term > self.term and self.config.lease_reads and self._refuses_votes():
+            self.stats["votes_refused_in_lease"] += 1
+            return  # not even our term moves: the leader we hear from keeps its lease
         if term > self.term and not (kind == "prevote_reply" and msg["granted"]):
             self._become_follower(term, src if kind in _FROM_LEADER else None)
         if kind == "prevote_reply":  # a grant from a voter with an older term still counts

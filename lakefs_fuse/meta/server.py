@@ -18,7 +18,8 @@ op         arguments / payload                answer
 =========  =================================  ============================================
 apply      c (client id), s (seq);            payload = msgpack result. A failed command is
            payload = msgpack command          an error answer with its errno.
-query      q (name); payload = msgpack args   payload = msgpack result, read after ReadIndex
+query      q (name); payload = msgpack args   payload = msgpack result, read on the leader under
+                                              its lease (else after a ReadIndex round)
 status     --                                 this member's Raft view (+ followers if leader)
 members    --                                 {id: address} of the voters
 add        id, address                        adds a voter (leader only)
@@ -301,7 +302,7 @@ class MetaServer:
             self.storage.close()
             raise
         self.transport = WireTransport(node_id, listen, secret, self._address_of, ssl_context=ssl_client)
-        cfg = raft_config or RaftConfig(snapshot_every=20000, request_timeout=5.0)
+        cfg = raft_config or RaftConfig(snapshot_every=20000, lease_reads=True)
         self.node = RaftNode(node_id, self.storage, self.transport, self.state, config=cfg,
                              initial_voters=list(self.founders) if self.founders else None,
                              observer=_Observer(self))

@@ -213,9 +213,9 @@ class VFS:
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx: Ctx) -> Inode:
         self._writable()
         self._check_name(name)
-        ino, _ = await self.meta.apply(["mknod", parent, name, mode, rdev,
-                                        ctx.uid, ctx.gid, self._now()])
-        return self._ref(await self.meta.getattr(ino))
+        ino, data = await self.meta.apply(["mknod", parent, name, mode, rdev,
+                                           ctx.uid, ctx.gid, self._now()])
+        return self._ref(Inode.from_bytes(ino, data))  # the command answers with the new inode
 
     async def mkdir(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> Inode:
         return await self.mknod(parent, name, st.S_IFDIR | (mode & 0o7777), 0, ctx)
@@ -223,14 +223,14 @@ class VFS:
     async def symlink(self, parent: int, name: bytes, target: bytes, ctx: Ctx) -> Inode:
         self._writable()
         self._check_name(name)
-        ino, _ = await self.meta.apply(["symlink", parent, name, target, ctx.uid, ctx.gid, self._now()])
-        return self._ref(await self.meta.getattr(ino))
+        ino, data = await self.meta.apply(["symlink", parent, name, target, ctx.uid, ctx.gid, self._now()])
+        return self._ref(Inode.from_bytes(ino, data))
 
     async def link(self, ino: int, parent: int, name: bytes, ctx: Ctx) -> Inode:
         self._writable()
         self._check_name(name)
-        await self.meta.apply(["link", ino, parent, name, self._now()])
-        return self._ref(await self.meta.getattr(ino))
+        ino, data = await self.meta.apply(["link", ino, parent, name, self._now()])
+        return self._ref(Inode.from_bytes(ino, data))
 
     async def unlink(self, parent: int, name: bytes, ctx: Ctx) -> None:
         self._writable()
