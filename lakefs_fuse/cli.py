@@ -94,14 +94,16 @@ def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, .
               help="The cluster secret (with --meta).")
 @click.option("--tls-ca", type=click.Path(path_type=Path), default=None,
               help="Talk TLS to the peer servers, trusting this CA (with --meta).")
+@click.option("--meta-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds an operation may wait for a metadata leader before failing with EIO (with --meta).")
 @click.option("--repair-delay", type=float, default=300.0, show_default=True,
               help="Seconds a peer may be down before its shards are rebuilt elsewhere in the background.")
 @click.option("-o", "options", multiple=True, help="Extra FUSE mount option (repeatable).")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other: bool, read_only: bool,
           attr_timeout: float, dirty_budget: str, memory_cache: str, pack_delay: float | None,
-          meta: str | None, secret_file: Path | None, tls_ca: Path | None, repair_delay: float,
-          options: tuple[str, ...], ready_fd: int | None) -> None:
+          meta: str | None, secret_file: Path | None, tls_ca: Path | None, meta_timeout: float,
+          repair_delay: float, options: tuple[str, ...], ready_fd: int | None) -> None:
     """Mount a lake at MOUNTPOINT (daemonizes; returns once the mount is live)."""
     from .mount import daemon
     from .mount.lake import format_lake, is_lake
@@ -110,7 +112,7 @@ def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other
             raise UserError("give either --data (embedded lake) or --meta (cluster lake), not both")
         _mount_cluster(mountpoint, _meta_list(meta), secret_file, tls_ca, foreground, allow_other, read_only,
                        attr_timeout, dirty_budget, memory_cache, 0.0 if pack_delay is None else pack_delay,
-                       repair_delay, options, ready_fd)
+                       repair_delay, options, ready_fd, meta_timeout)
         return
     if pack_delay is None:
         pack_delay = 2.0
@@ -159,7 +161,7 @@ def _meta_list(text: str) -> list[str]:
 def _mount_cluster(mountpoint: Path, addresses: list[str], secret_file: Path | None, tls_ca: Path | None,
                    foreground: bool, allow_other: bool, read_only: bool, attr_timeout: float, dirty_budget: str,
                    memory_cache: str, pack_delay: float, repair_delay: float, options: tuple[str, ...],
-                   ready_fd: int | None) -> None:
+                   ready_fd: int | None, meta_timeout: float) -> None:
     from .config import runtime_dir
     from .mount import daemon
     from .mount.lake import Lake
@@ -170,7 +172,7 @@ def _mount_cluster(mountpoint: Path, addresses: list[str], secret_file: Path | N
                       read_only=read_only, allow_other=allow_other, attr_timeout=attr_timeout,
                       entry_timeout=attr_timeout, dirty_budget=parse_size(dirty_budget),
                       memory_cache=parse_size(memory_cache), pack_delay=pack_delay, repair_delay=repair_delay,
-                      extra_fuse_options=tuple(options))
+                      meta_timeout=meta_timeout, extra_fuse_options=tuple(options))
     cfg.validate()
     if foreground:
         logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
@@ -181,7 +183,7 @@ def _mount_cluster(mountpoint: Path, addresses: list[str], secret_file: Path | N
     mnt = Path(mountpoint).resolve()
     args = [str(mnt), "--meta", ",".join(addresses), "--secret-file", str(cfg.secret_file),
             "--attr-timeout", str(attr_timeout), "--dirty-budget", dirty_budget, "--memory-cache", memory_cache,
-            "--pack-delay", str(pack_delay), "--repair-delay", str(repair_delay)]
+            "--pack-delay", str(pack_delay), "--repair-delay", str(repair_delay), "--meta-timeout", str(meta_timeout)]
     args += ["--tls-ca", str(cfg.tls_ca)] if cfg.tls_ca else []
     args += ["--allow-other"] if allow_other else []
     args += ["--read-only"] if read_only else []

@@ -99,6 +99,8 @@ class MountConfig:
     secret_file: Path | None = None
     #: CA/certificate to trust for TLS to peer servers (cluster lakes).
     tls_ca: Path | None = None
+    #: Seconds a metadata operation may look for a leader before it fails with EIO (cluster lakes).
+    meta_timeout: float = 30.0
     read_only: bool = False
     allow_other: bool = False
     #: Seconds the kernel may cache attributes and entries (dataset mode raises them).
@@ -130,5 +132,7 @@ class MountConfig:
             raise UserError("dirty budget must be at least 8M")
         if not 0 <= self.pack_delay <= 60:
             raise UserError("pack delay must be between 0 and 60 seconds")
+        if not 1 <= self.meta_timeout <= 3600:
+            raise UserError("metadata timeout must be between 1 and 3600 seconds")
         if self.read_ahead_kb < 128:
             raise UserError("read_ahead_kb must be at least 128")

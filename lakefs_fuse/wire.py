@@ -24,7 +24,8 @@ fresh random C and N stop replays. Handshake frames must have empty payloads.
 
 RPC: a request header is {"v", "id", "op", "a": args}; the response reuses the id and carries
 either {"ok": True, "r": result} or {"ok": False, "err": message, "errno": n}. One connection
-carries many requests at once and answers may come back in any order.
+carries many requests at once and answers may come back in any order. A request with "nr": true
+is one-way: the server answers nothing (Raft's messages, which carry their own replies).
 
 Failure policy: a malformed, oversized, truncated or unauthenticated frame ends that connection
 only. The server logs one line and keeps serving everyone else; the client fails every pending
@@ -84,6 +85,11 @@ class ProtocolError(Exception):
 
 class AuthError(ProtocolError):
     """The handshake failed: wrong secret, garbage, or the peer took too long."""
+
+
+class SecretRejected(AuthError):
+    """The other side answered, and one of us does not hold the cluster secret: retrying is futile
+    (unlike a handshake that timed out or was cut, which is a plain AuthError)."""
 
 
 class RemoteError(Exception):
@@ -362,12 +368,12 @@ async def client_handshake(fs: FramedStream, secret: bytes, *, timeout: float = 
                        "mac": _mac(secret, b"client", challenge, nonce)})
         reply, _ = await fs.receive(max_payload=0)
         if reply.get("op") == "denied":
-            raise AuthError(f"server rejected our cluster secret (fingerprint {fingerprint(secret)})")
+            raise SecretRejected(f"server rejected our cluster secret (fingerprint {fingerprint(secret)})")
         proof = reply.get("mac")
         if reply.get("op") != "welcome" or not isinstance(proof, bytes):
             raise AuthError("server sent a malformed handshake reply")
         if not hmac.compare_digest(proof, _mac(secret, b"server", nonce, challenge)):
-            raise AuthError("server could not prove it holds our cluster secret")
+            raise SecretRejected("server could not prove it holds our cluster secret")
 
 
 async def server_handshake(fs: FramedStream, secret: bytes, *, timeout: float = 5.0) -> None:
@@ -500,14 +506,13 @@ class RpcClient:
 
     async def post(self, op: str, args: dict | None = None,
                    payload: bytes | bytearray | memoryview = b"") -> None:
-        """Send a request without waiting for its answer (the answer is read and dropped).
-
-        For one-way messages such as Raft's, whose protocol carries its own replies.
-        Raises ConnectionLost if the connection has ended.
+        """Send a one-way request: the header says ``"nr": true`` and the server sends no answer
+        (a failure is only logged there). For messages such as Raft's, whose protocol carries its
+        own replies. Raises ConnectionLost if the connection has ended.
         """
         if self._lost is not None:
             raise ConnectionLost(f"{self._peer}: {self._lost}")
-        await self._fs.send({"v": PROTOCOL_VERSION, "id": next(self._ids), "op": op,
+        await self._fs.send({"v": PROTOCOL_VERSION, "id": next(self._ids), "op": op, "nr": True,
                              "a": {} if args is None else args}, payload)
 
     async def _route_responses(self) -> None:
@@ -641,7 +646,7 @@ class _ServerConnection:
                     await slots.acquire()
                     header, payload = await self.fs.receive()
                     call_id, op, args = _parse_request(header)
-                    requests.start_soon(self._answer, slots, call_id, op, args, payload)
+                    requests.start_soon(self._answer, slots, call_id, op, args, payload, header.get("nr") is True)
             except (EOFError, ProtocolError, ConnectionLost) as exc:
                 # Caught inside the nursery so it is not wrapped in an ExceptionGroup; nobody is
                 # left to read answers, so in-flight requests are cancelled.
@@ -651,8 +656,14 @@ class _ServerConnection:
             raise ended
 
     async def _answer(self, slots: trio.Semaphore, call_id: int, op: str, args: dict,
-                      payload: bytearray) -> None:
+                      payload: bytearray, quiet: bool = False) -> None:
         try:
+            if quiet:  # a one-way request (RpcClient.post): no answer, failures only logged
+                try:
+                    await self.handler(op, args, payload)
+                except Exception as exc:  # noqa: BLE001 -- logged by _error_response
+                    self._error_response(call_id, op, exc)
+                return
             try:
                 result, out = await self.handler(op, args, payload)
                 if not isinstance(result, dict):

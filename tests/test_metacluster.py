@@ -709,3 +709,31 @@ def test_malformed_rpcs_from_an_authenticated_client_get_errors_not_crashes(tmp_
         assert m.alive()
     finally:
         m.stop()
+
+
+@needs_fuse
+@pytest.mark.timeout(240)
+def test_frozen_metadata_servers_give_eio_in_bounded_time_then_recover(tmp_path):
+    """All three servers stopped (SIGSTOP: connections hang, nothing is refused): an operation
+    fails with EIO after --meta-timeout, not EACCES and not a hang; once they resume, it works."""
+    with meta_cluster(tmp_path) as cluster:
+        a = cluster.mount("a", "--meta-timeout", "4")
+        (a.mnt / "x").write_bytes(b"1")
+        for m in cluster.members:
+            m.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(OSError) as err:
+                (a.mnt / "y").write_bytes(b"2")
+            took = time.monotonic() - t0
+            assert err.value.errno == errno.EIO, err.value
+            assert took < 4 + 15, f"took {took:.1f}s"
+            with pytest.raises(OSError) as err:
+                os.stat(a.mnt / "z")
+            assert err.value.errno == errno.EIO
+        finally:
+            for m in cluster.members:
+                m.proc.send_signal(signal.SIGCONT)
+        cluster.leader()
+        (a.mnt / "y").write_bytes(b"2")
+        assert sorted(os.listdir(a.mnt)) == ["x", "y"]

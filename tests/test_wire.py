@@ -636,3 +636,31 @@ def test_parse_address_default_host():
 def test_parse_address_rejects(text):
     with pytest.raises(ValueError, match="bad address"):
         wire.parse_address(text)
+
+
+def test_post_is_one_way_and_its_failures_stay_on_the_server():
+    seen = []
+
+    async def handler(op, args, payload):
+        seen.append((op, bytes(payload)))
+        if op == "boom":
+            raise ValueError("handler bug")
+        return {"x": 1}, b""
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(wire.serve, handler, "127.0.0.1", 0, SECRET)
+            client = await wire.RpcClient.connect("127.0.0.1", port, SECRET, nursery)
+            sent = client._fs._bytes_received
+            await client.post("note", {}, b"abc")
+            await client.post("boom", {}, b"")
+            res, _ = await client.call("ping", {})  # answered in order after the posts were handled
+            assert res == {"x": 1}
+            assert [op for op, _ in seen] == ["note", "boom", "ping"]
+            assert not client._pending
+            # Only the ping's answer came back: the posts produced no frames.
+            assert client._fs._bytes_received - sent < 100
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -116,7 +116,7 @@ class NetStore:
                 client = await wire.RpcClient.connect(self.host, self.port, self.secret, nursery,
                                                       connect_timeout=self.connect_timeout,
                                                       ssl_context=self.ssl_context)
-            except wire.AuthError as exc:
+            except wire.SecretRejected as exc:
                 self._mark_down(f"authentication failed: {exc}")
                 raise PeerUnavailable(f"peer {self.address}: authentication failed (wrong secret?)") from exc
             except (OSError, trio.TooSlowError, wire.ProtocolError, ConnectionError) as exc:

@@ -126,11 +126,11 @@ class MetaService:
                                               timeout=max(0.05, min(self.call_timeout, remaining)))
             except wire.RemoteError as exc:  # the operation itself failed: a definite answer
                 raise E.from_errno(exc.errno, str(exc)) from None
-            except wire.AuthError as exc:
+            except wire.SecretRejected as exc:
                 raise E.LakeError(f"metadata server {address} refused us: {exc} (wrong cluster secret?)",
                                   err=errno.EACCES) from None
             except (OSError, wire.ConnectionLost, wire.ProtocolError, trio.TooSlowError) as exc:
-                problem = f"{address}: {exc or type(exc).__name__}"
+                problem = f"{address}: {str(exc) or type(exc).__name__}"
                 client = self._clients.pop(address, None)
                 if client is not None and not isinstance(exc, trio.TooSlowError):
                     await client.aclose()
@@ -167,7 +167,7 @@ class MetaService:
                     out[address] = (await client.call(op, args, timeout=timeout))[0]
             except (OSError, wire.ConnectionLost, wire.ProtocolError, wire.RemoteError,
                     trio.TooSlowError) as exc:
-                out[address] = f"unreachable: {exc or type(exc).__name__}"
+                out[address] = f"unreachable: {str(exc) or type(exc).__name__}"
                 self._clients.pop(address, None)
 
         async with trio.open_nursery() as nursery:

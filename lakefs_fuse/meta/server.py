@@ -370,7 +370,7 @@ class MetaServer:
         try:
             client = await service._client(address)
             res, _ = await client.call("hello", {"id": self.id, "cluster": self.identity["cluster"]}, timeout=2.0)
-        except wire.AuthError:
+        except wire.SecretRejected:
             raise E.UserError(f"member {node_id} at {address} refused our cluster secret") from None
         except (OSError, trio.TooSlowError, wire.ProtocolError, wire.ConnectionLost, wire.RemoteError) as exc:
             log.info("could not check member %d at %s: %s", node_id, address, exc)

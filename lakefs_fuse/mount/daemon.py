@@ -110,7 +110,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     try:
         mountpoint = check_mountpoint(cfg.mountpoint)
         if cfg.meta:
-            lake = Lake.open_remote(list(cfg.meta), cfg.secret_file, tls_ca=cfg.tls_ca, io_threads=cfg.io_threads)
+            lake = Lake.open_remote(list(cfg.meta), cfg.secret_file, tls_ca=cfg.tls_ca, io_threads=cfg.io_threads,
+                                    op_timeout=cfg.meta_timeout)
         else:
             lake = Lake.open(cfg.data_dir, io_threads=cfg.io_threads, lock=True)
     except UserError as exc:

@@ -337,14 +337,14 @@ class Lake:
 
     @classmethod
     def open_remote(cls, addresses: list[str], secret_file: Path, *, tls_ca: Path | None = None,
-                    io_threads: int = 16) -> "Lake":
+                    io_threads: int = 16, op_timeout: float = 30.0) -> "Lake":
         """Open a lake whose metadata lives on metadata servers (``--meta``)."""
         secret = _secret_from(secret_file)
         fmt, peers = trio.run(_fetch_remote, addresses, secret)
         fp = fmt.get("secret_fp")
         if fp and fp != wire.fingerprint(secret):
             raise UserError(f"{secret_file} is not this lake's cluster secret (fingerprint {fp})")
-        meta = RemoteMeta(MetaService(addresses, secret))
+        meta = RemoteMeta(MetaService(addresses, secret, op_timeout=op_timeout))
         return cls(None, None, lake_config(fmt), peers, io_threads=io_threads, secret=secret,
                    tls_ca=str(tls_ca) if tls_ca else None, meta=meta, meta_addresses=list(addresses))
 
