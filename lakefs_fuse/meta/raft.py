@@ -501,6 +501,8 @@ class RaftNode:
         self._heartbeat_deadline = math.inf
         self._timer_kick = trio.Event()
         self._changed = trio.Event()
+        self._batch: list[Entry] = []  # commands submitted but not yet appended (group commit)
+        self._batch_ready = trio.Event()
         self._outboxes: dict[NodeId, trio.MemorySendChannel] = {}
         self._nursery: trio.Nursery | None = None
         self._stopped = False
@@ -549,6 +551,7 @@ class RaftNode:
                 self._reset_election_timer()
                 nursery.start_soon(self._receive_loop, name=f"raft-{self.id}-receive")
                 nursery.start_soon(self._timer_loop, name=f"raft-{self.id}-timer")
+                nursery.start_soon(self._flush_loop, name=f"raft-{self.id}-flush")
                 task_status.started()
         finally:
             self._stopped = True
@@ -567,7 +570,8 @@ class RaftNode:
         if cached is not None:
             return cached.unwrap()
         data = unpack(pack([client_id, seq, command]))  # apply exactly what followers will decode
-        return (await self._append_and_wait(Entry(self.term, ENTRY_COMMAND, data), timeout)).unwrap()
+        return (await self._append_and_wait(Entry(self.term, ENTRY_COMMAND, data), timeout,
+                                            batch=True)).unwrap()
 
     async def read_index(self, timeout: float | None = None) -> int:
         """Return an index such that reading the applied state now is linearizable (ReadIndex).
@@ -609,14 +613,20 @@ class RaftNode:
         if not self.is_leader:
             raise NotLeader(f"node {self.id} is not the leader", leader_hint=self.leader_id)
 
-    async def _append_and_wait(self, entry: Entry, timeout: float | None) -> Outcome:
-        index = self.last_index + 1
+    async def _append_and_wait(self, entry: Entry, timeout: float | None, *, batch: bool = False) -> Outcome:
+        index = self.last_index + 1 + len(self._batch)
         waiter = self._waiters[index] = _Waiter(self.term)  # before appending: a lone node commits at once
-        try:
-            self._append_as_leader([entry])
-        except BaseException:
-            self._waiters.pop(index, None)
-            raise
+        if batch:
+            # Group commit: commands submitted in the same scheduling round share one storage
+            # write and one AppendEntries per follower (the flusher runs after them).
+            self._batch.append(entry)
+            self._batch_ready.set()
+        else:
+            try:
+                self._append_as_leader([entry])
+            except BaseException:
+                self._waiters.pop(index, None)
+                raise
         with trio.move_on_after(self._timeout(timeout)):
             await waiter.done.wait()
         if waiter.outcome is None:
@@ -661,12 +671,22 @@ class RaftNode:
         self._changed = trio.Event()
 
     def _fail_waiters(self, reason: str) -> None:
+        self._batch = []  # queued commands were never appended: their waiters fail below
         for waiter in self._waiters.values():
             waiter.outcome = Outcome(error=CommitUnknown(reason, leader_hint=self.leader_id))
             waiter.done.set()
         self._waiters.clear()
 
     # ------------------------------------------------------------------ loops
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._batch_ready.wait()
+            self._batch_ready = trio.Event()
+            if self._batch and self.role == LEADER:
+                self.stats["group_commits"] += 1
+                self.stats["group_committed_entries"] += len(self._batch)
+                self._append_as_leader([])
 
     async def _receive_loop(self) -> None:
         async for msg in self._transport.incoming:
@@ -849,6 +869,11 @@ class RaftNode:
     # ------------------------------------------------------------------ leader side
 
     def _append_as_leader(self, entries: list[Entry]) -> None:
+        if self._batch:  # queued commands go first: their indexes were promised in order
+            entries = self._batch + entries
+            self._batch = []
+        if not entries:
+            return
         self._store(self.last_index + 1, entries)
         for peer in list(self._progress):
             self._replicate(peer)

@@ -553,7 +553,7 @@ class MetaServer:
                "commit_index": node.commit_index, "last_applied": node.last_applied,
                "last_index": node.last_index, "snapshot_index": node.snapshot_index,
                "voters": sorted(node.voters), "cluster": self.identity.get("cluster"),
-               "members": {str(k): v for k, v in self.members().items()}}
+               "members": {str(k): v for k, v in self.members().items()}, "stats": dict(node.stats)}
         if node.role == LEADER:
             now = trio.current_time()
             out["followers"] = {
