@@ -84,16 +84,17 @@ campaigns, and learns the configuration from the log or a snapshot.
 Plugging in a real transport
 ----------------------------
 Implement :class:`Transport`: ``incoming`` is a receive channel of message dicts addressed to this
-node, ``send(to, message)`` delivers best-effort. Over ``wire.RpcClient`` a message travels as the
-payload of a one-way call, ``await client.call("raft", {}, pack_message(msg), timeout=...)``
-(``pack_message`` is msgpack; a snapshot message holds the state bytes, so it does not fit the
-64 KiB header); the server handler does ``incoming_send.send_nowait(unpack_message(payload))`` and
-answers ``{}``. Node ids are ints (peer records), which map to addresses outside this module.
+node, ``send(to, message)`` delivers best-effort. ``meta/server.py``'s ``WireTransport`` sends each
+message as the payload of a one-way ``wire`` request, ``client.post("raft", {...},
+pack_message(msg))`` (msgpack; a snapshot message holds the state bytes, so it does not fit the
+64 KiB header), and the server hands ``unpack_message(payload)`` to ``incoming``. Node ids are
+ints, which map to addresses outside this module.
 
 Known limitations (this increment)
 ----------------------------------
-* Storage writes (RocksDB ``sync=True``) run on the event loop; a busy server would group commits
-  and fsync in a thread with one writer.
+* Storage writes (RocksDB ``sync=True``) run on the event loop. Commands submitted in one
+  scheduling round share a write (group commit), but the leader's own fsync is not yet overlapped
+  with replication (it could run in a thread, counting the leader in the majority once durable).
 * Snapshots are built and restored synchronously in memory, and sent whole in one message.
 * The session table grows with the number of client ids; expiry needs a leader-stamped clock.
 * No leadership transfer, no non-voting learner phase for new servers.
