@@ -241,6 +241,8 @@ def _resolve(path: Path, data_dir: Path | None):
             os.close(fd)
     except OSError as exc:
         raise UserError(f"{path}: cannot sync the mount: {exc.strerror}") from None
+    if reg.get("meta"):  # a cluster lake: ask its metadata servers
+        return Lake.open_remote(reg["meta"], Path(reg["secret_file"])), s.st_ino
     return Lake.open(Path(reg["data_dir"]), read_only=True), s.st_ino
 
 
@@ -249,29 +251,27 @@ def _kind(mode: int) -> str:
             st.S_IFSOCK: "socket", st.S_IFCHR: "chardev", st.S_IFBLK: "blockdev"}.get(st.S_IFMT(mode), "?")
 
 
-def _file_info(lake, ino: int, *, shards: bool) -> dict:
+async def _file_info(lake, ino: int, *, shards: bool) -> dict:
     from .meta.schema import ChunkRecord
-    inode = lake.sm.getattr(ino)
+    inode = await lake.meta.getattr(ino)
     info = {"inode": ino, "type": _kind(inode.mode), "mode": f"{st.S_IMODE(inode.mode):04o}",
             "size": inode.size, "nlink": inode.nlink, "uid": inode.uid, "gid": inode.gid,
             "atime_ns": inode.atime_ns, "mtime_ns": inode.mtime_ns, "ctime_ns": inode.ctime_ns}
     if not inode.is_reg:
         return info
     peers = {p.peer_id: p for p in lake.peer_records}
-    extents = lake.sm.extents(ino, 0, 1 << 62)
+    extents = await lake.meta.extents(ino, 0, 1 << 62)
     chunk_ids = sorted({e.chunk_id for e in extents})
     health = {}
     records: dict[int, ChunkRecord] = {}
     for cid in chunk_ids:
         try:
-            records[cid] = lake.sm.chunk(cid)
+            records[cid] = await lake.meta.chunk(cid)
         except LakeError:
             continue
     if shards:
-        async def check():
-            for cid, rec in records.items():
-                health[cid] = await lake.chunks.verify(lake.layout_of(rec))
-        trio.run(check)
+        for cid, rec in records.items():
+            health[cid] = await lake.chunks.verify(lake.layout_of(rec))
     info["extents"] = []
     for e in extents:
         rec = records.get(e.chunk_id)
@@ -305,7 +305,7 @@ def stat_cmd(path: Path, data_dir: Path | None, as_json: bool) -> None:
     """Inode, size, times and every extent's chunk, EC profile and shard health."""
     lake, ino = _resolve(path, data_dir)
     try:
-        info = _file_info(lake, ino, shards=True)
+        info = trio.run(partial(_file_info, lake, ino, shards=True))
     finally:
         lake.close()
     if as_json:
@@ -331,22 +331,25 @@ def ls_cmd(path: Path, data_dir: Path | None, long: bool, as_json: bool) -> None
     """List a directory: size, chunk count, EC profile and health of each file."""
     lake, ino = _resolve(path, data_dir)
     rows = []
-    try:
-        if not lake.sm.getattr(ino).is_dir:
+
+    async def listing() -> None:
+        if not (await lake.meta.getattr(ino)).is_dir:
             raise UserError(f"{path} is not a directory")
         after = 0
         while True:
-            batch = lake.sm.readdir(ino, after, 1000)
+            batch = await lake.meta.readdir(ino, after, 1000)
             if not batch:
                 break
             for name, child, cookie in batch:
-                info = _file_info(lake, child.ino, shards=long)
+                info = await _file_info(lake, child.ino, shards=long)
                 info["name"] = name.decode(errors="surrogateescape")
                 ecs = sorted({e.get("ec", "") for e in info.get("extents", [])})
                 info["ec"] = ",".join(ecs)
                 info.pop("extents", None)
                 rows.append(info)
                 after = cookie
+    try:
+        trio.run(listing)
     finally:
         lake.close()
     if as_json:

@@ -263,6 +263,16 @@ def test_two_mounts_see_each_others_changes_close_to_open(tmp_path):
         with pytest.raises(FileExistsError):
             os.open(b.mnt / "n1", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
 
+        # The operator commands work on a cluster lake too.
+        res = cli("stat", str(a.mnt / "g"), "--json", env=a.env)
+        assert res.returncode == 0, res.stderr
+        info = json.loads(res.stdout)
+        assert info["size"] == 6 and info["health"] == "ok" and info["extents"][0]["ec"] in ("1+1", "2+1")
+        res = cli("ls", "-l", str(b.mnt), "--json", env=b.env)
+        assert res.returncode == 0 and len(json.loads(res.stdout)) == 21, res.stderr
+        res = cli("status", "--meta", cluster.meta, "--secret-file", str(cluster.secret))
+        assert res.returncode == 0 and "leader" in res.stdout and "0 degraded" in res.stdout, res.stdout
+
 
 # --------------------------------------------------------------------------- failover
 

@@ -455,6 +455,8 @@ class MetaServer:
                 self._write_identity(self.identity)
             await service.call("add", {"id": self.id, "address": self.listen}, timeout=60.0)
             log.info("joined the cluster through %s as member %d", self.join, self.id)
+        except E.LakeError as exc:
+            raise E.UserError(f"could not join the cluster through {self.join}: {exc}") from None
         finally:
             await service.aclose()
 
