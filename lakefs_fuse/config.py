@@ -123,6 +123,12 @@ class MountConfig:
     read_ahead_kb: int = 1024
     #: Parallel shard I/O threads (local peers).
     io_threads: int = 16
+    #: Sampler-order prefetch (the .prefetch control file): files and bytes kept fetched ahead of
+    #: the file the loader opened last.
+    prefetch_files: int = 64
+    prefetch_bytes: int = 64 * MiB
+    #: Sequential read-ahead: bytes being fetched ahead at once, over all open files.
+    readahead_budget: int = 256 * MiB
     extra_fuse_options: tuple[str, ...] = field(default_factory=tuple)
 
     def validate(self) -> None:

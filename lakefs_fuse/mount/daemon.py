@@ -123,8 +123,6 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     options = set(pyfuse3.default_options) | {"fsname=lakefs", "subtype=lakefs"}
     if cfg.allow_other:
         options.add("allow_other")
-    if cfg.read_only:
-        options.add("ro")
     options.update(cfg.extra_fuse_options)
     try:
         pyfuse3.init(ops, str(mountpoint), options)

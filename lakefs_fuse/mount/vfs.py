@@ -12,6 +12,7 @@ Where an ``await`` sits inside a multi-step mutation, a comment says what may in
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat as st
@@ -29,6 +30,7 @@ from ..config import MountConfig
 from ..meta.client import MetaClient
 from ..meta.schema import ROOT_INO, Extent, Inode
 from ..meta.state import NAME_MAX
+from .planner import CONTROL_INO, CONTROL_NAME, ReadPlan
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -60,12 +62,24 @@ class DirHandle:
 
 
 @dataclass(slots=True)
+class ControlHandle:
+    """An open ``.prefetch``: text written to it is handed to the read plan line by line."""
+
+    pending: str = ""
+
+
+def _control_inode() -> Inode:
+    return Inode(CONTROL_INO, st.S_IFREG | 0o666, 1, 0, 0)
+
+
+@dataclass(slots=True)
 class Stats:
     reads: int = 0
     read_bytes: int = 0
     writes: int = 0
     write_bytes: int = 0
     prefetches: int = 0
+    readahead_skipped: int = 0
 
 
 class VFS:
@@ -89,6 +103,9 @@ class VFS:
         self._cached_attrs: dict[int, tuple[int, int]] = {}  # ino -> (size, mtime) the page cache holds
         self._nursery: trio.Nursery | None = None
         self._ahead_limiter = trio.CapacityLimiter(8)
+        self._ahead_inflight = 0  # bytes of sequential read-ahead being fetched now
+        self.plan = ReadPlan(self.meta.lookup, self._fetch_file, files_ahead=config.prefetch_files,
+                             bytes_ahead=config.prefetch_bytes)
         self.stats = Stats()
         self._usable_free: int | None = None  # bytes of file data the peers can still take
 
@@ -97,6 +114,7 @@ class VFS:
     async def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self.writer.start(nursery)
+        nursery.start_soon(self.plan.run)
         if not self.shared:
             # After a restart nothing can reference an orphan: free what a crash left behind.
             # (On a shared lake another mount may still have it open.)
@@ -154,6 +172,8 @@ class VFS:
 
     async def lookup(self, parent: int, name: bytes, ctx: Ctx) -> Inode:
         self._check_name(name)
+        if parent == ROOT_INO and name == CONTROL_NAME:
+            return _control_inode()
         if name == b".":
             return self._ref(await self.meta.getattr(parent))
         if name == b"..":
@@ -164,6 +184,8 @@ class VFS:
     async def forget(self, items: list[tuple[int, int]]) -> None:
         unused = []
         for ino, n in items:
+            if ino == CONTROL_INO:
+                continue
             left = self.lookups.get(ino, 0) - n
             if left > 0:
                 self.lookups[ino] = left
@@ -177,10 +199,14 @@ class VFS:
                 log.warning("inode %d: could not release it: %s", ino, exc)
 
     async def getattr(self, ino: int) -> Inode:
+        if ino == CONTROL_INO:
+            return _control_inode()
         return self._overlay_attr(await self.meta.getattr(ino))
 
     async def setattr(self, ino: int, changes: dict, ctx: Ctx) -> Inode:
         """``changes`` keys: mode, uid, gid, size, atime_ns, mtime_ns (UTIME_NOW already resolved)."""
+        if ino == CONTROL_INO:
+            return _control_inode()  # e.g. the truncate of open(".prefetch", "w"): nothing to do
         if self.cfg.read_only:
             raise E.LakeError("read-only mount", err=errno.EROFS)
         if "size" in changes or "mtime_ns" in changes:
@@ -213,6 +239,8 @@ class VFS:
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx: Ctx) -> Inode:
         self._writable()
         self._check_name(name)
+        if parent == ROOT_INO and name == CONTROL_NAME:
+            raise E.Exists("the mount's control file")
         ino, data = await self.meta.apply(["mknod", parent, name, mode, rdev,
                                            ctx.uid, ctx.gid, self._now()])
         return self._ref(Inode.from_bytes(ino, data))  # the command answers with the new inode
@@ -232,9 +260,15 @@ class VFS:
         ino, data = await self.meta.apply(["link", ino, parent, name, self._now()])
         return self._ref(Inode.from_bytes(ino, data))
 
+    @staticmethod
+    def _not_control(parent: int, name: bytes) -> None:
+        if parent == ROOT_INO and name == CONTROL_NAME:
+            raise E.NotPermitted("the mount's control file cannot be removed or renamed")
+
     async def unlink(self, parent: int, name: bytes, ctx: Ctx) -> None:
         self._writable()
         self._check_name(name)
+        self._not_control(parent, name)
         ino, nlink = await self.meta.apply(["unlink", parent, name, self._now()])
         if nlink == 0:
             await self._maybe_release(ino)
@@ -250,6 +284,8 @@ class VFS:
         self._writable()
         self._check_name(name)
         self._check_name(newname)
+        self._not_control(parent, name)
+        self._not_control(newparent, newname)
         _moved, replaced, replaced_nlink = await self.meta.apply(
             ["rename", parent, name, newparent, newname, flags, self._now()])
         if replaced and replaced_nlink == 0:
@@ -264,6 +300,13 @@ class VFS:
 
     async def open(self, ino: int, flags: int, ctx: Ctx) -> tuple[int, bool, bool]:
         """Returns (fh, keep_cache, direct_io)."""
+        if ino == CONTROL_INO:
+            fh = self._next_fh
+            self._next_fh += 1
+            self.handles[fh] = ControlHandle()
+            return fh, False, True
+        if self.plan.active:
+            self.plan.opened(ino)
         if flags & O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             self._writable()
         inode = self._overlay_attr(await self.meta.getattr(ino))  # buffered bytes count too
@@ -291,6 +334,13 @@ class VFS:
         return h
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
+        control = self.handles.get(fh)
+        if isinstance(control, ControlHandle):
+            text = control.pending + bytes(data).decode("utf-8", errors="surrogateescape")
+            complete, _, control.pending = text.rpartition("\n")
+            if complete:
+                self.plan.take(complete)
+            return len(data)
         h = self._handle(fh)
         if h.flags & O_ACCMODE == os.O_RDONLY:
             raise E.LakeError("not open for writing", err=errno.EBADF)
@@ -316,6 +366,11 @@ class VFS:
 
     async def flush(self, fh: int) -> None:
         h = self.handles.get(fh)
+        if isinstance(h, ControlHandle):
+            if h.pending:
+                self.plan.take(h.pending)
+                h.pending = ""
+            return
         if isinstance(h, Handle) and (self.writer.has_data(h.ino) or h.ino in self.writer.errors):
             await self.writer.close(h.ino)
 
@@ -343,6 +398,8 @@ class VFS:
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
+        if isinstance(h, ControlHandle) and h.pending:
+            self.plan.take(h.pending)
         if not isinstance(h, Handle):
             return
         n = self.opens.get(h.ino, 1) - 1
@@ -421,6 +478,10 @@ class VFS:
         return buf
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        if isinstance(self.handles.get(fh), ControlHandle):
+            # Reading the control file shows the plan's progress (JSON), e.g. `cat .prefetch`.
+            report = json.dumps(self.plan.report(), indent=1).encode() + b"\n"
+            return report[off:off + size]
         h = self._handle(fh)
         inode = self._overlay_attr(await self.meta.getattr(h.ino))
         if off >= inode.size or size <= 0:
@@ -458,8 +519,12 @@ class VFS:
         if stop - start < self.chunk_size // 2 and stop < file_size:
             return
         if start < stop:
+            if self._ahead_inflight + (stop - start) > self.cfg.readahead_budget:
+                self.stats.readahead_skipped += 1  # over the global budget: the reader fetches itself
+                return
             h.ahead_to = stop
             self.stats.prefetches += 1
+            self._ahead_inflight += stop - start
             self._nursery.start_soon(self._prefetch, h.ino, start, stop)
 
     async def _prefetch(self, ino: int, start: int, stop: int) -> None:
@@ -471,6 +536,19 @@ class VFS:
                         nursery.start_soon(self._prefetch_one, ext)
         except Exception as exc:  # prefetch errors never fail a read that did not need the data
             log.debug("read-ahead of inode %d failed: %s", ino, exc)
+        finally:
+            self._ahead_inflight -= stop - start
+
+    async def _fetch_file(self, ino: int) -> int:
+        """A whole file into the memory cache (sampler-order prefetch); returns its bytes."""
+        inode = await self.meta.getattr(ino)
+        if not inode.size:
+            return 0
+        exts = await self.meta.extents(ino, 0, (inode.size - 1) // self.chunk_size)
+        async with trio.open_nursery() as nursery:
+            for ext in exts:
+                nursery.start_soon(self._extent_bytes, ext)
+        return sum(e.length for e in exts)
 
     async def _prefetch_one(self, ext: Extent) -> None:
         async with self._ahead_limiter:
@@ -522,9 +600,13 @@ class VFS:
         await self.meta.apply(["setxattr", ino, name, value, 0, self._now()])
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
+        if ino == CONTROL_INO:
+            raise E.NoData()
         return await self.meta.getxattr(ino, name)
 
     async def listxattr(self, ino: int) -> list[bytes]:
+        if ino == CONTROL_INO:
+            return []
         return await self.meta.listxattr(ino)
 
     async def removexattr(self, ino: int, name: bytes, ctx: Ctx) -> None:
@@ -534,7 +616,7 @@ class VFS:
     # ---------------------------------------------------------------- misc
 
     async def access(self, ino: int, mode: int, ctx: Ctx) -> bool:
-        inode = await self.meta.getattr(ino)
+        inode = _control_inode() if ino == CONTROL_INO else await self.meta.getattr(ino)
         if ctx.uid == 0:
             return not (mode & os.X_OK) or bool(inode.mode & 0o111) or inode.is_dir
         if ctx.uid == inode.uid:

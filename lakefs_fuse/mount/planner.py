@@ -1,0 +1,206 @@
+"""Sampler-order prefetch: a training job tells the mount which files it will read next.
+
+A mount has a hidden, write-only file ``.prefetch`` in its root. A client (``lakefs_fuse.torch``)
+writes the upcoming read order of an epoch to it, one path per line relative to the mount root;
+a line ``--reset`` first drops the previous plan. No other filesystem knows the order a shuffled
+epoch will read in; we do, so the files can arrive just before the loader asks for them.
+
+:class:`ReadPlan` keeps that order. Every ``open`` of a file in the plan moves a *cursor* to the
+file's position (the furthest opened position wins: DataLoader workers open files a little out of
+order). A background task keeps the files in positions ``(cursor, cursor + files_ahead]`` fetched
+into the mount's memory cache, never more than ``bytes_ahead`` bytes ahead of the cursor, with at
+most ``parallel`` fetches at a time. Paths are resolved lazily, ``resolve_ahead`` positions ahead of
+the cursor, with a cache of directory lookups. A path that does not resolve (a typo, a deleted file)
+is skipped. Prefetch errors are logged at debug level and never reach a reader: a read of a file
+whose prefetch failed simply fetches it itself.
+
+The plan holds only strings and small ints; a million-file epoch costs tens of MB of daemon memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+
+import trio
+
+from .. import errors as E
+from ..meta.schema import ROOT_INO, Inode
+
+log = logging.getLogger(__name__)
+
+#: The control file's name in the mount root and its inode number (never allocated by metadata,
+#: whose counter starts at 2 and counts up).
+CONTROL_NAME = b".prefetch"
+CONTROL_INO = (1 << 63) - 2
+RESET = "--reset"
+
+
+@dataclass(slots=True)
+class PlanStats:
+    received: int = 0       # paths handed to us (all plans)
+    resolved: int = 0       # paths turned into inodes
+    unresolved: int = 0     # paths that named nothing
+    prefetched: int = 0     # files fetched ahead of the reader
+    prefetched_bytes: int = 0
+    failed: int = 0         # prefetches that failed (the reader fetched for itself)
+    opened_in_plan: int = 0  # opens of planned files (the loader followed the plan)
+    resets: int = 0
+
+
+class ReadPlan:
+    """The upcoming read order of one training job and the task that prefetches along it."""
+
+    def __init__(self, lookup: Callable[[int, bytes], Awaitable[Inode]],
+                 fetch: Callable[[int], Awaitable[int]], *, files_ahead: int = 64,
+                 bytes_ahead: int = 64 << 20, parallel: int = 8, resolve_ahead: int = 1024):
+        self._lookup = lookup    # (parent ino, name) -> Inode, from metadata
+        self._fetch = fetch      # ino -> bytes fetched (whole file into the memory cache)
+        self.files_ahead = files_ahead
+        self.bytes_ahead = bytes_ahead
+        self.resolve_ahead = resolve_ahead
+        self._limiter = trio.CapacityLimiter(parallel)
+        self._paths: list[str] = []
+        self._inos: dict[int, tuple[int, int]] = {}    # position -> (ino, size)
+        self._position: dict[int, int] = {}            # ino -> newest position in the plan
+        self._resolved_to = -1                         # positions <= this have been tried
+        self._started: set[int] = set()                # positions whose fetch began
+        self._forgotten_to = -1                        # positions <= this are dropped
+        self.cursor = -1
+        self._dirs: dict[tuple[int, bytes], int] = {}  # (parent, name) -> directory ino
+        self._wake = trio.Event()
+        self._generation = 0
+        self.stats = PlanStats()
+
+    # ------------------------------------------------------------------ input
+
+    def take(self, text: str) -> None:
+        """Lines written to the control file (complete lines only; the handle buffers the rest)."""
+        for line in text.split("\n"):
+            line = line.strip()
+            if not line:
+                continue
+            if line == RESET:
+                self.reset()
+            else:
+                self._paths.append(line.lstrip("/"))
+                self.stats.received += 1
+        self._wake.set()
+
+    def reset(self) -> None:
+        self._paths = []
+        self._inos.clear()
+        self._position.clear()
+        self._started.clear()
+        self._resolved_to = -1
+        self._forgotten_to = -1
+        self.cursor = -1
+        self._generation += 1  # fetches of the old plan finish, but are no longer counted
+        self.stats.resets += 1
+
+    def opened(self, ino: int) -> None:
+        """The loader opened ``ino``: if it is in the plan, the cursor moves up to it."""
+        pos = self._position.get(ino)
+        if pos is None:
+            return
+        self.stats.opened_in_plan += 1
+        if pos > self.cursor:
+            self.cursor = pos
+            for done in [p for p in self._started if p <= pos]:
+                self._started.discard(done)
+            self._wake.set()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._paths)
+
+    def report(self) -> dict:
+        return {"planned": len(self._paths), "cursor": self.cursor, "files_ahead": self.files_ahead,
+                "bytes_ahead": self.bytes_ahead, **asdict(self.stats)}
+
+    # ------------------------------------------------------------------ the task
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                try:
+                    await self._resolve(min(len(self._paths) - 1, self.cursor + self.resolve_ahead))
+                    self._start_fetches(nursery)
+                except Exception:  # the plan is advice: never let it take the daemon down
+                    log.exception("read plan: failed to advance")
+
+    async def _resolve(self, upto: int) -> None:
+        generation = self._generation
+        while self._resolved_to < upto and generation == self._generation:
+            pos = self._resolved_to + 1
+            self._resolved_to = pos
+            inode = await self._resolve_path(self._paths[pos])
+            if generation != self._generation:
+                return
+            if inode is None or not inode.is_reg:
+                self.stats.unresolved += 1
+                continue
+            self._inos[pos] = (inode.ino, inode.size)
+            self._position[inode.ino] = pos
+            self.stats.resolved += 1
+            if pos <= self.cursor + self.files_ahead:
+                self._wake.set()  # the window can start before the whole lookahead resolves
+
+    async def _resolve_path(self, path: str) -> Inode | None:
+        parts = [p.encode(errors="surrogateescape") for p in path.split("/") if p and p != "."]
+        if not parts:
+            return None
+        parent = ROOT_INO
+        try:
+            for name in parts[:-1]:
+                ino = self._dirs.get((parent, name))
+                if ino is None:
+                    d = await self._lookup(parent, name)
+                    if not d.is_dir:
+                        return None
+                    ino = self._dirs[(parent, name)] = d.ino
+                parent = ino
+            return await self._lookup(parent, parts[-1])
+        except E.LakeError:
+            return None
+
+    def _start_fetches(self, nursery: trio.Nursery) -> None:
+        ahead_bytes = 0
+        first = self.cursor + 1
+        for pos in range(first, min(first + self.files_ahead, len(self._paths))):
+            item = self._inos.get(pos)
+            if item is None:
+                if pos > self._resolved_to:
+                    break  # not resolved yet: the resolver wakes us
+                continue
+            ino, size = item
+            if size > self.bytes_ahead:
+                continue  # a big file: sequential read-ahead serves it as it is read
+            ahead_bytes += size
+            if ahead_bytes > self.bytes_ahead and pos > first:
+                break
+            if pos not in self._started:
+                self._started.add(pos)
+                nursery.start_soon(self._fetch_one, ino, self._generation)
+        # Forget what is behind the cursor (keeps memory flat over a long epoch).
+        while self._forgotten_to < self.cursor:
+            self._forgotten_to += 1
+            item = self._inos.pop(self._forgotten_to, None)
+            if item is not None and self._position.get(item[0]) == self._forgotten_to:
+                del self._position[item[0]]
+
+    async def _fetch_one(self, ino: int, generation: int) -> None:
+        async with self._limiter:
+            if generation != self._generation:
+                return
+            try:
+                got = await self._fetch(ino)
+            except Exception as exc:  # a reader that needs the file fetches it itself
+                self.stats.failed += 1
+                log.debug("read plan: prefetch of inode %d failed: %s", ino, exc)
+                return
+            self.stats.prefetched += 1
+            self.stats.prefetched_bytes += got
