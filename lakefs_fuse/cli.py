@@ -80,9 +80,13 @@ def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, .
               help="Lake data directory; a missing default lake is formatted on first use.")
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (log to stderr).")
 @click.option("--allow-other", is_flag=True, help="Let other users access the mount.")
-@click.option("--read-only", is_flag=True, help="Mount read-only.")
-@click.option("--attr-timeout", type=float, default=1.0, show_default=True,
-              help="Seconds the kernel caches attributes and entries.")
+@click.option("--read-only", is_flag=True, help="Mount read-only (every change fails with EROFS).")
+@click.option("--dataset", is_flag=True,
+              help="Dataset mode for training: read-only, attributes/entries/negative lookups cached for "
+                   "--attr-timeout (default 3600 s here), directory listings cached; with --meta the "
+                   "metadata is read from a snapshot taken at mount time (remount to see changes).")
+@click.option("--attr-timeout", type=float, default=None,
+              help="Seconds the kernel caches attributes and entries (default 1; 3600 with --dataset).")
 @click.option("--dirty-budget", default="256M", show_default=True, help="Unsealed write memory before writers wait.")
 @click.option("--memory-cache", default="512M", show_default=True, help="In-memory chunk cache size.")
 @click.option("--pack-delay", type=float, default=None,
@@ -100,49 +104,73 @@ def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, .
               help="Seconds a peer may be down before its shards are rebuilt elsewhere in the background.")
 @click.option("-o", "options", multiple=True, help="Extra FUSE mount option (repeatable).")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
-def mount(mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other: bool, read_only: bool,
-          attr_timeout: float, dirty_budget: str, memory_cache: str, pack_delay: float | None,
-          meta: str | None, secret_file: Path | None, tls_ca: Path | None, meta_timeout: float,
-          repair_delay: float, options: tuple[str, ...], ready_fd: int | None) -> None:
+@click.pass_context
+def mount(ctx: click.Context, mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other: bool,
+          read_only: bool, dataset: bool, attr_timeout: float | None, dirty_budget: str, memory_cache: str,
+          pack_delay: float | None, meta: str | None, secret_file: Path | None, tls_ca: Path | None,
+          meta_timeout: float, repair_delay: float, options: tuple[str, ...], ready_fd: int | None) -> None:
     """Mount a lake at MOUNTPOINT (daemonizes; returns once the mount is live)."""
+    from .config import runtime_dir
     from .mount import daemon
-    from .mount.lake import format_lake, is_lake
-    if meta is not None:
-        if data_dir is not None:
-            raise UserError("give either --data (embedded lake) or --meta (cluster lake), not both")
-        _mount_cluster(mountpoint, _meta_list(meta), secret_file, tls_ca, foreground, allow_other, read_only,
-                       attr_timeout, dirty_budget, memory_cache, 0.0 if pack_delay is None else pack_delay,
-                       repair_delay, options, ready_fd, meta_timeout)
-        return
-    if pack_delay is None:
-        pack_delay = 2.0
-    if data_dir is None:
+    from .mount.lake import Lake, format_lake, in_use, is_lake
+    addresses = _meta_list(meta) if meta is not None else []
+    if addresses and data_dir is not None:
+        raise UserError("give either --data (embedded lake) or --meta (cluster lake), not both")
+    if addresses and secret_file is None:
+        raise UserError("--meta needs --secret-file (the cluster secret)")
+    if not addresses and data_dir is None:
         data_dir = default_data_dir()
         if not is_lake(data_dir) and not (data_dir.exists() and any(data_dir.iterdir())):
             format_lake(data_dir, LakeConfig())
-    cfg = MountConfig(mountpoint=mountpoint, data_dir=data_dir, read_only=read_only, allow_other=allow_other,
-                      attr_timeout=attr_timeout, entry_timeout=attr_timeout,
+    ttl = attr_timeout if attr_timeout is not None else (3600.0 if dataset else 1.0)
+    cfg = MountConfig(mountpoint=mountpoint, data_dir=data_dir, meta=tuple(addresses),
+                      secret_file=Path(secret_file).resolve() if secret_file else None,
+                      tls_ca=Path(tls_ca).resolve() if tls_ca else None,
+                      read_only=read_only or dataset, dataset=dataset, allow_other=allow_other,
+                      attr_timeout=ttl, entry_timeout=ttl,
                       dirty_budget=parse_size(dirty_budget), memory_cache=parse_size(memory_cache),
-                      pack_delay=pack_delay, repair_delay=repair_delay, extra_fuse_options=tuple(options))
+                      pack_delay=pack_delay if pack_delay is not None else (0.0 if addresses else 2.0),
+                      repair_delay=repair_delay, meta_timeout=meta_timeout, extra_fuse_options=tuple(options))
     cfg.validate()
     if foreground:
         logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
                             format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
         sys.exit(daemon.serve(cfg, ready_fd))
     daemon.check_mountpoint(mountpoint)
-    from .mount.lake import Lake, in_use
-    if in_use(data_dir):
-        raise UserError(f"{data_dir} is already mounted by another lakefs-fuse process")
-    Lake.open(data_dir, read_only=True).close()  # fail here, with the reason, if it is no lake
-    args = [str(Path(mountpoint).resolve()), "--data", str(Path(data_dir).resolve()),
-            "--attr-timeout", str(attr_timeout), "--dirty-budget", dirty_budget, "--memory-cache", memory_cache,
-            "--pack-delay", str(pack_delay), "--repair-delay", str(repair_delay)]
-    args += ["--allow-other"] if allow_other else []
-    args += ["--read-only"] if read_only else []
-    for o in options:
-        args += ["-o", o]
-    daemon.spawn(args, Path(mountpoint).resolve(), Path(data_dir) / "mount.log")
-    click.echo(f"mounted {data_dir} at {mountpoint}")
+    mnt = Path(mountpoint).resolve()
+    if addresses:  # fail here, with the reason, if the cluster cannot serve the lake
+        Lake.open_remote(addresses, cfg.secret_file, tls_ca=cfg.tls_ca).close()
+        log_path = runtime_dir() / ("mount-" + str(mnt).strip("/").replace("/", "_") + ".log")
+    else:
+        if in_use(data_dir):
+            raise UserError(f"{data_dir} is already mounted by another lakefs-fuse process")
+        Lake.open(data_dir, read_only=True).close()
+        log_path = Path(data_dir) / "mount.log"
+    daemon.spawn(_child_args(ctx, mnt, data_dir), mnt, log_path)
+    where = f"the lake on {','.join(addresses)}" if addresses else str(data_dir)
+    click.echo(f"mounted {where} at {mountpoint}" + (f" (log: {log_path})" if addresses else ""))
+
+
+def _child_args(ctx: click.Context, mountpoint: Path, data_dir: Path | None) -> list[str]:
+    """The daemon's own command line: every option the user gave, with paths made absolute."""
+    args = [str(mountpoint)]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in ("foreground", "ready_fd", "data_dir"):
+            continue
+        value = ctx.params.get(param.name)
+        if value is None or value is False or value == ():
+            continue
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            args.append(flag)
+        elif param.multiple:
+            for v in value:
+                args += [flag, str(v)]
+        else:
+            args += [flag, str(Path(value).resolve()) if isinstance(value, Path) else str(value)]
+    if data_dir is not None:
+        args += ["--data", str(Path(data_dir).resolve())]
+    return args
 
 
 def _meta_list(text: str) -> list[str]:
@@ -156,42 +184,6 @@ def _meta_list(text: str) -> list[str]:
         except ValueError as exc:
             raise UserError(f"--meta {a!r}: {exc}") from None
     return addresses
-
-
-def _mount_cluster(mountpoint: Path, addresses: list[str], secret_file: Path | None, tls_ca: Path | None,
-                   foreground: bool, allow_other: bool, read_only: bool, attr_timeout: float, dirty_budget: str,
-                   memory_cache: str, pack_delay: float, repair_delay: float, options: tuple[str, ...],
-                   ready_fd: int | None, meta_timeout: float) -> None:
-    from .config import runtime_dir
-    from .mount import daemon
-    from .mount.lake import Lake
-    if secret_file is None:
-        raise UserError("--meta needs --secret-file (the cluster secret)")
-    cfg = MountConfig(mountpoint=mountpoint, data_dir=None, meta=tuple(addresses),
-                      secret_file=Path(secret_file).resolve(), tls_ca=Path(tls_ca).resolve() if tls_ca else None,
-                      read_only=read_only, allow_other=allow_other, attr_timeout=attr_timeout,
-                      entry_timeout=attr_timeout, dirty_budget=parse_size(dirty_budget),
-                      memory_cache=parse_size(memory_cache), pack_delay=pack_delay, repair_delay=repair_delay,
-                      meta_timeout=meta_timeout, extra_fuse_options=tuple(options))
-    cfg.validate()
-    if foreground:
-        logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
-                            format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-        sys.exit(daemon.serve(cfg, ready_fd))
-    daemon.check_mountpoint(mountpoint)
-    Lake.open_remote(addresses, cfg.secret_file, tls_ca=cfg.tls_ca).close()  # fail here with the reason
-    mnt = Path(mountpoint).resolve()
-    args = [str(mnt), "--meta", ",".join(addresses), "--secret-file", str(cfg.secret_file),
-            "--attr-timeout", str(attr_timeout), "--dirty-budget", dirty_budget, "--memory-cache", memory_cache,
-            "--pack-delay", str(pack_delay), "--repair-delay", str(repair_delay), "--meta-timeout", str(meta_timeout)]
-    args += ["--tls-ca", str(cfg.tls_ca)] if cfg.tls_ca else []
-    args += ["--allow-other"] if allow_other else []
-    args += ["--read-only"] if read_only else []
-    for o in options:
-        args += ["-o", o]
-    log_path = runtime_dir() / ("mount-" + str(mnt).strip("/").replace("/", "_") + ".log")
-    daemon.spawn(args, mnt, log_path)
-    click.echo(f"mounted the lake on {','.join(addresses)} at {mountpoint} (log: {log_path})")
 
 
 @main.command()

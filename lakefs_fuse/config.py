@@ -102,6 +102,8 @@ class MountConfig:
     #: Seconds a metadata operation may look for a leader before it fails with EIO (cluster lakes).
     meta_timeout: float = 30.0
     read_only: bool = False
+    #: Dataset mode: read-only, long TTLs, negative lookups and listings cached (see the CLI help).
+    dataset: bool = False
     allow_other: bool = False
     #: Seconds the kernel may cache attributes and entries (dataset mode raises them).
     attr_timeout: float = 1.0

@@ -46,7 +46,8 @@ class MetaService:
     """Leader-following calls to a metadata cluster."""
 
     def __init__(self, addresses: list[str], secret: bytes, *, ssl_context=None,
-                 op_timeout: float = 30.0, call_timeout: float = 10.0, connect_timeout: float = 2.0):
+                 op_timeout: float = 30.0, call_timeout: float = 10.0, connect_timeout: float = 2.0,
+                 max_payload: int = wire.DEFAULT_MAX_PAYLOAD):
         if not addresses:
             raise E.UserError("no metadata server addresses given")
         for a in addresses:
@@ -60,6 +61,7 @@ class MetaService:
         self.op_timeout = op_timeout
         self.call_timeout = call_timeout
         self.connect_timeout = connect_timeout
+        self.max_payload = max_payload
         self.leader: str | None = None
         self._rr = 0
         self._clients: dict[str, wire.RpcClient] = {}
@@ -101,7 +103,7 @@ class MetaService:
             host, port = wire.parse_address(address)
             client = await wire.RpcClient.connect(host, port, self.secret, await self._owner_nursery(),
                                                   connect_timeout=self.connect_timeout,
-                                                  ssl_context=self.ssl_context)
+                                                  max_payload=self.max_payload, ssl_context=self.ssl_context)
             self._clients[address] = client
             return client
 

@@ -20,6 +20,7 @@ apply      c (client id), s (seq);            payload = msgpack result. A failed
            payload = msgpack command          an error answer with its errno.
 query      q (name); payload = msgpack args   payload = msgpack result, read on the leader under
                                               its lease (else after a ReadIndex round)
+dump       --                                 payload = the whole state (dataset-mode mounts)
 status     --                                 this member's Raft view (+ followers if leader)
 members    --                                 {id: address} of the voters
 add        id, address                        adds a voter (leader only)
@@ -498,6 +499,13 @@ class MetaServer:
             except TypeError as exc:
                 raise E.Invalid(f"bad arguments for {name}: {exc}") from None
             return {}, S.pack(encode(result))
+        if op == "dump":
+            # The whole metadata as of now (for a dataset-mode mount that reads it locally).
+            try:
+                await self.node.read_index()
+            except RaftError as exc:
+                return self._redirect(exc), b""
+            return {"applied": self.node.last_applied}, self.state.snapshot(self.node.last_applied)
         if op == "status":
             return self.status(), b""
         if op == "members":

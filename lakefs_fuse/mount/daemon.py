@@ -110,8 +110,11 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     try:
         mountpoint = check_mountpoint(cfg.mountpoint)
         if cfg.meta:
+            snapshot = None
+            if cfg.dataset:
+                snapshot = runtime_dir() / "snapshots" / hashlib.sha1(str(mountpoint).encode()).hexdigest()[:16]
             lake = Lake.open_remote(list(cfg.meta), cfg.secret_file, tls_ca=cfg.tls_ca, io_threads=cfg.io_threads,
-                                    op_timeout=cfg.meta_timeout)
+                                    op_timeout=cfg.meta_timeout, snapshot_to=snapshot)
         else:
             lake = Lake.open(cfg.data_dir, io_threads=cfg.io_threads, lock=True)
     except UserError as exc:

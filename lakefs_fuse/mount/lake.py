@@ -180,6 +180,21 @@ async def _fetch_remote(addresses: list[str], secret: bytes) -> tuple[dict, list
         await service.aclose()
 
 
+async def _snapshot_remote(addresses: list[str], secret: bytes, path: Path) -> StateMachine:
+    """Copy a cluster's whole metadata into a local RocksDB at ``path`` (dataset mode)."""
+    from ..meta.server import MAX_PAYLOAD, ReplicatedState
+    service = MetaService(addresses, secret, op_timeout=60.0, call_timeout=60.0, max_payload=MAX_PAYLOAD)
+    try:
+        _, body = await service.call("dump", timeout=120.0)
+    except LakeError as exc:
+        raise UserError(f"metadata servers {','.join(addresses)}: cannot take a snapshot: {exc}") from None
+    finally:
+        await service.aclose()
+    state = ReplicatedState(path)  # starts empty
+    state.restore(bytes(body))
+    return state.sm
+
+
 def format_remote(addresses: list[str], config: LakeConfig, net_peers: list[str], secret_file: Path | None,
                   tls_ca: Path | None = None) -> None:
     """Format a lake on a metadata cluster, with peer servers ``net_peers`` (``HOST:PORT[@ZONE]``)."""
@@ -337,21 +352,33 @@ class Lake:
 
     @classmethod
     def open_remote(cls, addresses: list[str], secret_file: Path, *, tls_ca: Path | None = None,
-                    io_threads: int = 16, op_timeout: float = 30.0) -> "Lake":
-        """Open a lake whose metadata lives on metadata servers (``--meta``)."""
+                    io_threads: int = 16, op_timeout: float = 30.0, snapshot_to: Path | None = None) -> "Lake":
+        """Open a lake whose metadata lives on metadata servers (``--meta``).
+
+        With ``snapshot_to`` (dataset mode) the whole metadata is copied there once and read
+        locally from then on; the lake is then read-only and does not see later changes.
+        """
         secret = _secret_from(secret_file)
         fmt, peers = trio.run(_fetch_remote, addresses, secret)
         fp = fmt.get("secret_fp")
         if fp and fp != wire.fingerprint(secret):
             raise UserError(f"{secret_file} is not this lake's cluster secret (fingerprint {fp})")
-        meta = RemoteMeta(MetaService(addresses, secret, op_timeout=op_timeout))
-        return cls(None, None, lake_config(fmt), peers, io_threads=io_threads, secret=secret,
+        sm = None
+        if snapshot_to is not None:
+            sm = trio.run(_snapshot_remote, addresses, secret, Path(snapshot_to))
+        meta = LocalMeta(sm) if sm is not None else RemoteMeta(MetaService(addresses, secret, op_timeout=op_timeout))
+        lake = cls(None, sm, lake_config(fmt), peers, io_threads=io_threads, secret=secret,
                    tls_ca=str(tls_ca) if tls_ca else None, meta=meta, meta_addresses=list(addresses))
+        lake._snapshot_dir = Path(snapshot_to) if snapshot_to is not None else None
+        return lake
 
     def close(self) -> None:
         if self.sm is None:
             return
         self.sm.close()
+        self.sm = None
+        if getattr(self, "_snapshot_dir", None) is not None:
+            shutil.rmtree(self._snapshot_dir, ignore_errors=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -15,7 +15,7 @@ import os
 
 import pyfuse3
 
-from ..errors import LakeError
+from ..errors import LakeError, NotFound
 from ..meta.schema import Inode
 from .vfs import VFS, Ctx
 
@@ -79,7 +79,17 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def lookup(self, parent_inode, name, ctx=None):
-        return self.entry(await self.vfs.lookup(parent_inode, name, _ctx(ctx) if ctx else Ctx()))
+        try:
+            inode = await self.vfs.lookup(parent_inode, name, _ctx(ctx) if ctx else Ctx())
+        except NotFound:
+            if not self.vfs.cfg.dataset:
+                raise
+            # Dataset mode: the kernel caches "no such name" too (an entry with inode 0).
+            e = pyfuse3.EntryAttributes()
+            e.st_ino = 0
+            e.entry_timeout = self.vfs.cfg.entry_timeout
+            return e
+        return self.entry(inode)
 
     async def forget(self, inode_list):
         # forget gets no reply: any exception here, FUSEError included, would end the FUSE session.

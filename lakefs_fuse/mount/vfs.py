@@ -100,6 +100,7 @@ class VFS:
         self.handles: dict[int, Handle | DirHandle] = {}
         self._next_fh = 1
         self._layouts: OrderedDict[int, ChunkLayout] = OrderedDict()
+        self._listings: OrderedDict[tuple[int, int, int], tuple[float, list]] = OrderedDict()
         self._cached_attrs: dict[int, tuple[int, int]] = {}  # ino -> (size, mtime) the page cache holds
         self._nursery: trio.Nursery | None = None
         self._ahead_limiter = trio.CapacityLimiter(8)
@@ -582,9 +583,26 @@ class VFS:
         if start < 2:
             me = await self.meta.getattr(h.ino)
             out.append((b"..", await self.meta.getattr(me.parent or ROOT_INO), 2))
-        for name, inode, cookie in await self.meta.readdir(h.ino, max(0, start - 2), limit):
+        for name, inode, cookie in await self._readdir_page(h.ino, max(0, start - 2), limit):
             out.append((name, self._overlay_attr(inode), cookie + 2))
         return out
+
+    async def _readdir_page(self, ino: int, after: int, limit: int) -> list[tuple[bytes, Inode, int]]:
+        """A page of a listing; in dataset mode pages are kept for the entry timeout, so a second
+        scan of a big tree (an ImageFolder per epoch) does not touch the metadata at all."""
+        if not self.cfg.dataset:
+            return await self.meta.readdir(ino, after, limit)
+        key = (ino, after, limit)
+        hit = self._listings.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            self._listings.move_to_end(key)
+            return hit[1]
+        page = await self.meta.readdir(ino, after, limit)
+        self._listings[key] = (now + self.cfg.entry_timeout, page)
+        while len(self._listings) > 4096:  # ~1M entries at 256 per page
+            self._listings.popitem(last=False)
+        return page
 
     def readdir_used(self, name: bytes, ino: int) -> None:
         if name not in (b".", b".."):
