@@ -470,6 +470,52 @@ def rebalance(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bo
         sys.exit(3)
 
 
+@main.command("import")
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("dest", default="/")
+@lake_options
+@click.option("--jobs", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Files read and written at once.")
+@click.option("--overwrite", is_flag=True, help="Replace files that exist (default: skip same-size files).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def import_cmd(src: Path, dest: str, data_dir, meta, secret_file, tls_ca, jobs: int, overwrite: bool,
+               as_json: bool) -> None:
+    """Copy the local directory SRC into the lake at DEST (a path in the lake, default its root),
+    without going through FUSE; small files are packed densely. An embedded lake must be unmounted
+    (or copy into its mount); a cluster lake can be imported into beside its mounts. Rerunning
+    skips files already imported."""
+    from .mount.importer import import_tree, scan
+    from .mount.vfs import VFS
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="import into it (or copy into the mount)")
+    cfg = MountConfig(mountpoint=Path("/"), data_dir=data_dir, pack_delay=1.0)
+
+    async def run():
+        _dirs, files = await trio.to_thread.run_sync(scan, src)
+        total = sum(size for _, size in files)
+        vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(meta))
+        async with trio.open_nursery() as nursery:
+            await vfs.start(nursery)
+            with click.progressbar(length=total, label=f"import {len(files)} files", file=sys.stderr,
+                                   show_pos=False, show_percent=True) as bar:
+                report = await import_tree(vfs, src, dest, jobs=jobs, overwrite=overwrite, on_file=bar.update)
+            await vfs.shutdown()  # seal everything, sync shards and metadata
+            nursery.cancel_scope.cancel()
+        return report
+    try:
+        report = trio.run(run)
+    finally:
+        lake.close()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        click.echo(f"imported {report.files} files ({report.bytes / 1e6:.1f} MB) and {report.dirs} directories "
+                   f"into {dest}; {report.skipped} already there")
+        for rel, why in report.failed[:20]:
+            click.echo(f"  {rel}: {why}", err=True)
+    if report.failed:
+        sys.exit(3)
+
+
 @main.command()
 @lake_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
