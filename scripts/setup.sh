@@ -24,7 +24,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 extras=""
-[ "$want_test" = "--test" ] && extras="[test]"
+# --test also brings the torch extra (~5.5 GB, ~75 s from local wheels) so CI runs tests/test_torch.py.
+[ "$want_test" = "--test" ] && extras="[test,torch]"
 stamp=".venv/.installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   log=.venv/pip-install.log
@@ -34,5 +35,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     exit 1
   fi
   .venv/bin/python -c "import pyfuse3, pyeclib.ec_iface, rocksdict, trio" || { echo "setup: install failed" >&2; exit 1; }
+  if [ "$want_test" = "--test" ]; then
+    .venv/bin/python -c "import torch, torchvision, PIL" || { echo "setup: torch extra install failed" >&2; exit 1; }
+  fi
   touch "$stamp"
 fi

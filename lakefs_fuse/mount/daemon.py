@@ -53,6 +53,17 @@ def is_mounted(path: Path) -> str | None:
     return None
 
 
+def lakefs_mount_of(path: Path) -> str | None:
+    """The lakefs-fuse mountpoint that contains ``path``, if any."""
+    p = str(Path(path).resolve())
+    best = None
+    for _src, mnt, fstype in mounts():
+        if fstype == FSTYPE and (p == mnt or p.startswith(mnt.rstrip("/") + "/")):
+            if best is None or len(mnt) > len(best):
+                best = mnt
+    return best
+
+
 def check_mountpoint(path: Path) -> Path:
     path = Path(path)
     try:
