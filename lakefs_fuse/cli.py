@@ -89,6 +89,13 @@ def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, .
               help="Seconds the kernel caches attributes and entries (default 1; 3600 with --dataset).")
 @click.option("--dirty-budget", default="256M", show_default=True, help="Unsealed write memory before writers wait.")
 @click.option("--memory-cache", default="512M", show_default=True, help="In-memory chunk cache size.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Local disk cache of chunk ranges, kept across remounts (a subdirectory per lake). "
+                   "Default: off for an embedded lake (its peers are local), /var/cache/lakefs-fuse with --meta.")
+@click.option("--cache-size", default="10G", show_default=True, help="Disk cache size.")
+@click.option("--cache-free-floor", default="1G", show_default=True,
+              help="The disk cache stops growing when its filesystem has less free space than this.")
+@click.option("--no-disk-cache", is_flag=True, help="No disk cache, even with --meta.")
 @click.option("--pack-delay", type=float, default=None,
               help="Seconds closed files wait to be packed with the next ones (0: commit at every close). "
                    "Default 2 for an embedded lake, 0 with --meta (close-to-open between mounts).")
@@ -107,6 +114,7 @@ def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, .
 @click.pass_context
 def mount(ctx: click.Context, mountpoint: Path, data_dir: Path | None, foreground: bool, allow_other: bool,
           read_only: bool, dataset: bool, attr_timeout: float | None, dirty_budget: str, memory_cache: str,
+          cache_dir: Path | None, cache_size: str, cache_free_floor: str, no_disk_cache: bool,
           pack_delay: float | None, meta: str | None, secret_file: Path | None, tls_ca: Path | None,
           meta_timeout: float, repair_delay: float, options: tuple[str, ...], ready_fd: int | None) -> None:
     """Mount a lake at MOUNTPOINT (daemonizes; returns once the mount is live)."""
@@ -123,6 +131,11 @@ def mount(ctx: click.Context, mountpoint: Path, data_dir: Path | None, foregroun
         if not is_lake(data_dir) and not (data_dir.exists() and any(data_dir.iterdir())):
             format_lake(data_dir, LakeConfig())
     ttl = attr_timeout if attr_timeout is not None else (3600.0 if dataset else 1.0)
+    if no_disk_cache:
+        cache_dir = None
+    elif cache_dir is None and addresses:
+        from .config import default_cache_dir
+        cache_dir = default_cache_dir()
     cfg = MountConfig(mountpoint=mountpoint, data_dir=data_dir, meta=tuple(addresses),
                       secret_file=Path(secret_file).resolve() if secret_file else None,
                       tls_ca=Path(tls_ca).resolve() if tls_ca else None,
@@ -130,7 +143,9 @@ def mount(ctx: click.Context, mountpoint: Path, data_dir: Path | None, foregroun
                       attr_timeout=ttl, entry_timeout=ttl,
                       dirty_budget=parse_size(dirty_budget), memory_cache=parse_size(memory_cache),
                       pack_delay=pack_delay if pack_delay is not None else (0.0 if addresses else 2.0),
-                      repair_delay=repair_delay, meta_timeout=meta_timeout, extra_fuse_options=tuple(options))
+                      repair_delay=repair_delay, meta_timeout=meta_timeout, extra_fuse_options=tuple(options),
+                      cache_dir=Path(cache_dir).resolve() if cache_dir else None, cache_size=parse_size(cache_size),
+                      cache_free_floor=parse_size(cache_free_floor))
     cfg.validate()
     if foreground:
         logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),

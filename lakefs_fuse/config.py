@@ -25,6 +25,14 @@ def default_data_dir() -> Path:
     return Path(base) / "lakefs-fuse" / "lake"
 
 
+def default_cache_dir() -> Path:
+    """Where a cluster mount keeps its disk cache unless told otherwise."""
+    if os.geteuid() == 0:
+        return Path("/var/cache/lakefs-fuse")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lakefs-fuse"
+
+
 def runtime_dir() -> Path:
     """Where running mounts register themselves (pid, data dir) for ``umount``."""
     env = os.environ.get("LAKEFS_FUSE_RUNTIME")
@@ -125,6 +133,11 @@ class MountConfig:
     read_ahead_kb: int = 1024
     #: Parallel shard I/O threads (local peers).
     io_threads: int = 16
+    #: Local disk cache of chunk ranges (survives remounts); None = off.
+    cache_dir: Path | None = None
+    cache_size: int = 10 * 1024 * MiB
+    #: The disk cache stops adding entries when its filesystem has less free space than this.
+    cache_free_floor: int = 1024 * MiB
     #: Sampler-order prefetch (the .prefetch control file): files and bytes kept fetched ahead of
     #: the file the loader opened last.
     prefetch_files: int = 64
@@ -140,6 +153,8 @@ class MountConfig:
             raise UserError("dirty budget must be at least 8M")
         if not 0 <= self.pack_delay <= 60:
             raise UserError("pack delay must be between 0 and 60 seconds")
+        if self.cache_dir is not None and self.cache_size < 16 * MiB:
+            raise UserError("cache size must be at least 16M")
         if not 1 <= self.meta_timeout <= 3600:
             raise UserError("metadata timeout must be between 1 and 3600 seconds")
         if self.read_ahead_kb < 128:

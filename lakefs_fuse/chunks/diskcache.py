@@ -45,6 +45,7 @@ Policy: W-TinyLFU (:class:`~.cache.TinyLfuPolicy`, shared with the memory tier),
 file bytes. A 1 % LRU window takes every new range; what leaves the window joins the main
 segmented-LRU area only while there is room, or if a count-min sketch of recent access
 frequency (aged by halving) rates it strictly above every main-area victim it would displace.
+Repeated gets of a range within a burst (the pieces of one sequential read) count once.
 Why: training jobs read datasets in epochs bigger than the cache. Plain LRU then evicts each
 range just before its next use and hits 0 %; with admission, the ranges that got in stay
 (ties go to the resident), so a cyclic scan over twice the capacity hits ~50 %; on skewed
@@ -75,6 +76,7 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import xxhash
 
@@ -117,7 +119,7 @@ class _Corrupt(Exception):
 
 
 class _Entry:
-    __slots__ = ("chunk_id", "offset", "length", "size", "path")
+    __slots__ = ("chunk_id", "length", "offset", "path", "size")
 
     def __init__(self, chunk_id: int, offset: int, length: int, path: str):
         self.chunk_id, self.offset, self.length, self.path = chunk_id, offset, length, path
@@ -236,7 +238,7 @@ class DiskCache:
                 _unlink(tmp)
             os.close(self._lock_fd)
 
-    def __enter__(self) -> DiskCache:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -295,12 +297,10 @@ class DiskCache:
             if old is not None:  # a shorter range at the same start: this one replaces it
                 self._discard(old)
             displaced = self._policy.admit(key, size)
-            for gone in displaced.evicted:
-                self._discard(self._entries[gone])
-                self._counts["evictions"] += 1
-            for gone in displaced.rejected:
-                self._counts["rejected"] += 1
-                if gone != key:
+            self._counts["evictions"] += len(displaced.evicted)
+            self._counts["rejected"] += len(displaced.rejected)
+            for gone in displaced.evicted + displaced.rejected:
+                if gone != key:  # the new range has no file in place yet
                     self._discard(self._entries[gone])
             if key not in self._policy:
                 _unlink(tmp)

@@ -132,7 +132,9 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         report(f"error: {exc}")
         raise
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(cfg.meta))
+    disk = _open_disk_cache(cfg, lake)
+    vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(cfg.meta),
+              disk_cache=disk)
     ops = Operations(vfs)
     options = set(pyfuse3.default_options) | {"fsname=lakefs", "subtype=lakefs"}
     if cfg.allow_other:
@@ -161,6 +163,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         except Exception:
             log.exception("unmount failed")
         lake.close()
+        if disk is not None:
+            disk.close()
         try:
             reg.unlink()
         except FileNotFoundError:
@@ -168,6 +172,26 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         report("error: mount daemon stopped before the mount was live (see its log)")
         log.info("mount daemon for %s stopped", mountpoint)
     return status
+
+
+def _open_disk_cache(cfg: MountConfig, lake: Lake):
+    """The mount's disk cache, in a directory of its own per lake; None when off or in use."""
+    from ..chunks.diskcache import DiskCache
+    from ..errors import Busy
+    if cfg.cache_dir is None:
+        return None
+    directory = Path(cfg.cache_dir) / (lake.uuid or "lake")
+    try:
+        cache = DiskCache(directory, cfg.cache_size, free_floor=cfg.cache_free_floor)
+    except Busy:
+        log.warning("disk cache %s is used by another mount of this lake; this mount runs without one",
+                    directory)
+        return None
+    except OSError as exc:
+        log.warning("cannot open the disk cache %s (%s); running without one", directory, exc)
+        return None
+    log.info("disk cache %s: %d MiB of %d MiB used", directory, cache.stats()["used"] >> 20, cfg.cache_size >> 20)
+    return cache
 
 
 async def _main(vfs: VFS, cfg: MountConfig, mountpoint: Path, report, lake: Lake) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -211,7 +212,7 @@ def format_remote(addresses: list[str], config: LakeConfig, net_peers: list[str]
         service = MetaService(addresses, secret, op_timeout=15.0)
         meta = RemoteMeta(service, sessions=1)
         try:
-            record = {**asdict(config), "secret_fp": wire.fingerprint(secret)}
+            record = {**asdict(config), "secret_fp": wire.fingerprint(secret), "uuid": str(uuid.uuid4())}
             try:
                 await meta.apply(["format", record, time.time_ns(), os.getuid(), os.getgid()])
             except LakeError as exc:
@@ -276,6 +277,8 @@ class Lake:
         self.sm = sm
         self.meta = meta if meta is not None else LocalMeta(sm)
         self.meta_addresses = meta_addresses
+        #: Identifies the lake (chunk ids are only unique within one): names its disk cache.
+        self.uuid: str | None = None
         self.config = config
         self.peer_records = peers
         self.secret = secret
@@ -348,6 +351,7 @@ class Lake:
                 os.close(lock_fd)
             raise
         lake._lock_fd = lock_fd
+        lake.uuid = marker.get("uuid")
         return lake
 
     @classmethod
@@ -370,6 +374,7 @@ class Lake:
         lake = cls(None, sm, lake_config(fmt), peers, io_threads=io_threads, secret=secret,
                    tls_ca=str(tls_ca) if tls_ca else None, meta=meta, meta_addresses=list(addresses))
         lake._snapshot_dir = Path(snapshot_to) if snapshot_to is not None else None
+        lake.uuid = fmt.get("uuid") or hashlib.sha256(",".join(sorted(addresses)).encode()).hexdigest()[:32]
         return lake
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ import trio
 from .. import errors as E
 from ..chunks.cache import RangeCache
 from ..chunks.client import ChunkClient
+from ..chunks.diskcache import DiskCache
 from ..chunks.layout import ChunkLayout
 from ..config import MountConfig
 from ..meta.client import MetaClient
@@ -80,12 +81,18 @@ class Stats:
     write_bytes: int = 0
     prefetches: int = 0
     readahead_skipped: int = 0
+    disk_hits: int = 0
+    disk_puts_skipped: int = 0
 
 
 class VFS:
     def __init__(self, meta: MetaClient, chunks: ChunkClient, config: MountConfig, *, chunk_size: int,
-                 gc_grace: float = 30.0, shared: bool = False):
+                 gc_grace: float = 30.0, shared: bool = False, disk_cache: DiskCache | None = None):
         self.meta = meta
+        #: Local disk tier below the memory cache (None: off). Its I/O runs in worker threads.
+        self.disk = disk_cache
+        self._disk_limiter = trio.CapacityLimiter(4)
+        self._disk_puts = 0  # background puts in flight (beyond a bound, new ones are skipped)
         #: Other mounts use the same metadata (a cluster lake): orphans may be theirs.
         self.shared = shared
         self.chunks = chunks
@@ -437,16 +444,39 @@ class VFS:
         self._layouts.pop(chunk_id, None)
 
     async def _extent_bytes(self, ext: Extent) -> bytes:
-        """The whole byte range of one extent (a small file is fetched whole; big files by chunk)."""
+        """The whole byte range of one extent (a small file is fetched whole; big files by chunk):
+        from the memory cache, else the disk cache, else the peers (then both caches keep it)."""
         hit = self.cache.get(ext.chunk_id, ext.chunk_off, ext.length)
         if hit is not None:
             return hit  # type: ignore[return-value]
+        if self.disk is not None:
+            async with self._disk_limiter:
+                data = await trio.to_thread.run_sync(self.disk.get, ext.chunk_id, ext.chunk_off, ext.length)
+            if data is not None:
+                self.stats.disk_hits += 1
+                self.cache.put(ext.chunk_id, ext.chunk_off, data)
+                return data
         layout = await self._layout(ext.chunk_id)
         data = await self.chunks.read(layout, ext.chunk_off, ext.length)
         if len(data) != ext.length:
             raise E.DataUnavailable(f"chunk {ext.chunk_id} is shorter than its extent")
         self.cache.put(ext.chunk_id, ext.chunk_off, data)
+        if self.disk is not None and self._nursery is not None:
+            if self._disk_puts < 16:  # the disk tier never slows a reader down: skip when behind
+                self._disk_puts += 1
+                self._nursery.start_soon(self._disk_put, ext.chunk_id, ext.chunk_off, data)
+            else:
+                self.stats.disk_puts_skipped += 1
         return data
+
+    async def _disk_put(self, chunk_id: int, offset: int, data) -> None:
+        try:
+            async with self._disk_limiter:
+                await trio.to_thread.run_sync(self.disk.put, chunk_id, offset, data)
+        except Exception as exc:  # the cache is an optimization: a failing disk only logs
+            log.warning("disk cache put failed: %s", exc)
+        finally:
+            self._disk_puts -= 1
 
     async def _piece(self, ext: Extent, a: int, b: int) -> bytes | memoryview:
         """File bytes [a, b) of extent ``ext``: from its whole (cached) range, or -- when the
@@ -699,6 +729,8 @@ class VFS:
                 continue
             await self.chunks.delete_chunk(ChunkLayout.from_wire(rec.to_wire()))
             self.cache.drop_chunk(chunk_id)
+            if self.disk is not None:
+                await trio.to_thread.run_sync(self.disk.drop_chunk, chunk_id)
             self._layouts.pop(chunk_id, None)
             done.append(chunk_id)
         if done:
