@@ -71,6 +71,9 @@ def _write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
+_HEAD_GUESS = 4096
+
+
 class ShardReader:
     """Reads and verifies byte ranges of one shard file."""
 
@@ -80,14 +83,18 @@ class ShardReader:
         except FileNotFoundError:
             raise ShardMissing(path) from None
         try:
-            fixed = os.pread(self.fd, _FIXED.size, 0)
+            # One read for the fixed header and (for shards up to ~32 MiB) the whole block table:
+            # on a cold disk every extra pread is another seek before the data.
+            first = os.pread(self.fd, _HEAD_GUESS, 0)
+            fixed = first[:_FIXED.size]
             if len(fixed) < _FIXED.size:
                 raise ShardCorrupt(f"{path}: short header")
             magic, version, idx, _r, cid, length, block = _FIXED.unpack(fixed)
             if magic != MAGIC or version != VERSION or block <= 0:
                 raise ShardCorrupt(f"{path}: bad magic/version")
             n = -(-length // block)
-            rest = os.pread(self.fd, 8 * n + 8, _FIXED.size)
+            want = _FIXED.size + 8 * n + 8
+            rest = first[_FIXED.size:want] if len(first) >= want else os.pread(self.fd, 8 * n + 8, _FIXED.size)
             if len(rest) < 8 * n + 8:
                 raise ShardCorrupt(f"{path}: short block table")
             head = fixed + rest[:-8]
