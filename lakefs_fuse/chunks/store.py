@@ -39,6 +39,10 @@ class ShardStore(Protocol):
     async def capacity(self) -> tuple[int, int]: ...
 
 
+#: Shard reads up to this size run on the event loop instead of a worker thread (LocalDirStore).
+INLINE_READ = 128 * 1024
+
+
 class ShardDir:
     """A directory of shard files: ``<root>/<aa>/<chunk_id:016x>.<index>`` (blocking API).
 
@@ -191,6 +195,12 @@ class LocalDirStore:
         await self._run(self.dir.put, chunk_id, index, payload)
 
     async def get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None:
+        if length <= INLINE_READ:
+            # A small read costs less than the hand-off to a worker thread and back (two context
+            # switches and the GIL on a 2-core machine); it runs on the event loop, yielding first.
+            await trio.lowlevel.checkpoint()
+            self.dir.get_into(chunk_id, index, offset, length, out)
+            return
         await self._run(self.dir.get_into, chunk_id, index, offset, length, out)
 
     async def verify(self, chunk_id: int, index: int, checksum: int) -> str:
