@@ -243,6 +243,10 @@ def test_capacity_holds_when_reopened_smaller(tmp_path):
     with open_cache(tmp_path, 1 << 20) as cache:
         for c in range(30):
             cache.put(c, 0, payload(c, 0, 20_000))
+    # Age is the entry's mtime; puts within one clock tick share it, so state the ages outright.
+    for f in entry_files(tmp_path):
+        chunk = int(f.name.split("-")[0], 16)
+        os.utime(f, ns=(1_700_000_000_000_000_000 + chunk * 10**9,) * 2)
     with open_cache(tmp_path, 200_000) as cache:
         s = cache.stats()
         assert 0 < s["used"] <= 200_000 and s["used"] == disk_bytes(tmp_path)
