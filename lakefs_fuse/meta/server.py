@@ -124,10 +124,13 @@ class ReplicatedState:
         self.path = Path(path)
         shutil.rmtree(self.path, ignore_errors=True)  # derived state: Raft replays it
         self.sm = StateMachine(str(self.path), create=True)
+        self._members: dict[int, str] | None = None  # the M keys, read once per change
 
     def apply(self, index: int, command: Any) -> Any:
         if not isinstance(command, list) or not command or not isinstance(command[0], str):
             raise E.Invalid("malformed metadata command")
+        if command[0] == "set_meta_member":
+            self._members = None
         return self.sm.apply(command)
 
     def snapshot(self, index: int) -> bytes:
@@ -144,6 +147,7 @@ class ReplicatedState:
         self.sm.close()
         shutil.rmtree(self.path, ignore_errors=True)
         self.sm = StateMachine(str(self.path), create=True)
+        self._members = None
         batch = rocksdict.WriteBatch(raw_mode=True)
         n = 0
         for key, value in msgpack.unpackb(data, raw=False, use_list=True):
@@ -155,7 +159,11 @@ class ReplicatedState:
         self.sm.db.write(batch)
 
     def members(self) -> dict[int, str]:
-        return self.sm.meta_members()
+        """Member id -> address (read-only: shared until the next change). Every incoming Raft
+        message looks its sender up here, so the table is not re-read from RocksDB each time."""
+        if self._members is None:
+            self._members = self.sm.meta_members()
+        return self._members
 
     def close(self) -> None:
         self.sm.close()
