@@ -76,14 +76,7 @@ class LiveLake:
             cli("format", "--data", str(self.data), *format_args, env=self.env, check=True)
 
     def pid(self) -> int | None:
-        for f in self.runtime.glob("*.json"):
-            try:
-                info = json.loads(f.read_text())
-            except ValueError:
-                continue
-            if info.get("mountpoint") == str(self.mnt.resolve()):
-                return info["pid"]
-        return None
+        return registered_pid(self.runtime, self.mnt)
 
     def mount(self, *args: str) -> None:
         cli("mount", str(self.mnt), "--data", str(self.data), *args, env=self.env, check=True, timeout=90)
@@ -109,26 +102,42 @@ class LiveLake:
             f.unlink()
 
     def teardown(self) -> None:
-        pid = self.pid()
-        if is_mountpoint(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True, timeout=30)
-        if pid:
-            for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-                if not _alive(pid):
-                    break
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + wait
-                while _alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
+        take_down(self.mnt, self.pid())
 
     def log(self) -> str:
         try:
             return (self.data / "mount.log").read_text()[-6000:]
         except OSError:
             return ""
+
+
+def registered_pid(runtime: Path, mnt: Path) -> int | None:
+    """The pid of the daemon serving ``mnt``, from the mount registry in ``runtime``."""
+    for f in Path(runtime).glob("*.json"):
+        try:
+            info = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if info.get("mountpoint") == str(Path(mnt).resolve()):
+            return info["pid"]
+    return None
+
+
+def take_down(mnt: Path, pid: int | None) -> None:
+    """Teardown of a live mount: lazy unmount, then SIGTERM, then SIGKILL of its daemon."""
+    if is_mountpoint(mnt):
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30)
+    if pid:
+        for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
+            if not _alive(pid):
+                break
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait  # polling a deadline for the daemon to exit
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from linearizability import History, RegisterModel, check_history
 
-from conftest import CLI, REPO, _alive, cli, is_mountpoint, needs_fuse, wait_for
+from conftest import CLI, REPO, cli, is_mountpoint, needs_fuse, registered_pid, take_down, wait_for
 from test_peers import Peer, write_secret
 
 MiB = 1 << 20
@@ -102,33 +102,13 @@ class ClusterMount:
         assert is_mountpoint(self.mnt)
 
     def pid(self) -> int | None:
-        for f in (Path(self.env["LAKEFS_FUSE_RUNTIME"])).glob("*.json"):
-            try:
-                info = json.loads(f.read_text())
-            except ValueError:
-                continue
-            if info.get("mountpoint") == str(self.mnt.resolve()):
-                return info["pid"]
-        return None
+        return registered_pid(Path(self.env["LAKEFS_FUSE_RUNTIME"]), self.mnt)
 
     def umount(self) -> None:
         cli("umount", str(self.mnt), env=self.env, check=True, timeout=90)
 
     def teardown(self) -> None:
-        pid = self.pid()
-        if is_mountpoint(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True, timeout=30)
-        if pid:
-            for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-                if not _alive(pid):
-                    break
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + wait
-                while _alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
+        take_down(self.mnt, self.pid())
 
 
 class MetaCluster:
