@@ -33,6 +33,11 @@ class LakeGroup(click.Group):
             sys.exit(1)
 
 
+def _log_setup() -> None:
+    logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+
+
 @click.group(cls=LakeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lakefs-fuse")
 def main() -> None:
@@ -148,8 +153,7 @@ def mount(ctx: click.Context, mountpoint: Path, data_dir: Path | None, foregroun
                       cache_free_floor=parse_size(cache_free_floor))
     cfg.validate()
     if foreground:
-        logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
-                            format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+        _log_setup()
         sys.exit(daemon.serve(cfg, ready_fd))
     daemon.check_mountpoint(mountpoint)
     mnt = Path(mountpoint).resolve()
@@ -653,8 +657,7 @@ def peer_serve(data_dir: Path, listen: str, zone: str, secret_file: Path, tls_ce
         ssl_context = wire.server_tls_context(str(tls_cert), str(tls_key)) if tls_cert else None
     except (OSError, ValueError, ssl.SSLError) as exc:
         raise UserError(str(exc)) from None
-    logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    _log_setup()
     try:
         server = PeerServer(data_dir, zone=zone)
     except (OSError, ValueError) as exc:
@@ -790,21 +793,11 @@ def meta_group() -> None:
     """Metadata servers: run one, change the cluster's membership, show its Raft state."""
 
 
-def _log_setup() -> None:
-    logging.basicConfig(level=os.environ.get("LAKEFS_FUSE_LOG", "INFO"),
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-
-
 def _run_service(addresses: list[str], secret_file: Path | None, fn):
     """Run ``await fn(service)`` against a metadata cluster; errors become one line."""
-    from . import wire
     from .meta.remote import MetaService
-    if secret_file is None:
-        raise UserError("--secret-file is required (the cluster secret)")
-    try:
-        secret = wire.load_secret(secret_file)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"secret file {secret_file}: {exc}") from None
+    from .mount.lake import cluster_secret
+    secret = cluster_secret(secret_file)
 
     async def run():
         service = MetaService(addresses, secret, op_timeout=30.0)

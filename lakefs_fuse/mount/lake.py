@@ -158,7 +158,7 @@ def lake_config(fmt: dict) -> LakeConfig:
     return LakeConfig(**{k: v for k, v in fmt.items() if k in LakeConfig.__dataclass_fields__})
 
 
-def _secret_from(secret_file: Path | None) -> bytes:
+def cluster_secret(secret_file: Path | None) -> bytes:
     if secret_file is None:
         raise UserError("a lake on metadata servers needs --secret-file (the cluster secret)")
     try:
@@ -199,7 +199,7 @@ async def _snapshot_remote(addresses: list[str], secret: bytes, path: Path) -> S
 def format_remote(addresses: list[str], config: LakeConfig, net_peers: list[str], secret_file: Path | None,
                   tls_ca: Path | None = None) -> None:
     """Format a lake on a metadata cluster, with peer servers ``net_peers`` (``HOST:PORT[@ZONE]``)."""
-    secret = _secret_from(secret_file)
+    secret = cluster_secret(secret_file)
     if not net_peers:
         raise UserError("a lake on metadata servers needs --net-peer servers (shards must be reachable "
                         "from every mount)")
@@ -362,7 +362,7 @@ class Lake:
         With ``snapshot_to`` (dataset mode) the whole metadata is copied there once and read
         locally from then on; the lake is then read-only and does not see later changes.
         """
-        secret = _secret_from(secret_file)
+        secret = cluster_secret(secret_file)
         fmt, peers = trio.run(_fetch_remote, addresses, secret)
         fp = fmt.get("secret_fp")
         if fp and fp != wire.fingerprint(secret):
