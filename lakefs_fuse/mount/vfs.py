@@ -342,14 +342,15 @@ class VFS:
         return h
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
-        control = self.handles.get(fh)
-        if isinstance(control, ControlHandle):
-            text = control.pending + bytes(data).decode("utf-8", errors="surrogateescape")
-            complete, _, control.pending = text.rpartition("\n")
-            if complete:
-                self.plan.take(complete)
-            return len(data)
-        h = self._handle(fh)
+        h = self.handles.get(fh)
+        if not isinstance(h, Handle):
+            if isinstance(h, ControlHandle):
+                text = h.pending + bytes(data).decode("utf-8", errors="surrogateescape")
+                complete, _, h.pending = text.rpartition("\n")
+                if complete:
+                    self.plan.take(complete)
+                return len(data)
+            h = self._handle(fh)  # raises EBADF
         if h.flags & O_ACCMODE == os.O_RDONLY:
             raise E.LakeError("not open for writing", err=errno.EBADF)
         if off + len(data) > (1 << 62):
@@ -509,11 +510,13 @@ class VFS:
         return buf
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        if isinstance(self.handles.get(fh), ControlHandle):
-            # Reading the control file shows the plan's progress (JSON), e.g. `cat .prefetch`.
-            report = json.dumps(self.plan.report(), indent=1).encode() + b"\n"
-            return report[off:off + size]
-        h = self._handle(fh)
+        h = self.handles.get(fh)
+        if not isinstance(h, Handle):
+            if isinstance(h, ControlHandle):
+                # Reading the control file shows the plan's progress (JSON), e.g. `cat .prefetch`.
+                report = json.dumps(self.plan.report(), indent=1).encode() + b"\n"
+                return report[off:off + size]
+            h = self._handle(fh)  # raises EBADF
         inode = self._overlay_attr(await self.meta.getattr(h.ino))
         if off >= inode.size or size <= 0:
             return b""
