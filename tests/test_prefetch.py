@@ -114,3 +114,55 @@ def test_read_only_mount_takes_a_plan_but_no_writes(make_live):
         f.write("f\n")
     wait_for(lambda: plan_report(lake.mnt)["resolved"] == 1, 10, "the plan on a read-only mount")
     assert (lake.mnt / "f").read_bytes() == b"data"
+
+
+@needs_fuse
+@pytest.mark.timeout(180)
+def test_dataset_plan_fills_the_kernel_page_cache(make_live):
+    lake = make_live(mount=False)
+    lake.mount()
+    files = write_tree(lake.mnt, 40)
+    lake.umount()
+    lake.mount("--dataset")
+    for c in range(2):
+        os.listdir(lake.mnt / f"c{c}")  # the loader's scan: the kernel now knows every inode
+    order = list(files)
+    random.Random(3).shuffle(order)
+    with open(lake.mnt / ".prefetch", "w") as f:
+        f.write("--reset\n" + "\n".join(order) + "\n")
+    wait_for(lambda: plan_report(lake.mnt)["page_cache"]["pushed"] == 40, 60, "the files in the page cache")
+    reads_before = plan_report(lake.mnt)["read_requests"]
+    for rel in order:
+        assert (lake.mnt / rel).read_bytes() == files[rel], rel
+    report = plan_report(lake.mnt)
+    # The loader's reads were served by the kernel: no READ reached the daemon.
+    assert report["read_requests"] == reads_before
+    assert report["page_cache"]["refused"] == 0 and report["opened_in_plan"] == 40
+
+    # Second epoch, same files: the kernel still holds them, nothing is fetched or pushed again.
+    with open(lake.mnt / ".prefetch", "w") as f:
+        f.write("--reset\n" + "\n".join(reversed(order)) + "\n")
+    wait_for(lambda: plan_report(lake.mnt)["resolved"] == 80, 30, "the second plan")
+    for rel in reversed(order):
+        assert (lake.mnt / rel).read_bytes() == files[rel], rel
+    report = plan_report(lake.mnt)
+    assert report["page_cache"]["pushed"] == 40 and report["read_requests"] == reads_before
+
+
+@needs_fuse
+@pytest.mark.timeout(120)
+def test_read_only_mount_closes_without_flush_and_keeps_unterminated_plan_lines(make_live):
+    lake = make_live(mount=False)
+    lake.mount()
+    for i in range(3):
+        (lake.mnt / f"f{i}").write_bytes(b"%d" % i * 1000)
+    lake.umount()
+    lake.mount("--read-only")
+    for _ in range(2):  # the first close tells the kernel to stop sending FLUSH; both must work
+        for i in range(3):
+            with open(lake.mnt / f"f{i}", "rb") as f:
+                assert f.read() == b"%d" % i * 1000
+    fd = os.open(lake.mnt / ".prefetch", os.O_WRONLY)
+    os.write(fd, b"f1\nf2")  # no newline at the end: taken when the file is released
+    os.close(fd)
+    wait_for(lambda: plan_report(lake.mnt)["resolved"] == 2, 10, "both plan lines")

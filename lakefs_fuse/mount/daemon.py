@@ -132,9 +132,15 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         report(f"error: {exc}")
         raise
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if cfg.dataset and lake.sm is not None:
+        # Dataset mode reads its metadata locally and never changes it: read it once, in order,
+        # before the mount goes live, so lookups in a big lake do not each wait on the disk.
+        t = time.monotonic()
+        got = lake.sm.preload()
+        log.info("dataset mode: %d MiB of metadata read in %.2f s", got >> 20, time.monotonic() - t)
     disk = _open_disk_cache(cfg, lake)
     vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(cfg.meta),
-              disk_cache=disk)
+              disk_cache=disk, page_store=pyfuse3.notify_store)
     ops = Operations(vfs)
     options = set(pyfuse3.default_options) | {"fsname=lakefs", "subtype=lakefs"}
     if cfg.allow_other:
@@ -158,6 +164,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         log.exception("mount daemon failed")
         status = 1
     finally:
+        if vfs.pusher is not None:
+            vfs.pusher.close()  # no store may reach a closed FUSE session
         try:
             pyfuse3.close(unmount=True)
         except Exception:

@@ -37,6 +37,28 @@ CONTROL_INO = (1 << 63) - 2
 RESET = "--reset"
 
 
+class AheadBudget:
+    """Bytes being fetched ahead of readers, one budget for sequential read-ahead and the read
+    plan together. A fetch takes its bytes before it starts and gives them back when done;
+    ``on_free`` callbacks run then (the plan continues a window it had to cut short)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.on_free: list[Callable[[], None]] = []
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        for callback in self.on_free:
+            callback()
+
+
 @dataclass(slots=True)
 class PlanStats:
     received: int = 0       # paths handed to us (all plans)
@@ -45,6 +67,7 @@ class PlanStats:
     prefetched: int = 0     # files fetched ahead of the reader
     prefetched_bytes: int = 0
     failed: int = 0         # prefetches that failed (the reader fetched for itself)
+    deferred: int = 0       # times the window waited for the shared in-flight budget
     opened_in_plan: int = 0  # opens of planned files (the loader followed the plan)
     resets: int = 0
 
@@ -54,9 +77,13 @@ class ReadPlan:
 
     def __init__(self, lookup: Callable[[int, bytes], Awaitable[Inode]],
                  fetch: Callable[[int], Awaitable[int]], *, files_ahead: int = 64,
-                 bytes_ahead: int = 64 << 20, parallel: int = 8, resolve_ahead: int = 1024):
+                 bytes_ahead: int = 64 << 20, parallel: int = 8, resolve_ahead: int = 1024,
+                 budget: AheadBudget | None = None):
         self._lookup = lookup    # (parent ino, name) -> Inode, from metadata
         self._fetch = fetch      # ino -> bytes fetched (whole file into the memory cache)
+        self._budget = budget    # shared with sequential read-ahead (None: the window alone bounds it)
+        if budget is not None:
+            budget.on_free.append(self._budget_freed)
         self.files_ahead = files_ahead
         self.bytes_ahead = bytes_ahead
         self.resolve_ahead = resolve_ahead
@@ -70,6 +97,7 @@ class ReadPlan:
         self.cursor = -1
         self._dirs: dict[tuple[int, bytes], int] = {}  # (parent, name) -> directory ino
         self._wake = trio.Event()
+        self._waiting_for_room = False
         self._generation = 0
         self.stats = PlanStats()
 
@@ -109,6 +137,12 @@ class ReadPlan:
             self.cursor = pos
             for done in [p for p in self._started if p <= pos]:
                 self._started.discard(done)
+            self._wake.set()
+
+    def _budget_freed(self) -> None:
+        """Bytes fetched ahead (by anyone sharing the budget) have landed: continue if we waited."""
+        if self._waiting_for_room:
+            self._waiting_for_room = False
             self._wake.set()
 
     @property
@@ -183,8 +217,12 @@ class ReadPlan:
             if ahead_bytes > self.bytes_ahead and pos > first:
                 break
             if pos not in self._started:
+                if self._budget is not None and not self._budget.take(size):
+                    self.stats.deferred += 1
+                    self._waiting_for_room = True
+                    break  # over the shared in-flight budget: _budget_freed() wakes us
                 self._started.add(pos)
-                nursery.start_soon(self._fetch_one, ino, self._generation)
+                nursery.start_soon(self._fetch_one, ino, size, self._generation)
         # Forget what is behind the cursor (keeps memory flat over a long epoch).
         while self._forgotten_to < self.cursor:
             self._forgotten_to += 1
@@ -192,15 +230,20 @@ class ReadPlan:
             if item is not None and self._position.get(item[0]) == self._forgotten_to:
                 del self._position[item[0]]
 
-    async def _fetch_one(self, ino: int, generation: int) -> None:
-        async with self._limiter:
-            if generation != self._generation:
-                return
-            try:
-                got = await self._fetch(ino)
-            except Exception as exc:  # a reader that needs the file fetches it itself
-                self.stats.failed += 1
-                log.debug("read plan: prefetch of inode %d failed: %s", ino, exc)
-                return
-            self.stats.prefetched += 1
-            self.stats.prefetched_bytes += got
+    async def _fetch_one(self, ino: int, size: int, generation: int) -> None:
+        try:
+            async with self._limiter:
+                if generation != self._generation:
+                    return
+                try:
+                    got = await self._fetch(ino)
+                except Exception as exc:  # a reader that needs the file fetches it itself
+                    self.stats.failed += 1
+                    log.debug("read plan: prefetch of inode %d failed: %s", ino, exc)
+                    return
+                if generation == self._generation:
+                    self.stats.prefetched += 1
+                    self.stats.prefetched_bytes += got
+        finally:
+            if self._budget is not None:
+                self._budget.give(size)

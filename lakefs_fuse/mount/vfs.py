@@ -18,7 +18,7 @@ import os
 import stat as st
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import trio
 
@@ -27,11 +27,13 @@ from ..chunks.cache import RangeCache
 from ..chunks.client import ChunkClient
 from ..chunks.diskcache import DiskCache
 from ..chunks.layout import ChunkLayout
+from ..chunks.store import LocalDirStore
 from ..config import MountConfig
 from ..meta.client import MetaClient
 from ..meta.schema import ROOT_INO, Extent, Inode
 from ..meta.state import NAME_MAX
-from .planner import CONTROL_INO, CONTROL_NAME, ReadPlan
+from .pagecache import PageCachePusher
+from .planner import CONTROL_INO, CONTROL_NAME, AheadBudget, ReadPlan
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,17 @@ class ControlHandle:
     """An open ``.prefetch``: text written to it is handed to the read plan line by line."""
 
     pending: str = ""
+    report: bytes = b""  # what a read from offset 0 saw; later offsets read the same snapshot
+
+
+def _covers(exts: list[Extent], size: int) -> bool:
+    """The extents hold bytes [0, size) without a hole (sorted by file offset)."""
+    pos = 0
+    for e in exts:
+        if e.file_off != pos:
+            return False
+        pos = e.end
+    return pos == size
 
 
 def _control_inode() -> Inode:
@@ -87,8 +100,12 @@ class Stats:
 
 class VFS:
     def __init__(self, meta: MetaClient, chunks: ChunkClient, config: MountConfig, *, chunk_size: int,
-                 gc_grace: float = 30.0, shared: bool = False, disk_cache: DiskCache | None = None):
+                 gc_grace: float = 30.0, shared: bool = False, disk_cache: DiskCache | None = None,
+                 page_store=None):
         self.meta = meta
+        #: Dataset mode: files the read plan fetched are stored in the kernel's page cache with
+        #: ``page_store`` (pyfuse3.notify_store), so the loader's reads never reach the daemon.
+        self.pusher = PageCachePusher(page_store) if page_store is not None and config.dataset else None
         #: Local disk tier below the memory cache (None: off). Its I/O runs in worker threads.
         self.disk = disk_cache
         self._disk_limiter = trio.CapacityLimiter(4)
@@ -109,11 +126,21 @@ class VFS:
         self._layouts: OrderedDict[int, ChunkLayout] = OrderedDict()
         self._listings: OrderedDict[tuple[int, int, int], tuple[float, list]] = OrderedDict()
         self._cached_attrs: dict[int, tuple[int, int]] = {}  # ino -> (size, mtime) the page cache holds
+        #: Dataset mode: files the kernel was given whole (read or pushed) and has not forgotten;
+        #: the read plan does not fetch them again (a second epoch runs from the page cache).
+        self._kernel_has: set[int] = set()
+        #: Inodes whose link count this mount brought to 0, freed at their last forget/close.
+        self._unlinked: set[int] = set()
         self._nursery: trio.Nursery | None = None
         self._ahead_limiter = trio.CapacityLimiter(8)
-        self._ahead_inflight = 0  # bytes of sequential read-ahead being fetched now
+        #: Bytes being fetched ahead of readers: sequential read-ahead and the read plan share it.
+        self.ahead = AheadBudget(config.readahead_budget)
+        # Local peers answer in microseconds and the daemon is CPU-bound on them: two fetches in
+        # flight keep the disk busy; peer servers have network latency to hide, so eight.
+        local = all(isinstance(s, LocalDirStore) for s in chunks.stores.values())
         self.plan = ReadPlan(self.meta.lookup, self._fetch_file, files_ahead=config.prefetch_files,
-                             bytes_ahead=config.prefetch_bytes)
+                             bytes_ahead=config.prefetch_bytes, parallel=2 if local else 8,
+                             budget=self.ahead)
         self.stats = Stats()
         self._usable_free: int | None = None  # bytes of file data the peers can still take
 
@@ -132,6 +159,8 @@ class VFS:
         nursery.start_soon(self._watch_space)
 
     async def shutdown(self) -> None:
+        if self.pusher is not None:
+            await trio.to_thread.run_sync(self.pusher.close)
         await self.writer.flush_all()
         for ino, count in list(self.lookups.items()):
             if count:
@@ -164,13 +193,17 @@ class VFS:
             return
         self.lookups.pop(ino, None)
         self._cached_attrs.pop(ino, None)
+        if not self.shared and ino not in self._unlinked:
+            return  # only this mount changes an embedded lake: it saw every link count reach 0
         try:
             inode = await self.meta.getattr(ino)
         except E.NotFound:
+            self._unlinked.discard(ino)
             return
         if inode.nlink == 0:
             self.writer.discard(ino)
             await self.meta.apply(["release", ino, time.time_ns()])
+            self._unlinked.discard(ino)
 
     @staticmethod
     def _now() -> int:
@@ -200,6 +233,9 @@ class VFS:
             else:
                 self.lookups[ino] = 0
                 unused.append(ino)
+                # The kernel dropped the inode and with it every cached page of the file.
+                self._cached_attrs.pop(ino, None)
+                self._kernel_has.discard(ino)
         for ino in unused:
             try:
                 await self._maybe_release(ino)
@@ -279,12 +315,14 @@ class VFS:
         self._not_control(parent, name)
         ino, nlink = await self.meta.apply(["unlink", parent, name, self._now()])
         if nlink == 0:
+            self._unlinked.add(ino)
             await self._maybe_release(ino)
 
     async def rmdir(self, parent: int, name: bytes, ctx: Ctx) -> None:
         self._writable()
         self._check_name(name)
         ino, _ = await self.meta.apply(["rmdir", parent, name, self._now()])
+        self._unlinked.add(ino)
         await self._maybe_release(ino)
 
     async def rename(self, parent: int, name: bytes, newparent: int, newname: bytes, flags: int,
@@ -297,6 +335,7 @@ class VFS:
         _moved, replaced, replaced_nlink = await self.meta.apply(
             ["rename", parent, name, newparent, newname, flags, self._now()])
         if replaced and replaced_nlink == 0:
+            self._unlinked.add(replaced)
             await self._maybe_release(replaced)
 
     # ----------------------------------------------------------------- files
@@ -380,6 +419,11 @@ class VFS:
                 self.plan.take(h.pending)
                 h.pending = ""
             return
+        if self.cfg.read_only:
+            # Nothing is ever buffered here. ENOSYS makes the kernel stop sending FLUSH for the
+            # rest of the mount: one request less at every close (the control file's last
+            # unterminated line is then taken at release).
+            raise E.LakeError("flush not needed on a read-only mount", err=errno.ENOSYS)
         if isinstance(h, Handle) and (self.writer.has_data(h.ino) or h.ino in self.writer.errors):
             await self.writer.close(h.ino)
 
@@ -514,8 +558,15 @@ class VFS:
         if not isinstance(h, Handle):
             if isinstance(h, ControlHandle):
                 # Reading the control file shows the plan's progress (JSON), e.g. `cat .prefetch`.
-                report = json.dumps(self.plan.report(), indent=1).encode() + b"\n"
-                return report[off:off + size]
+                # One snapshot per read from the start: a reader needing several requests must not
+                # get the head of one report and the tail of a longer, newer one.
+                if off == 0 or not h.report:
+                    status = self.plan.report()
+                    status["read_requests"] = self.stats.reads  # READs that reached the daemon
+                    if self.pusher is not None:
+                        status["page_cache"] = asdict(self.pusher.stats)
+                    h.report = json.dumps(status, indent=1).encode() + b"\n"
+                return h.report[off:off + size]
             h = self._handle(fh)  # raises EBADF
         inode = self._overlay_attr(await self.meta.getattr(h.ino))
         if off >= inode.size or size <= 0:
@@ -535,6 +586,8 @@ class VFS:
                 data[start - off:start - off + len(piece)] = piece
             self.writer.overlay(h.ino, data, off)
         self._read_ahead(h, off, size, inode.size)
+        if self.pusher is not None and off == 0 and size == inode.size:
+            self._kernel_has.add(h.ino)  # a small file read whole: its pages are in the kernel now
         return data
 
     def _read_ahead(self, h: Handle, off: int, size: int, file_size: int) -> None:
@@ -553,12 +606,11 @@ class VFS:
         if stop - start < self.chunk_size // 2 and stop < file_size:
             return
         if start < stop:
-            if self._ahead_inflight + (stop - start) > self.cfg.readahead_budget:
+            if not self.ahead.take(stop - start):
                 self.stats.readahead_skipped += 1  # over the global budget: the reader fetches itself
                 return
             h.ahead_to = stop
             self.stats.prefetches += 1
-            self._ahead_inflight += stop - start
             self._nursery.start_soon(self._prefetch, h.ino, start, stop)
 
     async def _prefetch(self, ino: int, start: int, stop: int) -> None:
@@ -571,17 +623,31 @@ class VFS:
         except Exception as exc:  # prefetch errors never fail a read that did not need the data
             log.debug("read-ahead of inode %d failed: %s", ino, exc)
         finally:
-            self._ahead_inflight -= stop - start
+            self.ahead.give(stop - start)
 
     async def _fetch_file(self, ino: int) -> int:
-        """A whole file into the memory cache (sampler-order prefetch); returns its bytes."""
+        """A whole file into the memory cache (sampler-order prefetch) and, in dataset mode, into
+        the kernel's page cache; returns its bytes."""
+        if self.pusher is not None and ino in self._kernel_has:
+            return 0
         inode = await self.meta.getattr(ino)
         if not inode.size:
             return 0
         exts = await self.meta.extents(ino, 0, (inode.size - 1) // self.chunk_size)
+        parts: list = [b""] * len(exts)
+
+        async def one(i: int, ext: Extent) -> None:
+            parts[i] = await self._extent_bytes(ext)
+
         async with trio.open_nursery() as nursery:
-            for ext in exts:
-                nursery.start_soon(self._extent_bytes, ext)
+            for i, ext in enumerate(exts):
+                nursery.start_soon(one, i, ext)
+        if self.pusher is not None and _covers(exts, inode.size):
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            if self.pusher.push(ino, data):
+                # The kernel will hold exactly these bytes: the next open may keep them.
+                self._cached_attrs[ino] = (inode.size, inode.mtime_ns)
+                self._kernel_has.add(ino)
         return sum(e.length for e in exts)
 
     async def _prefetch_one(self, ext: Extent) -> None:
