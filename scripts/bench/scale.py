@@ -5,14 +5,16 @@
    the metadata with the same ``mknod`` commands a mount sends, 1,000 per directory, so building
    the big one takes a minute instead of an hour of FUSE creates); each mounted, the kernel's caches
    dropped, then 5,000 ``os.stat`` calls of distinct random files (every one a cold lookup) timed
-   one by one: p50 / p99 / mean, and the ratio
-   1M / 10k.
+   one by one: p50 / p99 / mean, and the ratio 1M / 10k. Then the same files again after the
+   kernel dropped everything once more ("seen": the daemon's metadata block cache still holds them),
+   and on a fresh ``--dataset`` mount.
 2. memory: the mount daemon's peak RSS (VmHWM) while a file of --big-gib GiB (default 10) is
    written and read back sequentially, next to its configured budgets (memory cache, dirty budget,
    read-ahead budget).
 
     .venv/bin/python scripts/bench/scale.py                    # 1M files, 10 GiB
     .venv/bin/python scripts/bench/scale.py --files 200000 --big-gib 2     # quicker
+    .venv/bin/python scripts/bench/scale.py --big-gib 0                    # stat latency only
 
 Root (drop_caches, FUSE). Mounts and temp data are removed in ``finally``.
 """
@@ -35,6 +37,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 CLI = [sys.executable, "-m", "lakefs_fuse.cli"]
 MiB, GiB = 1 << 20, 1 << 30
+#: cold: a fresh default mount, every kernel cache dropped; seen: the same files once more on that
+#: mount after dropping the kernel's caches again (the daemon's RocksDB block cache keeps what it
+#: read); dataset: a fresh ``--dataset`` mount, caches dropped first.
+PHASES = ("cold", "seen", "dataset")
 
 
 def cli(*args: str, env: dict) -> None:
@@ -67,7 +73,10 @@ def populate(data: Path, files: int, per_dir: int = 1000) -> None:
 def stat_latency(mnt: Path, files: int, n: int, seed: int, per_dir: int = 1000) -> list[float]:
     rng = random.Random(seed)
     out = []
-    for i in rng.sample(range(files), n):  # each file once: every stat is a cold lookup
+    sample = rng.sample(range(files), n)  # each file once: every stat is a cold lookup
+    for d in sorted({i // per_dir for i in sample}):
+        os.stat(mnt / f"d{d:05d}")  # directories first (untimed): 1,000 of them vs 10 would skew it
+    for i in sample:
         p = mnt / f"d{i // per_dir:05d}" / f"f{i:07d}"
         t = time.perf_counter()
         os.stat(p)
@@ -104,30 +113,38 @@ def main() -> int:
     mnt = work / "mnt"
     mnt.mkdir()
     try:
-        lat = {}
+        lat: dict[tuple[int, str], list[float]] = {}
         for files in (args.small, args.files):
             data = work / f"lake{files}"
             cli("format", "--data", str(data), env=env)
             t = time.monotonic()
             populate(data, files)
             print(f"{files:,} files created in the metadata in {time.monotonic() - t:.0f}s", flush=True)
-            drop_caches()
-            cli("mount", str(mnt), "--data", str(data), env=env)
-            try:
-                os.stat(mnt / "d00000")
-                samples = stat_latency(mnt, files, args.stats, seed=1)
-            finally:
-                cli("umount", str(mnt), env=env)
-            samples.sort()
-            lat[files] = samples
-            print(f"  stat over {files:,} files: p50 {samples[len(samples) // 2] * 1e6:.0f} us, "
-                  f"p99 {samples[int(len(samples) * 0.99)] * 1e6:.0f} us, "
-                  f"mean {statistics.fmean(samples) * 1e6:.0f} us", flush=True)
+            for phase in PHASES:
+                if phase != "seen":  # "seen" reuses the mount of "cold"
+                    drop_caches()
+                    cli("mount", str(mnt), "--data", str(data), *(["--dataset"] if phase == "dataset" else []),
+                        env=env)
+                    os.stat(mnt / "d00000")
+                else:
+                    drop_caches()
+                try:
+                    samples = sorted(stat_latency(mnt, files, args.stats, seed=1))
+                finally:
+                    if phase != "cold":
+                        cli("umount", str(mnt), env=env)
+                lat[files, phase] = samples
+                print(f"  stat over {files:,} files, {phase}: p50 {samples[len(samples) // 2] * 1e6:.0f} us, "
+                      f"p99 {samples[int(len(samples) * 0.99)] * 1e6:.0f} us, "
+                      f"mean {statistics.fmean(samples) * 1e6:.0f} us", flush=True)
             shutil.rmtree(data, ignore_errors=True)
-        small, big = lat[args.small], lat[args.files]
-        print(f"stat latency {args.files:,} / {args.small:,} files: p50 "
-              f"{big[len(big) // 2] / small[len(small) // 2]:.2f}, mean "
-              f"{statistics.fmean(big) / statistics.fmean(small):.2f}")
+        for phase in PHASES:
+            small, big = lat[args.small, phase], lat[args.files, phase]
+            print(f"stat latency {args.files:,} / {args.small:,} files, {phase}: p50 "
+                  f"{big[len(big) // 2] / small[len(small) // 2]:.2f}, mean "
+                  f"{statistics.fmean(big) / statistics.fmean(small):.2f}", flush=True)
+        if args.big_gib <= 0:
+            return 0
 
         data = work / "lakebig"
         cli("format", "--data", str(data), env=env)
