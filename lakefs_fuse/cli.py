@@ -53,6 +53,10 @@ def main() -> None:
               help="A peer directory (repeat; at least K+M). Default: 6 directories inside the data dir.")
 @click.option("--net-peer", "net_peers", multiple=True, metavar="HOST:PORT[@ZONE]",
               help="A peer server (repeat; at least K+M) instead of local directories.")
+@click.option("--s3-peer", "s3_peers", multiple=True, metavar="s3://BUCKET[/PREFIX][?endpoint=URL...][@ZONE]",
+              help="A bucket on an S3-compatible store as a peer (repeat; mixes with --net-peer: shards of one "
+                   "chunk then span stores). Credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the shared "
+                   "credentials file, or ?profile=NAME. Options: endpoint, region, profile, capacity.")
 @click.option("--secret-file", type=click.Path(path_type=Path), default=None,
               help="Cluster secret shared with the peer servers (default: a new random DATA/secret).")
 @click.option("--tls-ca", type=click.Path(path_type=Path), default=None,
@@ -60,9 +64,13 @@ def main() -> None:
 @click.option("--meta", "meta", default=None, metavar="HOST:PORT,...",
               help="Format a lake on these metadata servers (needs --net-peer and --secret-file).")
 def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, ...], net_peers: tuple[str, ...],
-           secret_file: Path | None, tls_ca: Path | None, meta: str | None) -> None:
+           s3_peers: tuple[str, ...], secret_file: Path | None, tls_ca: Path | None, meta: str | None) -> None:
     """Create an empty lake (embedded in DATA, or on metadata servers with --meta)."""
     from .mount.lake import format_lake, format_remote
+    for s3 in s3_peers:
+        if not s3.startswith("s3://"):
+            raise UserError(f"--s3-peer {s3!r}: expected s3://BUCKET[/PREFIX]")
+    net_peers = net_peers + s3_peers
     k, m = parse_ec(ec)
     config = LakeConfig(ec_k=k, ec_m=m, chunk_size=parse_size(chunk_size))
     if meta is not None:
@@ -114,6 +122,8 @@ def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, .
               help="Seconds an operation may wait for a metadata leader before failing with EIO (with --meta).")
 @click.option("--repair-delay", type=float, default=300.0, show_default=True,
               help="Seconds a peer may be down before its shards are rebuilt elsewhere in the background.")
+@click.option("--metrics", default=None, metavar="[HOST:]PORT",
+              help="Serve Prometheus /metrics, /healthz and /readyz here (a bare PORT binds 127.0.0.1).")
 @click.option("-o", "options", multiple=True, help="Extra FUSE mount option (repeatable).")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 @click.pass_context
@@ -121,7 +131,8 @@ def mount(ctx: click.Context, mountpoint: Path, data_dir: Path | None, foregroun
           read_only: bool, dataset: bool, attr_timeout: float | None, dirty_budget: str, memory_cache: str,
           cache_dir: Path | None, cache_size: str, cache_free_floor: str, no_disk_cache: bool,
           pack_delay: float | None, meta: str | None, secret_file: Path | None, tls_ca: Path | None,
-          meta_timeout: float, repair_delay: float, options: tuple[str, ...], ready_fd: int | None) -> None:
+          meta_timeout: float, repair_delay: float, metrics: str | None, options: tuple[str, ...],
+          ready_fd: int | None) -> None:
     """Mount a lake at MOUNTPOINT (daemonizes; returns once the mount is live)."""
     from .config import runtime_dir
     from .mount import daemon
@@ -150,7 +161,7 @@ def mount(ctx: click.Context, mountpoint: Path, data_dir: Path | None, foregroun
                       pack_delay=pack_delay if pack_delay is not None else (0.0 if addresses else 2.0),
                       repair_delay=repair_delay, meta_timeout=meta_timeout, extra_fuse_options=tuple(options),
                       cache_dir=Path(cache_dir).resolve() if cache_dir else None, cache_size=parse_size(cache_size),
-                      cache_free_floor=parse_size(cache_free_floor))
+                      cache_free_floor=parse_size(cache_free_floor), metrics=metrics)
     cfg.validate()
     if foreground:
         _log_setup()
@@ -489,6 +500,33 @@ def rebalance(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bo
         sys.exit(3)
 
 
+def _view_options(fn):
+    fn = click.option("--json", "as_json", is_flag=True, help="One sample as JSON (implies --once).")(fn)
+    fn = click.option("--once", is_flag=True, help="Show one sample and exit.")(fn)
+    fn = click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True,
+                      help="Seconds between samples; rates are over this interval.")(fn)
+    return click.argument("mountpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))(fn)
+
+
+@main.command()
+@_view_options
+def stats(mountpoint: Path, interval: float, once: bool, as_json: bool) -> None:
+    """Live view of a mount: throughput, FUSE requests by op with mean latency, cache hit ratio
+    by tier, peer latency and errors. Reads MOUNTPOINT/.stats (Ctrl-C to leave)."""
+    from .statsview import run_view
+    run_view(mountpoint, interval=interval, once=once, as_json=as_json, kind="stats")
+
+
+@main.command()
+@_view_options
+def top(mountpoint: Path, interval: float, once: bool, as_json: bool) -> None:
+    """Per-process data stall: for each process using the mount, the share of its time spent
+    waiting on the filesystem, its request rate and read rate (a DataLoader worker at 90 % is
+    starved by storage; at 5 % it is busy decoding). Reads MOUNTPOINT/.stats (Ctrl-C to leave)."""
+    from .statsview import run_view
+    run_view(mountpoint, interval=interval, once=once, as_json=as_json, kind="top")
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--jobs", type=click.IntRange(1, 64), default=4, show_default=True, help="Files read at once.")
@@ -641,8 +679,10 @@ def peer() -> None:
               help="The cluster secret (the lake's DATA/secret).")
 @click.option("--tls-cert", type=click.Path(path_type=Path), default=None, help="Serve TLS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="The certificate's private key (PEM).")
+@click.option("--metrics", default=None, metavar="[HOST:]PORT",
+              help="Serve Prometheus /metrics, /healthz and /readyz here (a bare PORT binds 127.0.0.1).")
 def peer_serve(data_dir: Path, listen: str, zone: str, secret_file: Path, tls_cert: Path | None,
-               tls_key: Path | None) -> None:
+               tls_key: Path | None, metrics: str | None) -> None:
     """Serve shards from DIR to lakes that know the cluster secret (SIGTERM stops it)."""
     import signal
     import ssl
@@ -662,21 +702,34 @@ def peer_serve(data_dir: Path, listen: str, zone: str, secret_file: Path, tls_ce
         server = PeerServer(data_dir, zone=zone)
     except (OSError, ValueError) as exc:
         raise UserError(f"{data_dir}: {exc}") from None
+    endpoint = heartbeat = None
+    if metrics:
+        from .chunks.peer_server import peer_families
+        from .metrics import start_endpoint
+        endpoint, heartbeat = start_endpoint(metrics, partial(peer_families, server), lambda: server.serving)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
+            if heartbeat is not None:
+                nursery.start_soon(heartbeat.run)
             try:
                 bound = await nursery.start(partial(server.serve, ssl_context=ssl_context), host, port, secret)
             except OSError as exc:
                 raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+            server.serving = True
             logging.getLogger("lakefs_fuse.peer").info("peer %s serving %s on %s:%s", server.ident, data_dir,
                                                        host, bound)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     break
+            server.serving = False
             nursery.cancel_scope.cancel()
 
-    _run_server(run)
+    try:
+        _run_server(run)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 def _run_server(run) -> None:
@@ -693,37 +746,44 @@ def _run_server(run) -> None:
 
 
 @peer.command("add")
-@click.argument("address", metavar="HOST:PORT")
+@click.argument("address", metavar="HOST:PORT|s3://BUCKET[/PREFIX][?...]")
 @lake_options
 @click.option("--zone", default=None, help="Failure zone (default: what the peer reports).")
 @click.option("--weight", type=float, default=None, help="Placement weight (default: the peer's capacity in TB).")
 def peer_add(address: str, data_dir, meta, secret_file, tls_ca, zone: str | None, weight: float | None) -> None:
-    """Add a running peer server to a lake (it must answer with the lake's secret)."""
+    """Add a running peer server, or a bucket on an S3-compatible store, to a lake (a server must
+    answer with the lake's secret; a bucket must exist and take our credentials)."""
     from .chunks.netstore import NetStore
+    from .chunks.s3store import S3Store
     from .mount.lake import parse_net_peer
-    address, _ = parse_net_peer(address)
+    kind, address, given_zone = parse_net_peer(address)
+    zone = zone if zone is not None else (given_zone or None)
     lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
     try:
-        if any(p.kind == "net" and p.address == address for p in lake.peer_records):
+        if any(p.kind == kind and p.address == address for p in lake.peer_records):
             raise UserError(f"{address} is already a peer of this lake")
 
         async def probe() -> dict:
-            store = NetStore(-1, address, lake.secret or b"", call_timeout=5, connect_timeout=5,
-                             ssl_context=lake.tls_context)
+            if kind == "s3":
+                store = S3Store(-1, address)
+            else:
+                store = NetStore(-1, address, lake.secret or b"", call_timeout=5, connect_timeout=5,
+                                 ssl_context=lake.tls_context)
             try:
                 return await store.stat()
             finally:
                 await store.aclose()
-        if lake.secret is None:
+        if lake.secret is None and kind == "net":
             raise UserError("this lake has no cluster secret (DATA/secret)")
         try:
             info = trio.run(probe)
         except Exception as exc:  # PeerUnavailable and friends: one clear line
             raise UserError(f"peer {address} does not answer: {exc}") from None
         pid = max((p.peer_id for p in lake.peer_records), default=-1) + 1
-        w = weight if weight is not None else round(max(0.001, info["total"] / 1e12), 3)
+        # A bucket has no size to weigh by: it weighs like an average peer unless told otherwise.
+        w = weight if weight is not None else 1.0 if kind == "s3" else round(max(0.001, info["total"] / 1e12), 3)
         z = zone if zone is not None else info.get("zone", "")
-        trio.run(partial(lake.meta.apply, ["register_peer", pid, ["net", address, z, w, "up", {"uuid": info.get("id")}]],
+        trio.run(partial(lake.meta.apply, ["register_peer", pid, [kind, address, z, w, "up", {"uuid": info.get("id")}]],
                          sync=True))
         click.echo(f"added peer {pid}: {address} zone={z or '-'} weight={w}")
     finally:
@@ -822,8 +882,11 @@ def _run_service(addresses: list[str], secret_file: Path | None, fn):
 @click.option("--secret-file", type=click.Path(path_type=Path), required=True, help="The cluster secret.")
 @click.option("--snapshot-every", type=click.IntRange(min=10), default=20000, show_default=True,
               help="Snapshot the state and truncate the log every this many applied entries.")
+@click.option("--metrics", default=None, metavar="[HOST:]PORT",
+              help="Serve Prometheus /metrics, /healthz and /readyz (ready: a leader is known) here "
+                   "(a bare PORT binds 127.0.0.1).")
 def meta_serve(node_id: int, data_dir: Path, listen: str, peers: str | None, join: str | None,
-               secret_file: Path, snapshot_every: int) -> None:
+               secret_file: Path, snapshot_every: int, metrics: str | None) -> None:
     """Serve one replica of the lake's metadata (SIGTERM stops it; a restart recovers its log)."""
     import signal
 
@@ -853,9 +916,21 @@ def meta_serve(node_id: int, data_dir: Path, listen: str, peers: str | None, joi
             raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{data_dir}: cannot open the metadata store: {first}") from None
+    endpoint = heartbeat = None
+    if metrics:
+        from .meta.server import meta_families
+        from .metrics import start_endpoint
+        try:
+            endpoint, heartbeat = start_endpoint(metrics, partial(meta_families, server),
+                                                 lambda: server.node.leader_id is not None)
+        except UserError:
+            server.close()
+            raise
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
+            if heartbeat is not None:
+                nursery.start_soon(heartbeat.run)
             try:
                 await nursery.start(server.run)
             except OSError as exc:
@@ -866,7 +941,11 @@ def meta_serve(node_id: int, data_dir: Path, listen: str, peers: str | None, joi
             logging.getLogger("lakefs_fuse.meta").info("member %d stopping", node_id)
             nursery.cancel_scope.cancel()
 
-    _run_server(run)
+    try:
+        _run_server(run)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 @meta_group.command("add")

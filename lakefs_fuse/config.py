@@ -145,6 +145,8 @@ class MountConfig:
     #: Sequential read-ahead: bytes being fetched ahead at once, over all open files.
     readahead_budget: int = 256 * MiB
     extra_fuse_options: tuple[str, ...] = field(default_factory=tuple)
+    #: HOST:PORT (or PORT, on loopback) for /metrics, /healthz and /readyz; None: not served.
+    metrics: str | None = None
 
     def validate(self) -> None:
         if self.attr_timeout < 0 or self.entry_timeout < 0:
@@ -157,5 +159,8 @@ class MountConfig:
             raise UserError("cache size must be at least 16M")
         if not 1 <= self.meta_timeout <= 3600:
             raise UserError("metadata timeout must be between 1 and 3600 seconds")
+        if self.metrics is not None:
+            from .metrics import parse_listen
+            parse_listen(self.metrics)
         if self.read_ahead_kb < 128:
             raise UserError("read_ahead_kb must be at least 128")

@@ -51,6 +51,7 @@ import secrets
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 
 import msgpack
@@ -597,11 +598,23 @@ def _parse_request(header: dict) -> tuple[int, str, dict]:
     return call_id, op, args
 
 
+@dataclass(slots=True)
+class ServerStats:
+    """Connections a server saw and how they ended (metrics: refused clients, bad frames)."""
+
+    connections: int = 0
+    authenticated: int = 0
+    auth_failures: int = 0
+    protocol_errors: int = 0
+
+
 class _ServerConnection:
     """One accepted connection: handshake, then answer requests concurrently until it ends."""
 
     def __init__(self, stream: trio.SocketStream, handler: Handler, secret: bytes, *,
-                 max_payload: int, max_inflight: int, handshake_timeout: float):
+                 max_payload: int, max_inflight: int, handshake_timeout: float,
+                 stats: ServerStats | None = None):
+        self.stats = stats if stats is not None else ServerStats()
         self.stream = stream
         self.fs = FramedStream(stream, max_payload=max_payload)
         self.handler = handler
@@ -613,11 +626,14 @@ class _ServerConnection:
     async def run(self) -> None:
         # Exactly one log line per connection end, and nothing may escape to serve_listeners
         # (an exception there would take the whole server down).
+        self.stats.connections += 1
         try:
             await server_handshake(self.fs, self.secret, timeout=self.handshake_timeout)
             logger.debug("%s: authenticated", self.peer)
+            self.stats.authenticated += 1
             await self._serve_requests()
         except AuthError as exc:
+            self.stats.auth_failures += 1
             # A peer that connects and leaves without sending a byte (a port probe, a health
             # check; it may reset rather than close) is not worth a warning. Anything it did send
             # that failed the handshake is.
@@ -629,6 +645,7 @@ class _ServerConnection:
         except ConnectionLost as exc:
             logger.warning("%s: connection lost: %s", self.peer, exc)
         except ProtocolError as exc:
+            self.stats.protocol_errors += 1
             logger.warning("%s: protocol error, closing: %s", self.peer, exc)
         except Exception:
             logger.exception("%s: unexpected error; closing this connection", self.peer)
@@ -699,7 +716,7 @@ class _ServerConnection:
 async def serve(handler: Handler, host: str, port: int, secret: bytes, *,
                 max_payload: int = DEFAULT_MAX_PAYLOAD, max_inflight_per_conn: int = 64,
                 handshake_timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
+                stats: ServerStats | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``handler`` on host:port until cancelled; reports the bound port via task_status.
 
     ``handler(op, args, payload)`` returns ``(result_dict, payload)``. An exception with an
@@ -719,7 +736,7 @@ async def serve(handler: Handler, host: str, port: int, secret: bytes, *,
                 stream = trio.SSLStream(stream, ssl_context, server_side=True)
             connection = _ServerConnection(stream, handler, secret, max_payload=max_payload,
                                            max_inflight=max_inflight_per_conn,
-                                           handshake_timeout=handshake_timeout)
+                                           handshake_timeout=handshake_timeout, stats=stats)
             await connection.run()
 
         async with trio.open_nursery() as nursery:

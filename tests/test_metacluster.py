@@ -148,7 +148,8 @@ class MetaCluster:
 @contextlib.contextmanager
 def meta_cluster(tmp_path: Path, *, n_peers: int = 3, ec: str = "2+1", addresses: list[str] | None = None,
                  netns: dict[int, str] | None = None, data_dirs: dict[int, Path] | None = None,
-                 member_args: tuple[str, ...] = ()):
+                 member_args: tuple[str, ...] = (), member_extra: dict[int, tuple[str, ...]] | None = None,
+                 peer_extra: dict[int, tuple[str, ...]] | None = None):
     """3 metadata servers + ``n_peers`` peer servers + a formatted lake; all stopped on the way out."""
     secret = write_secret(tmp_path / "secret")
     if addresses is None:
@@ -161,10 +162,10 @@ def meta_cluster(tmp_path: Path, *, n_peers: int = 3, ec: str = "2+1", addresses
     peers = [Peer(tmp_path, f"peer{i}", secret) for i in range(n_peers)]
     cluster = MetaCluster(tmp_path, members, peers, secret)
     try:
-        for p in peers:
-            p.start()
+        for i, p in enumerate(peers):
+            p.start(*(peer_extra or {}).get(i, ()))
         for m in members:
-            m.start("--peers", founders, *member_args)
+            m.start("--peers", founders, *member_args, *(member_extra or {}).get(m.id, ()))
         cluster.leader()
         cli("format", "--meta", cluster.meta, "--ec", ec, "--secret-file", str(secret),
             *sum((["--net-peer", p.address] for p in peers), []), check=True)

@@ -16,9 +16,12 @@ Concurrent reads of the same chunk range share one fetch (single flight).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import trio
 import xxhash
@@ -45,6 +48,18 @@ class _Flight:
         self.result: bytearray | None = None
 
 
+@dataclass(slots=True)
+class PeerStats:
+    """Shard requests this client made of one peer (metrics: latency and errors by peer)."""
+
+    gets: int = 0
+    get_seconds: float = 0.0
+    get_errors: int = 0
+    puts: int = 0
+    put_seconds: float = 0.0
+    put_errors: int = 0
+
+
 class ChunkClient:
     def __init__(self, stores: Mapping[int, ShardStore], *, k: int, m: int, min_shard: int,
                  zones: Mapping[int, str] | None = None, weights: Mapping[int, float] | None = None,
@@ -61,6 +76,7 @@ class ChunkClient:
         self.needs_repair: set[int] = set()
         self._warned: dict[int, float] = {}
         self._inflight: dict[tuple[int, int, int], _Flight] = {}
+        self.peer_stats: dict[int, PeerStats] = {pid: PeerStats() for pid in self.stores}
 
     # ------------------------------------------------------------------ write
 
@@ -91,7 +107,7 @@ class ChunkClient:
             while True:
                 peer_id = peers[index]
                 try:
-                    await self.stores[peer_id].put(chunk_id, index, shards[index])
+                    await self._put(peer_id, chunk_id, index, shards[index])
                     return
                 except PeerUnavailable as exc:
                     log.warning("chunk %d shard %d: peer %d refused: %s", chunk_id, index, peer_id, exc)
@@ -175,10 +191,36 @@ class ChunkClient:
 
     async def _get_into(self, layout: ChunkLayout, index: int, offset: int, length: int,
                         out: memoryview) -> None:
-        store = self.stores.get(layout.peers[index])
+        peer_id = layout.peers[index]
+        store = self.stores.get(peer_id)
         if store is None:
-            raise PeerUnavailable(f"peer {layout.peers[index]} is not known to this client")
-        await store.get_into(layout.chunk_id, index, offset, length, out)
+            raise PeerUnavailable(f"peer {peer_id} is not known to this client")
+        with self._counted(peer_id, "get"):
+            await store.get_into(layout.chunk_id, index, offset, length, out)
+
+    async def _put(self, peer_id: int, chunk_id: int, index: int, payload) -> None:
+        with self._counted(peer_id, "put"):
+            await self.stores[peer_id].put(chunk_id, index, payload)
+
+    @contextlib.contextmanager
+    def _counted(self, peer_id: int, op: str):
+        """Count one shard request of ``op`` ("get"/"put") to a peer: requests, errors, seconds."""
+        ps = self._peer_stats(peer_id)
+        t0 = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            setattr(ps, f"{op}_errors", getattr(ps, f"{op}_errors") + 1)
+            raise
+        finally:
+            setattr(ps, f"{op}s", getattr(ps, f"{op}s") + 1)
+            setattr(ps, f"{op}_seconds", getattr(ps, f"{op}_seconds") + time.perf_counter() - t0)
+
+    def _peer_stats(self, peer_id: int) -> PeerStats:
+        ps = self.peer_stats.get(peer_id)
+        if ps is None:
+            ps = self.peer_stats[peer_id] = PeerStats()
+        return ps
 
     async def _read(self, layout: ChunkLayout, offset: int, length: int) -> bytearray:
         pieces = layout.covering(offset, length)
@@ -316,7 +358,7 @@ class ChunkClient:
                 raise DataUnavailable(f"chunk {layout.chunk_id}: rebuilt shard {index} does not match its checksum")
 
         async def put(index: int) -> None:
-            await self.stores[targets[index]].put(layout.chunk_id, index, rebuilt[index])
+            await self._put(targets[index], layout.chunk_id, index, rebuilt[index])
 
         async with trio.open_nursery() as nursery:
             for index in want:

@@ -25,6 +25,7 @@ import errno
 import json
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def peer_identity(data_dir: Path) -> str:
         raise ValueError(f"{path} is damaged: {exc}") from None
 
 
+_OPS = frozenset({"get", "put", "verify", "delete", "sync", "list", "stat"})
+
+
 class PeerServer:
     def __init__(self, data_dir: Path, *, zone: str = "", durable: bool = True, threads: int = 16):
         data_dir = Path(data_dir)
@@ -63,12 +67,35 @@ class PeerServer:
         self.dir = ShardDir(0, str(shards), durable=durable)
         self.limiter = trio.CapacityLimiter(threads)
         self.requests = 0
+        #: op -> [requests, errors, seconds], and payload bytes each way (metrics)
+        self.op_stats: dict[str, list] = {}
+        self.bytes_in = self.bytes_out = 0
+        self.wire_stats = wire.ServerStats()
+        self.serving = False
 
     async def _run(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     async def handle(self, op: str, args: dict, payload: bytearray):
         self.requests += 1
+        name = op if op in _OPS else "other"  # a client's unknown op must not add a series
+        row = self.op_stats.get(name)
+        if row is None:
+            row = self.op_stats[name] = [0, 0, 0.0]
+        row[0] += 1
+        self.bytes_in += len(payload)
+        t0 = time.perf_counter()
+        try:
+            result = await self._handle(op, args, payload)
+            self.bytes_out += len(result[1])
+            return result
+        except BaseException:
+            row[1] += 1
+            raise
+        finally:
+            row[2] += time.perf_counter() - t0
+
+    async def _handle(self, op: str, args: dict, payload: bytearray):
         try:
             return await self._dispatch(op, args, payload)
         except ShardMissing as exc:
@@ -112,8 +139,36 @@ class PeerServer:
 
     async def serve(self, host: str, port: int, secret: bytes, *, ssl_context=None,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await wire.serve(self.handle, host, port, secret, ssl_context=ssl_context, task_status=task_status)
+        await wire.serve(self.handle, host, port, secret, ssl_context=ssl_context, stats=self.wire_stats,
+                         task_status=task_status)
 
 
 def _errno(code: int, message: str) -> OSError:
     return OSError(code, message)
+
+
+def peer_families(server: PeerServer):
+    """Prometheus families of a peer server (see :mod:`lakefs_fuse.metrics`)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from ..metrics import counter, gauge, labelled
+
+    rows = sorted(list(server.op_stats.items()))
+    yield labelled(CounterMetricFamily, "lakefs_peer_server_requests", "Requests served, by op", ["op"],
+                   [([op], r[0]) for op, r in rows])
+    yield labelled(CounterMetricFamily, "lakefs_peer_server_errors", "Requests answered with an error, by op",
+                   ["op"], [([op], r[1]) for op, r in rows])
+    yield labelled(CounterMetricFamily, "lakefs_peer_server_request_seconds", "Seconds spent serving, by op",
+                   ["op"], [([op], r[2]) for op, r in rows])
+    yield counter("lakefs_peer_server_received_bytes", "Shard bytes received (puts)", server.bytes_in)
+    yield counter("lakefs_peer_server_sent_bytes", "Shard bytes sent (gets)", server.bytes_out)
+    w = server.wire_stats
+    yield counter("lakefs_peer_server_connections", "Connections accepted", w.connections)
+    yield counter("lakefs_peer_server_auth_failures", "Connections refused: wrong or no cluster secret",
+                  w.auth_failures)
+    yield counter("lakefs_peer_server_protocol_errors", "Connections closed for a malformed frame",
+                  w.protocol_errors)
+    total, avail = server.dir.capacity()
+    yield gauge("lakefs_peer_server_capacity_bytes", "Size of the filesystem holding the shards", total)
+    yield gauge("lakefs_peer_server_available_bytes", "Bytes still free for shards", avail)
+    yield GaugeMetricFamily("lakefs_peer_server_up", "1 while serving", value=float(server.serving))

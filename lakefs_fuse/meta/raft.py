@@ -800,6 +800,8 @@ class RaftNode:
             self.term, self.voted_for = term, None
             self._storage.save_term(term, None)
         self.role = FOLLOWER
+        if leader is not None and leader != self.leader_id:
+            self.stats["leader_changes"] += 1  # as seen by this member (metrics: flapping)
         self.leader_id = leader
         if was == LEADER:
             self._progress = {}
@@ -857,6 +859,7 @@ class RaftNode:
     def _become_leader(self) -> None:
         now = trio.current_time()
         self.role = LEADER
+        self.stats["leader_changes"] += 1
         self.leader_id = self.id
         self._lead_since = now
         self._progress = {peer: _Progress(self.last_index + 1, now) for peer in self.voters - {self.id}}

@@ -317,6 +317,8 @@ class MetaServer:
                              observer=_Observer(self))
         self._members_wanted = trio.Event()
         self._internal_seq = 0
+        self.wire_stats = wire.ServerStats()
+        self.op_counts: dict[str, int] = {}
         self.bound_port: int | None = None
 
     # ---------------------------------------------------------------- identity
@@ -472,6 +474,8 @@ class MetaServer:
     # ---------------------------------------------------------------- requests
 
     async def handle(self, op: str, args: dict, payload: bytearray):
+        name = op if op in _OPS else "other"  # a client's unknown op must not add a series
+        self.op_counts[name] = self.op_counts.get(name, 0) + 1
         if op == "raft":
             src, addr = args.get("src"), args.get("addr", "")
             if type(src) is not int or not isinstance(addr, str):
@@ -624,10 +628,13 @@ class MetaServer:
                 log.warning("member %d: closing the %s failed: %s", self.id, what, exc)
 
 
+_OPS = frozenset({"raft", "apply", "query", "dump", "status", "members", "add", "remove", "hello"})
+
+
 def partial_serve(server: MetaServer):
     async def serve(task_status=trio.TASK_STATUS_IGNORED):
         await wire.serve(server.handle, server.host, server.port, server.secret, max_payload=MAX_PAYLOAD,
-                         ssl_context=server.ssl_server, task_status=task_status)
+                         ssl_context=server.ssl_server, stats=server.wire_stats, task_status=task_status)
     return serve
 
 
@@ -640,3 +647,40 @@ def _unpack_payload(payload) -> Any:
 
 def _fmt(members: dict[int, str]) -> str:
     return ",".join(f"{i}={a}" for i, a in sorted(members.items()))
+
+
+def meta_families(server: MetaServer):
+    """Prometheus families of a metadata member: its Raft view (see :mod:`lakefs_fuse.metrics`)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from ..metrics import counter, gauge, labelled
+
+    node = server.node
+    yield gauge("lakefs_raft_term", "Current Raft term", node.term)
+    yield gauge("lakefs_raft_is_leader", "1 on the leader", float(node.role == LEADER))
+    yield labelled(GaugeMetricFamily, "lakefs_raft_role", "1 for this member's role", ["role"],
+                   [([str(node.role)], 1.0)])
+    yield gauge("lakefs_raft_leader_known", "1 while this member knows a leader", float(node.leader_id is not None))
+    yield gauge("lakefs_raft_commit_index", "Highest log index known committed", node.commit_index)
+    yield gauge("lakefs_raft_applied_index", "Highest log index applied to the state", node.last_applied)
+    yield gauge("lakefs_raft_last_index", "Last index in this member's log", node.last_index)
+    yield gauge("lakefs_raft_commit_lag", "Entries in the log not yet committed (last - commit)",
+                node.last_index - node.commit_index)
+    yield gauge("lakefs_raft_voters", "Voting members", len(node.voters))
+    stats = dict(node.stats)
+    for key, doc in (("leader_changes", "Leaders this member has seen take over (flapping when it climbs)"),
+                     ("elections", "Elections this member started"),
+                     ("snapshots_taken", "Snapshots of the state taken"),
+                     ("snapshots_installed", "Snapshots installed from a leader"),
+                     ("send_errors", "Raft messages that could not be sent")):
+        yield counter(f"lakefs_raft_{key}", doc, stats.get(key, 0))
+    if node.role == LEADER:
+        progress = list(node._progress.items())
+        yield labelled(GaugeMetricFamily, "lakefs_raft_follower_lag", "Entries a follower is behind the leader",
+                       ["member"], [([str(peer)], node.last_index - pr.match) for peer, pr in progress])
+    w = server.wire_stats
+    yield counter("lakefs_meta_connections", "Connections accepted", w.connections)
+    yield counter("lakefs_meta_auth_failures", "Connections refused: wrong or no cluster secret", w.auth_failures)
+    yield counter("lakefs_meta_protocol_errors", "Connections closed for a malformed frame", w.protocol_errors)
+    yield labelled(CounterMetricFamily, "lakefs_meta_requests", "Requests by op", ["op"],
+                   [([op], n) for op, n in sorted(list(server.op_counts.items()))])

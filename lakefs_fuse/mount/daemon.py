@@ -23,8 +23,10 @@ import trio
 
 from ..config import MountConfig, runtime_dir
 from ..errors import UserError
+from ..metrics import Heartbeat, MetricsServer
 from . import maintenance
 from .lake import Lake
+from .observe import MountObserver
 from .operations import Operations
 from .vfs import VFS
 
@@ -141,7 +143,22 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     disk = _open_disk_cache(cfg, lake)
     vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(cfg.meta),
               disk_cache=disk, page_store=pyfuse3.notify_store)
-    ops = Operations(vfs)
+    observer = MountObserver(vfs, lake_info={
+        "uuid": lake.uuid, "kind": "cluster" if cfg.meta else "embedded", "ec": f"{lake.config.ec_k}+{lake.config.ec_m}",
+        "chunk_size": lake.config.chunk_size, "peers": len(lake.chunks.stores)})
+    vfs.stats_source, vfs.config_source = observer.stats_text, observer.config_text
+    ops = Operations(vfs, observer.recorder)
+    heartbeat = Heartbeat()
+    live = {"ok": False}
+    metrics_server = None
+    if cfg.metrics:
+        try:
+            metrics_server = MetricsServer(cfg.metrics, observer.registry, alive=heartbeat.alive,
+                                           ready=lambda: live["ok"])
+        except UserError as exc:
+            lake.close()
+            report(f"error: {exc}")
+            raise
     options = set(pyfuse3.default_options) | {"fsname=lakefs", "subtype=lakefs"}
     if cfg.allow_other:
         options.add("allow_other")
@@ -150,6 +167,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         pyfuse3.init(ops, str(mountpoint), options)
     except Exception as exc:
         lake.close()
+        if metrics_server is not None:
+            metrics_server.close()
         report(f"error: cannot mount {mountpoint}: {exc}")
         raise UserError(f"cannot mount {mountpoint}: {exc}") from None
     reg = registry_file(mountpoint)
@@ -159,13 +178,15 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
                                "meta": list(cfg.meta), "secret_file": str(cfg.secret_file or "")}))
     status = 0
     try:
-        trio.run(_main, vfs, cfg, mountpoint, report, lake)
+        trio.run(_main, vfs, cfg, mountpoint, report, lake, heartbeat, live)
     except BaseException:
         log.exception("mount daemon failed")
         status = 1
     finally:
         if vfs.pusher is not None:
             vfs.pusher.close()  # no store may reach a closed FUSE session
+        if metrics_server is not None:
+            metrics_server.close()
         try:
             pyfuse3.close(unmount=True)
         except Exception:
@@ -202,12 +223,14 @@ def _open_disk_cache(cfg: MountConfig, lake: Lake):
     return cache
 
 
-async def _main(vfs: VFS, cfg: MountConfig, mountpoint: Path, report, lake: Lake) -> None:
+async def _main(vfs: VFS, cfg: MountConfig, mountpoint: Path, report, lake: Lake, heartbeat: Heartbeat,
+                live: dict) -> None:
     async with trio.open_nursery() as nursery:
         await vfs.start(nursery)
+        nursery.start_soon(heartbeat.run)
         nursery.start_soon(_signals)
         nursery.start_soon(_repair_loop, lake, vfs, cfg.repair_delay)
-        nursery.start_soon(_become_ready, cfg, mountpoint, report)
+        nursery.start_soon(_become_ready, cfg, mountpoint, report, live)
         await pyfuse3.main()
         log.info("FUSE session ended; flushing")
         await vfs.shutdown()
@@ -233,12 +256,13 @@ async def _signals() -> None:
             return
 
 
-async def _become_ready(cfg: MountConfig, mountpoint: Path, report) -> None:
+async def _become_ready(cfg: MountConfig, mountpoint: Path, report, live: dict) -> None:
     # The first stat makes the kernel finish its FUSE handshake; read_ahead_kb written
     # before that is silently reset, so set it afterwards and read it back.
     await trio.to_thread.run_sync(os.stat, mountpoint)
     ra = await trio.to_thread.run_sync(set_read_ahead, mountpoint, cfg.read_ahead_kb)
     log.info("mounted %s (read_ahead_kb=%s)", mountpoint, ra)
+    live["ok"] = True
     report("ok")
 
 

@@ -12,10 +12,12 @@ import errno
 import functools
 import logging
 import os
+import time
 
 import pyfuse3
 
 from ..errors import LakeError, NotFound
+from ..metrics import FuseRecorder
 from ..meta.schema import Inode
 from .vfs import VFS, Ctx
 
@@ -23,20 +25,34 @@ log = logging.getLogger(__name__)
 STRICT = os.environ.get("LAKEFS_FUSE_STRICT") == "1"
 
 
+#: Requests that carry a file handle instead of a request context: their process is the opener's.
+_BY_HANDLE = frozenset({"read", "write", "flush", "release", "fsync"})
+
+
 def fuse_errors(fn):
+    op = fn.__name__
+
     @functools.wraps(fn)
-    async def wrapper(*args, **kwargs):
+    async def wrapper(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        err = 0
         try:
-            return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
+            return await fn(self, *args, **kwargs)
+        except pyfuse3.FUSEError as exc:
+            err = exc.errno
             raise
         except LakeError as exc:
+            err = exc.errno
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
-            log.exception("unexpected error in %s", fn.__name__)
+            err = errno.EIO
+            log.exception("unexpected error in %s", op)
             if STRICT:
                 raise
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if self.recorder is not None:
+                self.recorder.record(op, time.perf_counter() - t0, err, self._pid(op, args))
     return wrapper
 
 
@@ -49,10 +65,20 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, vfs: VFS):
+    def __init__(self, vfs: VFS, recorder: FuseRecorder | None = None):
         super().__init__()
         self.vfs = vfs
         self.on_init = None
+        #: FUSE request latency/errors by op and time per process (metrics, .stats, `top`).
+        self.recorder = recorder
+
+    def _pid(self, op: str, args: tuple) -> int:
+        if not args:
+            return 0
+        pid = getattr(args[-1], "pid", None)  # the RequestContext, last when a request has one
+        if pid is not None:
+            return pid
+        return self.vfs.handle_pid(args[0]) if op in _BY_HANDLE else 0
 
     def init(self):
         if self.on_init is not None:
@@ -170,7 +196,10 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh, off, size):
-        return await self.vfs.read(fh, off, size)
+        data = await self.vfs.read(fh, off, size)
+        if self.recorder is not None:
+            self.recorder.read_done(self.vfs.handle_pid(fh), len(data))
+        return data
 
     @fuse_errors
     async def write(self, fh, off, buf):

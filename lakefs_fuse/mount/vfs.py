@@ -18,6 +18,7 @@ import os
 import stat as st
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import trio
@@ -53,6 +54,7 @@ class Ctx:
 class Handle:
     ino: int
     flags: int
+    pid: int = 0           # the process that opened it (metrics: time and bytes per process)
     next_off: int = 0      # where a sequential reader would read next
     window: int = 0        # read-ahead window (bytes); 0 = not sequential yet
     ahead_to: int = 0      # read-ahead has been started up to this file offset
@@ -66,8 +68,10 @@ class DirHandle:
 
 @dataclass(slots=True)
 class ControlHandle:
-    """An open ``.prefetch``: text written to it is handed to the read plan line by line."""
+    """An open control file. ``.prefetch``: text written to it is handed to the read plan line by
+    line; reads show the plan's progress. ``.stats`` and ``.config`` are read-only reports."""
 
+    ino: int = CONTROL_INO
     pending: str = ""
     report: bytes = b""  # what a read from offset 0 saw; later offsets read the same snapshot
 
@@ -82,8 +86,15 @@ def _covers(exts: list[Extent], size: int) -> bool:
     return pos == size
 
 
-def _control_inode() -> Inode:
-    return Inode(CONTROL_INO, st.S_IFREG | 0o666, 1, 0, 0)
+#: Hidden files in the mount root, answered by the daemon (never in the metadata, never listed):
+#: name -> (inode number, mode). Inode numbers count down from 2**63 - 2; metadata counts up from 2.
+STATS_INO, CONFIG_INO = (1 << 63) - 3, (1 << 63) - 4
+CONTROL_FILES = {CONTROL_NAME: (CONTROL_INO, 0o666), b".stats": (STATS_INO, 0o444), b".config": (CONFIG_INO, 0o444)}
+CONTROL_INOS = {ino: mode for ino, mode in CONTROL_FILES.values()}
+
+
+def _control_inode(ino: int) -> Inode:
+    return Inode(ino, st.S_IFREG | CONTROL_INOS[ino], 1, 0, 0)
 
 
 @dataclass(slots=True)
@@ -94,6 +105,7 @@ class Stats:
     write_bytes: int = 0
     prefetches: int = 0
     readahead_skipped: int = 0
+    readahead_resets: int = 0
     disk_hits: int = 0
     disk_puts_skipped: int = 0
 
@@ -142,6 +154,10 @@ class VFS:
                              bytes_ahead=config.prefetch_bytes, parallel=2 if local else 8,
                              budget=self.ahead)
         self.stats = Stats()
+        #: What `cat .stats` and `cat .config` show (the daemon plugs in its metrics; these are
+        #: the fallbacks for a VFS without one, e.g. in-process tests).
+        self.stats_source: Callable[[], bytes] = lambda: json.dumps(asdict(self.stats), indent=1).encode() + b"\n"
+        self.config_source: Callable[[], bytes] = lambda: json.dumps({"mountpoint": str(config.mountpoint)}).encode() + b"\n"
         self._usable_free: int | None = None  # bytes of file data the peers can still take
 
     # --------------------------------------------------------------- lifecycle
@@ -213,8 +229,8 @@ class VFS:
 
     async def lookup(self, parent: int, name: bytes, ctx: Ctx) -> Inode:
         self._check_name(name)
-        if parent == ROOT_INO and name == CONTROL_NAME:
-            return _control_inode()
+        if parent == ROOT_INO and name in CONTROL_FILES:
+            return _control_inode(CONTROL_FILES[name][0])
         if name == b".":
             return self._ref(await self.meta.getattr(parent))
         if name == b"..":
@@ -225,7 +241,7 @@ class VFS:
     async def forget(self, items: list[tuple[int, int]]) -> None:
         unused = []
         for ino, n in items:
-            if ino == CONTROL_INO:
+            if ino in CONTROL_INOS:
                 continue
             left = self.lookups.get(ino, 0) - n
             if left > 0:
@@ -243,14 +259,16 @@ class VFS:
                 log.warning("inode %d: could not release it: %s", ino, exc)
 
     async def getattr(self, ino: int) -> Inode:
-        if ino == CONTROL_INO:
-            return _control_inode()
+        if ino in CONTROL_INOS:
+            return _control_inode(ino)
         return self._overlay_attr(await self.meta.getattr(ino))
 
     async def setattr(self, ino: int, changes: dict, ctx: Ctx) -> Inode:
         """``changes`` keys: mode, uid, gid, size, atime_ns, mtime_ns (UTIME_NOW already resolved)."""
         if ino == CONTROL_INO:
-            return _control_inode()  # e.g. the truncate of open(".prefetch", "w"): nothing to do
+            return _control_inode(ino)  # e.g. the truncate of open(".prefetch", "w"): nothing to do
+        if ino in CONTROL_INOS:
+            raise E.NotPermitted("the mount's status files are read-only")
         if self.cfg.read_only:
             raise E.LakeError("read-only mount", err=errno.EROFS)
         if "size" in changes or "mtime_ns" in changes:
@@ -283,7 +301,7 @@ class VFS:
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx: Ctx) -> Inode:
         self._writable()
         self._check_name(name)
-        if parent == ROOT_INO and name == CONTROL_NAME:
+        if parent == ROOT_INO and name in CONTROL_FILES:
             raise E.Exists("the mount's control file")
         ino, data = await self.meta.apply(["mknod", parent, name, mode, rdev,
                                            ctx.uid, ctx.gid, self._now()])
@@ -306,8 +324,8 @@ class VFS:
 
     @staticmethod
     def _not_control(parent: int, name: bytes) -> None:
-        if parent == ROOT_INO and name == CONTROL_NAME:
-            raise E.NotPermitted("the mount's control file cannot be removed or renamed")
+        if parent == ROOT_INO and name in CONTROL_FILES:
+            raise E.NotPermitted("the mount's control files cannot be removed or renamed")
 
     async def unlink(self, parent: int, name: bytes, ctx: Ctx) -> None:
         self._writable()
@@ -342,15 +360,17 @@ class VFS:
 
     async def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: Ctx) -> tuple[int, Inode, bool]:
         inode = await self.mknod(parent, name, st.S_IFREG | (mode & 0o7777), 0, ctx)
-        fh, _keep, direct = await self._open_handle(inode, flags)
+        fh, _keep, direct = await self._open_handle(inode, flags, ctx.pid)
         return fh, inode, direct
 
     async def open(self, ino: int, flags: int, ctx: Ctx) -> tuple[int, bool, bool]:
         """Returns (fh, keep_cache, direct_io)."""
-        if ino == CONTROL_INO:
+        if ino in CONTROL_INOS:
+            if ino != CONTROL_INO and (flags & O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
+                raise E.LakeError("the mount's status files are read-only", err=errno.EACCES)
             fh = self._next_fh
             self._next_fh += 1
-            self.handles[fh] = ControlHandle()
+            self.handles[fh] = ControlHandle(ino)
             return fh, False, True
         if self.plan.active:
             self.plan.opened(ino)
@@ -361,18 +381,22 @@ class VFS:
             raise E.IsADir()
         if flags & os.O_TRUNC and flags & O_ACCMODE != os.O_RDONLY and inode.size:
             inode = await self.setattr(ino, {"size": 0}, ctx)
-        return await self._open_handle(self._overlay_attr(inode), flags)
+        return await self._open_handle(self._overlay_attr(inode), flags, ctx.pid)
 
-    async def _open_handle(self, inode: Inode, flags: int) -> tuple[int, bool, bool]:
+    async def _open_handle(self, inode: Inode, flags: int, pid: int = 0) -> tuple[int, bool, bool]:
         fh = self._next_fh
         self._next_fh += 1
-        self.handles[fh] = Handle(inode.ino, flags)
+        self.handles[fh] = Handle(inode.ino, flags, pid)
         self.opens[inode.ino] = self.opens.get(inode.ino, 0) + 1
         seen = (inode.size, inode.mtime_ns)
         keep = self._cached_attrs.get(inode.ino) == seen
         self._cached_attrs[inode.ino] = seen
         direct = bool(flags & getattr(os, "O_DIRECT", 0o40000))
         return fh, keep, direct
+
+    def handle_pid(self, fh: int) -> int:
+        h = self.handles.get(fh)
+        return h.pid if isinstance(h, Handle) else 0
 
     def _handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)
@@ -383,7 +407,7 @@ class VFS:
     async def write(self, fh: int, off: int, data: bytes) -> int:
         h = self.handles.get(fh)
         if not isinstance(h, Handle):
-            if isinstance(h, ControlHandle):
+            if isinstance(h, ControlHandle) and h.ino == CONTROL_INO:
                 text = h.pending + bytes(data).decode("utf-8", errors="surrogateescape")
                 complete, _, h.pending = text.rpartition("\n")
                 if complete:
@@ -557,15 +581,10 @@ class VFS:
         h = self.handles.get(fh)
         if not isinstance(h, Handle):
             if isinstance(h, ControlHandle):
-                # Reading the control file shows the plan's progress (JSON), e.g. `cat .prefetch`.
                 # One snapshot per read from the start: a reader needing several requests must not
                 # get the head of one report and the tail of a longer, newer one.
                 if off == 0 or not h.report:
-                    status = self.plan.report()
-                    status["read_requests"] = self.stats.reads  # READs that reached the daemon
-                    if self.pusher is not None:
-                        status["page_cache"] = asdict(self.pusher.stats)
-                    h.report = json.dumps(status, indent=1).encode() + b"\n"
+                    h.report = self._control_report(h.ino)
                 return h.report[off:off + size]
             h = self._handle(fh)  # raises EBADF
         inode = self._overlay_attr(await self.meta.getattr(h.ino))
@@ -590,12 +609,26 @@ class VFS:
             self._kernel_has.add(h.ino)  # a small file read whole: its pages are in the kernel now
         return data
 
+    def _control_report(self, ino: int) -> bytes:
+        if ino == STATS_INO:
+            return self.stats_source()
+        if ino == CONFIG_INO:
+            return self.config_source()
+        # .prefetch: the plan's progress (JSON), e.g. `cat .prefetch`
+        status = self.plan.report()
+        status["read_requests"] = self.stats.reads  # READs that reached the daemon
+        if self.pusher is not None:
+            status["page_cache"] = asdict(self.pusher.stats)
+        return json.dumps(status, indent=1).encode() + b"\n"
+
     def _read_ahead(self, h: Handle, off: int, size: int, file_size: int) -> None:
         """Per-handle sequential read-ahead: the window doubles while reads stay sequential."""
         tolerance = 256 * 1024
         if h.next_off - tolerance <= off <= h.next_off + tolerance and off > 0:
             h.window = min(max(h.window * 2, self.chunk_size), self.cfg.readahead_max)
         elif off != 0 or h.next_off != 0:
+            if h.window:
+                self.stats.readahead_resets += 1
             h.window = 0
             h.ahead_to = 0
         h.next_off = off + size
@@ -714,15 +747,17 @@ class VFS:
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, ctx: Ctx) -> None:
         self._writable()
+        if ino in CONTROL_INOS:
+            raise E.NotPermitted("the mount's control files have no extended attributes")
         await self.meta.apply(["setxattr", ino, name, value, 0, self._now()])
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        if ino == CONTROL_INO:
+        if ino in CONTROL_INOS:
             raise E.NoData()
         return await self.meta.getxattr(ino, name)
 
     async def listxattr(self, ino: int) -> list[bytes]:
-        if ino == CONTROL_INO:
+        if ino in CONTROL_INOS:
             return []
         return await self.meta.listxattr(ino)
 
@@ -733,7 +768,7 @@ class VFS:
     # ---------------------------------------------------------------- misc
 
     async def access(self, ino: int, mode: int, ctx: Ctx) -> bool:
-        inode = _control_inode() if ino == CONTROL_INO else await self.meta.getattr(ino)
+        inode = _control_inode(ino) if ino in CONTROL_INOS else await self.meta.getattr(ino)
         if ctx.uid == 0:
             return not (mode & os.X_OK) or bool(inode.mode & 0o111) or inode.is_dir
         if ctx.uid == inode.uid:
