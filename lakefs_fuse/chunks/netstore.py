@@ -1,10 +1,7 @@
 """A storage peer on the network, behind the chunk client's :class:`ShardStore` interface.
 
 Each peer gets a small pool of authenticated, pipelined connections (``wire.RpcClient``).
-Failure detection: a peer whose connection fails or whose request times out is marked down
-for a backoff that doubles from 0.5 s to 10 s; while it is down, requests fail at once with
-:class:`PeerUnavailable`, so a dead peer costs one timeout, not one per read (the chunk
-client then reads the other shards and decodes). The first success marks it up again.
+A peer whose connection fails or whose request times out is marked down (``health``).
 
 Remote errnos map back to the shard exceptions the chunk client understands: ENOENT ->
 :class:`ShardMissing`, EBADMSG -> :class:`ShardCorrupt`, ENOSPC -> :class:`PeerFull`.
@@ -18,16 +15,13 @@ import logging
 import trio
 
 from .. import wire
+from .health import PeerHealth
 from .shardfile import ShardCorrupt, ShardMissing
 from .store import PeerFull, PeerUnavailable
 
 log = logging.getLogger(__name__)
 
-BACKOFF_MIN = 0.5
-BACKOFF_MAX = 10.0
-
-
-class NetStore:
+class NetStore(PeerHealth):
     def __init__(self, peer_id: int, address: str, secret: bytes, *, call_timeout: float = 10.0,
                  connect_timeout: float = 3.0, connections: int = 2, ssl_context=None):
         self.peer_id = peer_id
@@ -42,18 +36,10 @@ class NetStore:
         self._next = 0
         self._nursery: trio.Nursery | None = None
         self._connecting: trio.Lock | None = None
-        self._down_until = 0.0
-        self._backoff = BACKOFF_MIN
-        self._is_down = False
-        self.down_since: float | None = None  # trio clock time of the outage's first failure
+        self._init_health()
         self._unsynced = False  # shards were put since the last sync
-        self.last_error = ""
 
     # ------------------------------------------------------------ connections
-
-    @property
-    def up(self) -> bool:
-        return trio.current_time() >= self._down_until
 
     async def _owner_nursery(self) -> trio.Nursery:
         """A nursery for the connections' reader tasks that lives as long as the trio run."""
@@ -78,23 +64,6 @@ class NetStore:
             if self._nursery is None:
                 raise PeerUnavailable(f"peer {self.address}: cannot start connection tasks")
         return self._nursery
-
-    def _mark_down(self, why: str) -> None:
-        self.last_error = why
-        if not self._is_down:  # one line per outage, not one per retry
-            log.warning("peer %d (%s) is down: %s", self.peer_id, self.address, why)
-            self._is_down = True
-            self.down_since = trio.current_time()
-        self._down_until = trio.current_time() + self._backoff
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-
-    def _mark_up(self) -> None:
-        if self._is_down:
-            log.info("peer %d (%s) is back", self.peer_id, self.address)
-            self._is_down = False
-            self.down_since = None
-        self._backoff = BACKOFF_MIN
-        self._down_until = 0.0
 
     async def _client(self) -> wire.RpcClient:
         if not self.up:

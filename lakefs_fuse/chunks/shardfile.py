@@ -74,6 +74,29 @@ def _write_all(fd: int, data) -> None:
 _HEAD_GUESS = 4096
 
 
+def parse_header(first: bytes, where: str, chunk_id: int, index: int, read_more=None):
+    """(payload length, block size, block sums, payload offset) of a shard from its first bytes;
+    ``read_more(offset, n)`` fetches a block table longer than ``first`` holds."""
+    fixed = first[:_FIXED.size]
+    if len(fixed) < _FIXED.size:
+        raise ShardCorrupt(f"{where}: short header")
+    magic, version, idx, _r, cid, length, block = _FIXED.unpack(fixed)
+    if magic != MAGIC or version != VERSION or block <= 0:
+        raise ShardCorrupt(f"{where}: bad magic/version")
+    n = -(-length // block)
+    want = _FIXED.size + 8 * n + 8
+    rest = first[_FIXED.size:want]
+    if len(first) < want and read_more is not None:
+        rest = read_more(_FIXED.size, 8 * n + 8)
+    if len(rest) < 8 * n + 8:
+        raise ShardCorrupt(f"{where}: short block table")
+    if xxhash.xxh3_64_intdigest(bytes(fixed) + bytes(rest[:-8])) != struct.unpack("<Q", rest[-8:])[0]:
+        raise ShardCorrupt(f"{where}: header checksum mismatch")
+    if cid != chunk_id or idx != index:
+        raise ShardCorrupt(f"{where}: holds chunk {cid} shard {idx}")
+    return length, block, struct.unpack(f"<{n}Q", rest[:-8]), want
+
+
 class ShardReader:
     """Reads and verifies byte ranges of one shard file."""
 
@@ -86,25 +109,8 @@ class ShardReader:
             # One read for the fixed header and (for shards up to ~32 MiB) the whole block table:
             # on a cold disk every extra pread is another seek before the data.
             first = os.pread(self.fd, _HEAD_GUESS, 0)
-            fixed = first[:_FIXED.size]
-            if len(fixed) < _FIXED.size:
-                raise ShardCorrupt(f"{path}: short header")
-            magic, version, idx, _r, cid, length, block = _FIXED.unpack(fixed)
-            if magic != MAGIC or version != VERSION or block <= 0:
-                raise ShardCorrupt(f"{path}: bad magic/version")
-            n = -(-length // block)
-            want = _FIXED.size + 8 * n + 8
-            rest = first[_FIXED.size:want] if len(first) >= want else os.pread(self.fd, 8 * n + 8, _FIXED.size)
-            if len(rest) < 8 * n + 8:
-                raise ShardCorrupt(f"{path}: short block table")
-            head = fixed + rest[:-8]
-            if xxhash.xxh3_64_intdigest(head) != struct.unpack("<Q", rest[-8:])[0]:
-                raise ShardCorrupt(f"{path}: header checksum mismatch")
-            if cid != chunk_id or idx != index:
-                raise ShardCorrupt(f"{path}: holds chunk {cid} shard {idx}")
-            self.length, self.block = length, block
-            self.sums = struct.unpack(f"<{n}Q", rest[:-8])
-            self.data_off = _FIXED.size + len(rest)
+            self.length, self.block, self.sums, self.data_off = parse_header(
+                first, path, chunk_id, index, lambda off, n: os.pread(self.fd, n, off))
             self.path = path
         except BaseException:
             os.close(self.fd)

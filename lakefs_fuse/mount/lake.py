@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import ssl
@@ -33,6 +34,7 @@ from .. import wire
 from ..chunks.client import ChunkClient
 from ..chunks.layout import ChunkLayout
 from ..chunks.netstore import NetStore
+from ..chunks.s3store import S3Address, S3Store, is_s3_address
 from ..chunks.store import LocalDirStore, PeerUnavailable
 from ..config import LakeConfig
 from ..errors import UserError
@@ -52,14 +54,40 @@ def is_lake(data_dir: Path) -> bool:
     return (data_dir / MARKER).is_file()
 
 
-def parse_net_peer(text: str) -> tuple[str, str]:
-    """'HOST:PORT' or 'HOST:PORT@ZONE' -> (address, zone)."""
+def parse_net_peer(text: str) -> tuple[str, str, str]:
+    """A remote peer: 'HOST:PORT[@ZONE]' (a peer server) or 's3://BUCKET[/PREFIX][?...][@ZONE]' (a
+    bucket) -> (kind, address, zone)."""
+    if is_s3_address(text):
+        address, zone = text, ""
+        head, at, tail = text.rpartition("@")
+        if at and re.fullmatch(r"[A-Za-z0-9_.-]*", tail):
+            address, zone = head, tail
+        S3Address(address)  # a UserError names what is wrong with it
+        return "s3", address, zone
     address, _, zone = text.partition("@")
     try:
         wire.parse_address(address)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    return address, zone
+    return "net", address, zone
+
+
+def check_s3_peers(peers: list[tuple[str, str, str]]) -> None:
+    """Every bucket answers with our credentials, or one line says which and why."""
+    buckets = [address for kind, address, _ in peers if kind == "s3"]
+    if not buckets:
+        return
+
+    async def probe() -> None:
+        for address in buckets:
+            store = S3Store(-1, address)
+            try:
+                await store.stat()
+            except PeerUnavailable as exc:
+                raise UserError(f"S3 peer {exc}") from None
+            finally:
+                await store.aclose()
+    trio.run(probe)
 
 
 def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None = None,
@@ -85,9 +113,10 @@ def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None 
             raise UserError(f"secret file {secret_file}: {exc}") from None
     if net_peers:
         nets = [parse_net_peer(t) for t in net_peers]
-        if len({a for a, _ in nets}) != len(nets):
-            raise UserError("--net-peer addresses must be distinct")
+        if len({a for _, a, _ in nets}) != len(nets):
+            raise UserError("peer addresses must be distinct")
         config.validate(len(nets))
+        check_s3_peers(nets)
         if tls_ca is not None:
             try:
                 wire.client_tls_context(str(tls_ca))
@@ -105,7 +134,7 @@ def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None 
     _create(data_dir, config, dirs, [], secret_file, None)
 
 
-def _create(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tuple[str, str]],
+def _create(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tuple[str, str, str]],
             secret_file: Path | None, tls_ca: Path | None) -> None:
     created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +148,7 @@ def _create(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tup
         raise
 
 
-def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tuple[str, str]],
+def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tuple[str, str, str]],
                  secret_file: Path | None, tls_ca: Path | None) -> None:
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
@@ -135,8 +164,8 @@ def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: lis
             stv = os.statvfs(d)
             weight = round(max(0.001, stv.f_blocks * stv.f_frsize / 1e12), 3)
             sm.apply(["register_peer", i, ["dir", str(d), "", weight, "up", {}]], sync=True)
-        for i, (address, zone) in enumerate(nets):
-            sm.apply(["register_peer", i, ["net", address, zone, 1.0, "up", {}]], sync=True)
+        for i, (kind, address, zone) in enumerate(nets):
+            sm.apply(["register_peer", i, [kind, address, zone, 1.0, "up", {}]], sync=True)
     finally:
         sm.close()
     marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uuid": str(uuid.uuid4())}
@@ -204,9 +233,10 @@ def format_remote(addresses: list[str], config: LakeConfig, net_peers: list[str]
         raise UserError("a lake on metadata servers needs --net-peer servers (shards must be reachable "
                         "from every mount)")
     nets = [parse_net_peer(t) for t in net_peers]
-    if len({a for a, _ in nets}) != len(nets):
-        raise UserError("--net-peer addresses must be distinct")
+    if len({a for _, a, _ in nets}) != len(nets):
+        raise UserError("peer addresses must be distinct")
     config.validate(len(nets))
+    check_s3_peers(nets)
 
     async def run() -> None:
         service = MetaService(addresses, secret, op_timeout=15.0)
@@ -219,8 +249,8 @@ def format_remote(addresses: list[str], config: LakeConfig, net_peers: list[str]
                 if exc.errno == errno.EEXIST:
                     raise UserError(f"the metadata servers {','.join(addresses)} already hold a lake") from None
                 raise UserError(f"metadata servers {','.join(addresses)}: {exc}") from None
-            for i, (address, zone) in enumerate(nets):
-                await meta.apply(["register_peer", i, ["net", address, zone, 1.0, "up", {}]])
+            for i, (kind, address, zone) in enumerate(nets):
+                await meta.apply(["register_peer", i, [kind, address, zone, 1.0, "up", {}]])
         finally:
             await service.aclose()
 
@@ -292,6 +322,9 @@ class Lake:
         stores = {}
         limiter = trio.CapacityLimiter(io_threads)  # local shard I/O threads, shared by all peers
         for p in peers:
+            if p.kind == "s3":
+                stores[p.peer_id] = S3Store(p.peer_id, p.address)
+                continue
             if p.kind == "net":
                 if secret is None:
                     raise UserError(f"{data_dir or 'the lake'}: the lake has network peers but no cluster secret")
