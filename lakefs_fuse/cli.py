@@ -38,10 +38,75 @@ def _log_setup() -> None:
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
 
-@click.group(cls=LakeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LakeGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                              "auto_envvar_prefix": "LAKEFS_FUSE"})
 @click.version_option(package_name="lakefs-fuse")
-def main() -> None:
-    """lakefs-fuse: a POSIX filesystem for training data, on erasure-coded chunks."""
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Configuration file (TOML; default $LAKEFS_FUSE_CONFIG, else /etc/lakefs-fuse/config.toml "
+                   "if present). See 'lakefs-fuse config example'.")
+@click.pass_context
+def main(ctx: click.Context, config_file: Path | None) -> None:
+    """lakefs-fuse: a POSIX filesystem for training data, on erasure-coded chunks.
+
+    Every option can also come from the environment (LAKEFS_FUSE_<COMMAND>_<OPTION>, e.g.
+    LAKEFS_FUSE_MOUNT_CACHE_SIZE=20G) or from the configuration file; the command line wins.
+    """
+    from . import cliconfig
+    path = cliconfig.config_path(config_file)
+    if path is not None:
+        ctx.default_map = cliconfig.load(path, main)
+
+
+@main.command("install-mount-helper")
+@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default=Path("/sbin"),
+              show_default=True, help="Where mount(8) looks for mount.fuse.lakefs.")
+@click.option("--remove", is_flag=True, help="Remove the helper instead.")
+def install_mount_helper(directory: Path, remove: bool) -> None:
+    """Install /sbin/mount.fuse.lakefs, so 'mount -t fuse.lakefs SOURCE DIR -o ...' and /etc/fstab
+    lines of type fuse.lakefs mount lakes (SOURCE: a lake's data directory, meta:HOST:PORT,... or
+    'lakefs' for the default lake; options: the mount command's, e.g. dataset,cache_size=20G)."""
+    path = directory / "mount.fuse.lakefs"
+    marker = "# installed by lakefs-fuse"
+    if remove:
+        if path.exists() and marker not in path.read_text(errors="replace"):
+            raise UserError(f"{path} was not installed by lakefs-fuse; leaving it")
+        path.unlink(missing_ok=True)
+        click.echo(f"removed {path}")
+        return
+    if path.exists() and marker not in path.read_text(errors="replace"):
+        raise UserError(f"{path} exists and was not installed by lakefs-fuse; leaving it")
+    text = f'#!/bin/sh\n{marker}\nexec {sys.executable} -m lakefs_fuse.mounthelper "$@"\n'
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    click.echo(f"installed {path} (runs {sys.executable})")
+
+
+@main.group("config")
+def config_group() -> None:
+    """The configuration file."""
+
+
+@config_group.command("example")
+def config_example() -> None:
+    """Print a configuration file with every key of every command and its meaning (all commented out)."""
+    from . import cliconfig
+    click.echo(cliconfig.example(main), nl=False)
+
+
+@config_group.command("check")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+def config_check(path: Path) -> None:
+    """Check a configuration file: every table a command, every key one of its options."""
+    from . import cliconfig
+    loaded = cliconfig.load(path, main)
+    n = sum(len(v) if not any(isinstance(x, dict) for x in v.values()) else sum(len(y) for y in v.values())
+            for v in loaded.values())
+    click.echo(f"{path}: ok ({n} settings)")
 
 
 @main.command()
@@ -279,6 +344,9 @@ async def _file_info(lake, ino: int, *, shards: bool) -> dict:
     info = {"inode": ino, "type": _kind(inode.mode), "mode": f"{st.S_IMODE(inode.mode):04o}",
             "size": inode.size, "nlink": inode.nlink, "uid": inode.uid, "gid": inode.gid,
             "atime_ns": inode.atime_ns, "mtime_ns": inode.mtime_ns, "ctime_ns": inode.ctime_ns}
+    # the profile new data is written with (user.lakefs.ec, inherited from the directory)
+    k, m = inode.profile or (lake.config.ec_k, lake.config.ec_m)
+    info["ec_profile"] = f"{k}+{m}" + ("" if inode.profile else " (lake default)")
     if not inode.is_reg:
         return info
     peers = {p.peer_id: p for p in lake.peer_records}
@@ -333,7 +401,7 @@ def stat_cmd(path: Path, data_dir: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return
-    for key in ("inode", "type", "mode", "size", "nlink", "uid", "gid", "mtime_ns", "chunks", "health"):
+    for key in ("inode", "type", "mode", "size", "nlink", "uid", "gid", "mtime_ns", "ec_profile", "chunks", "health"):
         if key in info:
             click.echo(f"{key:>8}: {info[key]}")
     for e in info.get("extents", []):
@@ -341,6 +409,9 @@ def stat_cmd(path: Path, data_dir: Path | None, as_json: bool) -> None:
                    f"EC {e.get('ec')}")
         for s in e.get("shards", []):
             click.echo(f"      shard {s['index']}: peer {s['peer']} {s['address']} {s['health']}")
+
+
+main.add_command(stat_cmd, "info")  # `info`: what JuiceFS users type for `stat`
 
 
 @main.command("ls")
@@ -423,6 +494,14 @@ def _open_lake(data_dir: Path | None, meta: str | None, secret_file: Path | None
     return Lake.open(data_dir, lock=True)
 
 
+def _run_on(lake, run):
+    """``trio.run(run)``, then close the lake whatever happened."""
+    try:
+        return trio.run(run)
+    finally:
+        lake.close()
+
+
 def _maintain(lake, *, repair: bool, start_after: int, as_json: bool) -> None:
     from .mount import maintenance
 
@@ -432,10 +511,7 @@ def _maintain(lake, *, repair: bool, start_after: int, as_json: bool) -> None:
                                show_pos=True) as bar:
             return await maintenance.scrub(lake, start_after=start_after, repair=repair,
                                            on_chunk=lambda _cid: bar.update(1))
-    try:
-        report = trio.run(run)
-    finally:
-        lake.close()
+    report = _run_on(lake, run)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:
@@ -485,10 +561,7 @@ def rebalance(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bo
         total = await maintenance.count_chunks(lake)
         with click.progressbar(length=total, label="rebalance", file=sys.stderr, show_pos=True) as bar:
             return await maintenance.rebalance(lake, start_after=start_after, on_chunk=lambda _cid: bar.update(1))
-    try:
-        report = trio.run(run)
-    finally:
-        lake.close()
+    report = _run_on(lake, run)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
         return
@@ -498,6 +571,144 @@ def rebalance(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bo
     if report.failed:
         click.echo(f"  resume with --start-after {report.cursor} after fixing the above, or run again")
         sys.exit(3)
+
+
+@main.command()
+@lake_options
+@click.option("--repair", is_flag=True, help="Fix what is found (an embedded lake unmounted; a cluster lake live).")
+@click.option("--no-shards", is_flag=True, help="Check the metadata only, not every shard's checksum.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def fsck(data_dir, meta, secret_file, tls_ca, repair: bool, no_shards: bool, as_json: bool) -> None:
+    """Check metadata against chunks against shards: entries naming missing inodes, wrong link
+    counts, unnamed inodes (relinked into /lost+found), extents whose chunk is gone (the range
+    becomes a hole; the file is listed as damaged), wrong chunk reference counts, and every shard's
+    checksum. Exit 3 if anything is wrong and was not repaired."""
+    from .mount import check, maintenance
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="repair it" if repair else None)
+
+    async def run():
+        total = 0 if no_shards else await maintenance.count_chunks(lake)
+        with click.progressbar(length=max(total, 1), label="fsck", file=sys.stderr, show_pos=True) as bar:
+            return await check.fsck(lake, repair=repair, shards=not no_shards, on_chunk=lambda _cid: bar.update(1))
+    report = _run_on(lake, run)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        click.echo(f"{report.inodes} inodes, {report.entries} entries, {report.extents} extents, "
+                   f"{report.chunks} chunks checked")
+        for kind, found in sorted(report.problems.items()):
+            click.echo(f"  {kind.replace('_', ' ')}: {len(found)}")
+        for path in report.damaged_files[:50]:
+            click.echo(f"  damaged (a range reads as zeros): {path}")
+        if report.shards is not None:
+            bad = ", ".join(f"{n} {h}" for h, n in sorted(report.shards["bad"].items())) or "none"
+            click.echo(f"  shards: {report.shards['shards']} checked, bad: {bad}"
+                       + (f", repaired {report.shards['repaired']}" if repair else ""))
+        if repair:
+            click.echo(f"fixed {report.fixed} metadata problem(s)")
+        elif not report.clean:
+            click.echo("run again with --repair to fix")
+    unrepaired = report.shards and (report.shards["lost"] or report.shards["failed"])
+    if (not report.clean and not repair) or unrepaired:
+        sys.exit(3)
+
+
+@main.command()
+@lake_options
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option("--grace", type=click.FloatRange(0), default=None,
+              help="Seconds an orphan shard must stay an orphan before it is deleted (default 0 for an "
+                   "unmounted embedded lake, 300 for a cluster lake, whose mounts may be mid-write).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def gc(data_dir, meta, secret_file, tls_ca, dry_run: bool, grace: float | None, as_json: bool) -> None:
+    """Delete what nothing references: chunks in the delete queue, and orphan shards (on a peer
+    but in no chunk record, or where the record places that shard elsewhere)."""
+    from .mount import check
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca, change=None if dry_run else "collect garbage")
+    if grace is None:
+        grace = 300.0 if meta else 0.0
+
+    async def run():
+        with click.progressbar(length=0, label="gc: listing shards", file=sys.stderr, show_pos=True) as bar:
+            return await check.gc(lake, dry_run=dry_run, grace=grace, on_shard=lambda: bar.update(1))
+    report = _run_on(lake, run)
+    out = report.to_json()
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"delete queue: {report.queued_chunks} chunk(s), {verb} "
+               f"{report.queued_chunks if dry_run else report.deleted_chunks}")
+    click.echo(f"orphan shards: {len(report.orphan_shards)} ({out['orphan_bytes']:,} bytes), {verb} "
+               f"{len(report.orphan_shards) if dry_run else report.deleted_shards}")
+    for peer, why in report.unreachable_peers:
+        click.echo(f"  peer {peer} not listed: {why}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@lake_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def dump(path: Path, data_dir, meta, secret_file, tls_ca, as_json: bool) -> None:
+    """Write the lake's whole metadata (not file data: shards stay on their peers) to PATH, for
+    backup or to move the lake (works beside live mounts; a cluster lake's is a consistent copy)."""
+    from .mount import backup
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca)
+    info = _run_on(lake, partial(backup.dump, lake, path))
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+    else:
+        click.echo(f"dumped {info['keys']:,} metadata keys to {path} ({info['bytes']:,} bytes)")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
+              help="An empty (or new) directory for the restored embedded lake.")
+@click.option("--secret-file", type=click.Path(path_type=Path), default=None,
+              help="The cluster secret, if the dumped lake's peers are peer servers (default: a new DATA/secret).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def load(path: Path, data_dir: Path, secret_file: Path | None, as_json: bool) -> None:
+    """Create an embedded lake in DATA from a dump: the same tree, reading the same shards from the
+    same peers. Use it instead of the original from then on (both would hand out the same chunk ids)."""
+    from .mount import backup
+    with click.progressbar(length=0, label="load: metadata keys", file=sys.stderr, show_pos=True) as bar:
+        info = backup.load(path, data_dir, secret_file=secret_file, on_keys=bar.update)
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+    else:
+        click.echo(f"loaded {info['keys']:,} metadata keys into {data_dir} (dumped from {info['source']})")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--big-size", default="1G", show_default=True, help="Total size of the big file(s).")
+@click.option("--small-count", type=click.IntRange(1), default=1000, show_default=True, help="Small files.")
+@click.option("--small-size", default="128K", show_default=True, help="Size of each small file.")
+@click.option("--threads", "-p", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Workers, each with its own big file and share of the small files.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def bench(directory: Path, big_size: str, small_count: int, small_size: str, threads: int, as_json: bool) -> None:
+    """Benchmark the filesystem DIRECTORY is on (a mount): big file write/read, small files
+    write/read/stat, delete; throughput and latency per operation. Leaves nothing behind."""
+    from .benchcmd import run
+    big, small = parse_size(big_size), parse_size(small_size)
+    with click.progressbar(length=6, label="bench", file=sys.stderr, show_pos=True,
+                           item_show_func=lambda name: name) as bar:
+        try:
+            phases = run(directory, big_size=big, small_count=small_count, small_size=small, threads=threads,
+                         progress=lambda name: bar.update(1, name))
+        except OSError as exc:
+            raise UserError(f"bench in {directory}: {exc.strerror or exc}") from None
+    rows = [p.to_json() for p in phases]
+    if as_json:
+        click.echo(json.dumps({"directory": str(directory), "threads": threads, "phases": rows}, indent=1))
+        return
+    click.echo(f"{'phase':<20} {'MB/s':>9} {'ops/s':>10} {'ms/op':>9} {'seconds':>8}")
+    for r in rows:
+        mbps = f"{r['MB_per_s']:.1f}" if r.get("MB_per_s") is not None else "-"
+        click.echo(f"{r['phase']:<20} {mbps:>9} {r['ops_per_s'] or 0:>10.1f} {r['ms_per_op'] or 0:>9.3f} "
+                   f"{r['seconds']:>8.2f}")
 
 
 def _view_options(fn):
@@ -530,7 +741,8 @@ def top(mountpoint: Path, interval: float, once: bool, as_json: bool) -> None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--jobs", type=click.IntRange(1, 64), default=4, show_default=True, help="Files read at once.")
-def warmup(paths: tuple[Path, ...], jobs: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def warmup(paths: tuple[Path, ...], jobs: int, as_json: bool) -> None:
     """Read PATHS (files or directory trees inside a mount) once, so the mount's caches -- memory and,
     with --cache-dir, the local disk cache -- hold them before training starts. The kernel's page
     cache is left as it was."""
@@ -577,9 +789,13 @@ def warmup(paths: tuple[Path, ...], jobs: int) -> None:
                            file=sys.stderr) as bar, concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         for size in pool.map(read, files):
             bar.update(size)
-    click.echo(f"warmed {len(files) - len(failed)} files ({sum(s for _, s in files) / 1e6:.1f} MB)")
-    for line in failed[:20]:
-        click.echo(f"  {line}", err=True)
+    if as_json:
+        click.echo(json.dumps({"files": len(files) - len(failed), "bytes": sum(s for _, s in files),
+                               "failed": failed}, indent=1))
+    else:
+        click.echo(f"warmed {len(files) - len(failed)} files ({sum(s for _, s in files) / 1e6:.1f} MB)")
+        for line in failed[:20]:
+            click.echo(f"  {line}", err=True)
     if failed:
         sys.exit(3)
 
@@ -615,15 +831,46 @@ def import_cmd(src: Path, dest: str, data_dir, meta, secret_file, tls_ca, jobs: 
             await vfs.shutdown()  # seal everything, sync shards and metadata
             nursery.cancel_scope.cancel()
         return report
-    try:
-        report = trio.run(run)
-    finally:
-        lake.close()
+    report = _run_on(lake, run)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:
         click.echo(f"imported {report.files} files ({report.bytes / 1e6:.1f} MB) and {report.dirs} directories "
                    f"into {dest}; {report.skipped} already there")
+        for rel, why in report.failed[:20]:
+            click.echo(f"  {rel}: {why}", err=True)
+    if report.failed:
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("path", default="/")
+@lake_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def restripe(path: str, data_dir, meta, secret_file, tls_ca, as_json: bool) -> None:
+    """Rewrite the files under PATH (a path in the lake, default all of it) whose data is not in
+    their EC profile -- after 'setfattr -n user.lakefs.ec -v 1+2 DIR' changed it -- so their chunks
+    follow it; the old chunks are freed (gc). Same bytes and inodes."""
+    from .mount.importer import restripe as run_restripe
+    from .mount.vfs import VFS
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="restripe it")
+    cfg = MountConfig(mountpoint=Path("/"), data_dir=data_dir, pack_delay=0.0)
+
+    async def run():
+        vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(meta))
+        async with trio.open_nursery() as nursery:
+            await vfs.start(nursery)
+            with click.progressbar(length=0, label="restripe", file=sys.stderr, show_pos=True) as bar:
+                report = await run_restripe(vfs, path, default=(lake.config.ec_k, lake.config.ec_m),
+                                            min_shard=lake.config.min_shard, on_file=lambda: bar.update(1))
+            await vfs.shutdown()
+            nursery.cancel_scope.cancel()
+        return report
+    report = _run_on(lake, run)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        click.echo(f"{report.files} files checked, {report.rewritten} rewritten ({report.bytes / 1e6:.1f} MB)")
         for rel, why in report.failed[:20]:
             click.echo(f"  {rel}: {why}", err=True)
     if report.failed:

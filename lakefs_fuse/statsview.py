@@ -143,18 +143,16 @@ def process_rows(a: Sample, b: Sample) -> list[dict]:
     rows = []
     for labels, requests in b.rows("lakefs_process_requests_total"):
         pid, comm = labels["pid"], labels.get("comm", "?")
-        prev = before.get(pid)
         key = {"pid": pid, "comm": comm}
+        seen = pid in before  # a process that started within the interval counts from zero
 
-        def delta(name: str, now: float) -> float:
-            return now - (a.get(name, **key) if prev is not None else 0.0)
+        def delta(name: str, key=key, seen=seen) -> float:
+            return b.get(name, **key) - (a.get(name, **key) if seen else 0.0)
 
-        wait = delta("lakefs_process_fs_seconds_total", b.get("lakefs_process_fs_seconds_total", **key))
         rows.append({"pid": int(pid), "comm": comm,
-                     "fs_wait_pct": 100.0 * wait / dt,
-                     "requests_per_s": delta("lakefs_process_requests_total", requests) / dt,
-                     "read_MBps": delta("lakefs_process_read_bytes_total",
-                                        b.get("lakefs_process_read_bytes_total", **key)) / dt / MB,
+                     "fs_wait_pct": 100.0 * delta("lakefs_process_fs_seconds_total") / dt,
+                     "requests_per_s": delta("lakefs_process_requests_total") / dt,
+                     "read_MBps": delta("lakefs_process_read_bytes_total") / dt / MB,
                      "read_bytes": int(b.get("lakefs_process_read_bytes_total", **key)),
                      "requests": int(requests)})
     rows.sort(key=lambda r: (-r["fs_wait_pct"], -r["requests"]))

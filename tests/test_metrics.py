@@ -10,10 +10,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import cli, is_mountpoint, needs_fuse, wait_for
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import cli, is_mountpoint, needs_fuse, wait_for
 from lakefs_fuse.errors import UserError
 from lakefs_fuse.metrics import MetricsServer, parse_listen
 

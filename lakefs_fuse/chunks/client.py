@@ -80,7 +80,7 @@ class ChunkClient:
 
     # ------------------------------------------------------------------ write
 
-    def _encode(self, data: bytes | memoryview, k: int) -> tuple[int, list[memoryview | bytes], list[int]]:
+    def _encode(self, data: bytes | memoryview, k: int, m: int) -> tuple[int, list[memoryview | bytes], list[int]]:
         shard_len = shard_len_for(len(data), k)
         if len(data) == shard_len * k:  # a full, aligned chunk: shard views, no copy
             view = memoryview(data)
@@ -89,17 +89,21 @@ class ChunkClient:
             padded[:len(data)] = data
             view = memoryview(padded)
         shards: list[memoryview | bytes] = [view[i * shard_len:(i + 1) * shard_len] for i in range(k)]
-        shards += get_codec(k, self.m).encode(shards)
+        shards += get_codec(k, m).encode(shards)
         sums = [xxhash.xxh3_64_intdigest(s) for s in shards]
         return shard_len, shards, sums
 
-    async def put_chunk(self, chunk_id: int, data: bytes | memoryview) -> ChunkLayout:
-        k = data_shards_for(len(data), self.k, self.min_shard)
-        width = k + self.m
-        shard_len, shards, sums = await trio.to_thread.run_sync(self._encode, data, k, limiter=self.limiter)
+    async def put_chunk(self, chunk_id: int, data: bytes | memoryview,
+                        profile: tuple[int, int] | None = None) -> ChunkLayout:
+        """Encode and store one chunk with the lake's EC profile, or ``profile`` = (k, m) (a
+        directory's ``user.lakefs.ec``); every chunk records its own k and m."""
+        k_max, m = profile or (self.k, self.m)
+        k = data_shards_for(len(data), k_max, self.min_shard)
+        width = k + m
+        shard_len, shards, sums = await trio.to_thread.run_sync(self._encode, data, k, m, limiter=self.limiter)
         peers = place(chunk_id, self.choices, width)
         if len(peers) < width:
-            raise NoSpace(f"EC {k}+{self.m} needs {width} peers, {len(peers)} available")
+            raise NoSpace(f"EC {k}+{m} needs {width} peers, {len(peers)} available")
         tried: set[int] = set(peers)
         failed: list[int] = []
 
@@ -121,7 +125,7 @@ class ChunkClient:
         async with trio.open_nursery() as nursery:
             for index in range(width):
                 nursery.start_soon(put_one, index)
-        layout = ChunkLayout(chunk_id, len(data), k, self.m, shard_len, peers, sums)
+        layout = ChunkLayout(chunk_id, len(data), k, m, shard_len, peers, sums)
         if failed and width - len(failed) < k + 1:
             await self.delete_chunk(layout)
             raise NoSpace(f"chunk {chunk_id}: only {width - len(failed)} of {width} shards could be stored "

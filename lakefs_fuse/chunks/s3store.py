@@ -244,7 +244,7 @@ class S3Store(PeerHealth):
             rows = []
             for obj in self.client.list_objects_v2(**kwargs).get("Contents", []):
                 name = obj["Key"][len(self.s3.prefix):]
-                chunk, dot, index = name.partition(".")
+                chunk, _, index = name.partition(".")
                 try:
                     rows.append((int(chunk, 16), int(index), int(obj["Size"])))
                 except ValueError:
@@ -263,8 +263,7 @@ def _check_range(key: str, offset: int, length: int, size: int) -> None:
 
 def _classify(exc: Exception) -> tuple[str, str]:
     """('missing' | 'refused' | 'unreachable', a message that names the cause) for a boto3 error."""
-    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
-                                     PartialCredentialsError)
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, PartialCredentialsError
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))

@@ -215,5 +215,8 @@ class LocalDirStore:
     async def capacity(self) -> tuple[int, int]:
         return await self._run(self.dir.capacity)
 
+    async def list(self, after: tuple[int, int] = (-1, -1), limit: int = 1000) -> list[tuple[int, int, int]]:
+        return await self._run(self.dir.list, after, limit)
+
     def shard_path(self, chunk_id: int, index: int) -> str:
         return self.dir.shard_path(chunk_id, index)

@@ -149,10 +149,21 @@ class Inode:
     rdev: int = 0
     #: Parent directory (directories only; used for rename loop checks and "..").
     parent: int = 0
+    #: Erasure-coding profile new data of this file is written with (``k << 8 | m``; 0: the lake's
+    #: default). Set with the ``user.lakefs.ec`` xattr, inherited from the directory at creation.
+    ec: int = 0
 
     def to_bytes(self) -> bytes:
+        if self.ec:
+            return pack([self.mode, self.nlink, self.uid, self.gid, self.size, self.atime_ns,
+                         self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.ec])
         return pack([self.mode, self.nlink, self.uid, self.gid, self.size, self.atime_ns,
                      self.mtime_ns, self.ctime_ns, self.rdev, self.parent])
+
+    @property
+    def profile(self) -> tuple[int, int] | None:
+        """(k, m) for new chunks of this file, or None for the lake's default."""
+        return (self.ec >> 8, self.ec & 0xFF) if self.ec else None
 
     @classmethod
     def from_bytes(cls, ino: int, data: bytes) -> "Inode":

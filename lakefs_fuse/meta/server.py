@@ -134,14 +134,7 @@ class ReplicatedState:
         return self.sm.apply(command)
 
     def snapshot(self, index: int) -> bytes:
-        packer = msgpack.Packer(use_bin_type=True)
-        parts = [packer.pack_array_header(0)]  # placeholder replaced below
-        count = 0
-        for key, value in self.sm.db.items():
-            parts.append(packer.pack([key, value]))
-            count += 1
-        parts[0] = packer.pack_array_header(count)
-        return b"".join(parts)
+        return self.sm.dump()[0]
 
     def restore(self, data: bytes) -> None:
         self.sm.close()

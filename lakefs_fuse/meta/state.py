@@ -18,6 +18,7 @@ import os
 import stat as st
 from collections.abc import Iterator
 
+import msgpack
 import rocksdict
 
 from .. import errors as E
@@ -70,6 +71,14 @@ class Txn:
 #: RocksDB block cache of one metadata replica or mount (~1 KB of metadata per file: 256 MiB
 #: keeps the blocks of a few hundred thousand files' entries, inodes and extents).
 DEFAULT_BLOCK_CACHE = 256 << 20
+
+
+#: The extended attribute that sets a file's or directory's erasure-coding profile ("K+M").
+EC_XATTR = b"user.lakefs.ec"
+
+
+def _ec_text(ec: int) -> bytes:
+    return b"%d+%d" % (ec >> 8, ec & 0xFF)
 
 
 class StateMachine:
@@ -248,6 +257,9 @@ class StateMachine:
         ino = self._next(txn, "ino")
         inode = Inode(ino, mode, 2 if is_dir else 1, uid, gid, 0, now, now, now,
                       rdev if _kind(mode) in (st.S_IFCHR, st.S_IFBLK) else 0, parent if is_dir else 0)
+        if pdir.ec and _kind(mode) in (st.S_IFREG, st.S_IFDIR):  # a directory's EC profile is inherited
+            inode.ec = pdir.ec
+            txn.put(S.xattr_key(ino, EC_XATTR), _ec_text(pdir.ec))
         self._put_inode(txn, inode)
         self._add_dentry(txn, parent, name, ino, mode)
         if is_dir:
@@ -542,9 +554,25 @@ class StateMachine:
             raise E.Exists()
         if flags & XATTR_REPLACE and not exists:
             raise E.NoData()
+        if name == EC_XATTR:
+            inode.ec = self._parse_ec(txn, inode, value)
+            value = _ec_text(inode.ec)
         txn.put(key, value)
         inode.ctime_ns = now
         self._put_inode(txn, inode)
+
+    def _parse_ec(self, txn: Txn, inode: Inode, value: bytes) -> int:
+        """``user.lakefs.ec`` = "K+M": the profile new data is written with (1 <= K, K+M <= peers)."""
+        if not (inode.is_dir or inode.is_reg):
+            raise E.Invalid("an EC profile applies to files and directories")
+        try:
+            k, m = (int(x) for x in value.decode().strip().split("+"))
+        except ValueError:
+            raise E.Invalid(f"{EC_XATTR.decode()}: expected K+M, e.g. 6+3 or 1+2 (3 replicas)") from None
+        peers = sum(1 for _ in txn.scan(b"P"))
+        if k < 1 or m < 1 or k + m > min(peers, 255):
+            raise E.Invalid(f"{EC_XATTR.decode()}: {k}+{m} needs K >= 1, M >= 1 and K+M <= {peers} peers")
+        return k << 8 | m
 
     def _cmd_removexattr(self, txn: Txn, ino: int, name: bytes, now: int) -> None:
         inode = self._inode(txn, ino)
@@ -552,6 +580,8 @@ class StateMachine:
         if txn.get(key) is None:
             raise E.NoData()
         txn.delete(key)
+        if name == EC_XATTR:
+            inode.ec = 0  # back to the lake's default
         inode.ctime_ns = now
         self._put_inode(txn, inode)
 
@@ -609,6 +639,87 @@ class StateMachine:
                 continue
             txn.delete(S.chunk_key(chunk_id))
             txn.delete(S.queue_key(chunk_id))
+
+    def _cmd_fsck(self, txn: Txn, fixes: list, now: int) -> int:
+        """Repairs found by ``lakefs-fuse fsck`` (each re-checked here, so a stale finding is a
+        no-op): returns how many changed something."""
+        done = 0
+        for fix in fixes:
+            op, args = fix[0], fix[1:]
+            if op == "drop_dentry":  # an entry whose inode does not exist
+                parent, name = args
+                entry = self._dentry(txn, parent, name)
+                if entry is not None and txn.get(S.inode_key(entry[0])) is None:
+                    self._del_dentry(txn, parent, name, entry)
+                    done += 1
+            elif op == "set_nlink":  # a file's link count, to the number of entries naming it
+                ino, n = args
+                data = txn.get(S.inode_key(ino))
+                if data is not None:
+                    inode = Inode.from_bytes(ino, data)
+                    if inode.nlink != n and not inode.is_dir:
+                        inode.nlink = n
+                        inode.ctime_ns = now
+                        self._put_inode(txn, inode)
+                        if n == 0:
+                            txn.put(S.orphan_key(ino), b"")
+                        else:
+                            txn.delete(S.orphan_key(ino))
+                        done += 1
+            elif op == "relink":  # a lost inode, named again (in lost+found)
+                ino, parent, name = args
+                data = txn.get(S.inode_key(ino))
+                if data is not None and self._dentry(txn, parent, name) is None:
+                    inode = Inode.from_bytes(ino, data)
+                    self._add_dentry(txn, parent, name, ino, inode.mode)
+                    inode.nlink = max(inode.nlink, 2) if inode.is_dir else 1  # the one name it has now
+                    if inode.is_dir:
+                        inode.parent = parent
+                        pdir = self._dir(txn, parent)
+                        pdir.nlink += 1
+                        self._put_inode(txn, pdir)
+                    self._put_inode(txn, inode)
+                    txn.delete(S.orphan_key(ino))
+                    done += 1
+            elif op == "drop_extent":  # an extent whose chunk is gone: the range becomes a hole
+                ino, index, file_off = args
+                data = txn.get(S.extent_key(ino, index))
+                if data is not None:
+                    exts = S.unpack_extents(data)
+                    keep = [e for e in exts if e.file_off != file_off or self._extent_ok(txn, e)]
+                    if len(keep) != len(exts):
+                        if keep:
+                            txn.put(S.extent_key(ino, index), S.pack_extents(keep))
+                        else:
+                            txn.delete(S.extent_key(ino, index))
+                        done += 1
+            elif op == "drop_extents":  # extents of an inode that does not exist
+                (ino,) = args
+                if txn.get(S.inode_key(ino)) is None:
+                    for key, _ in list(txn.scan(S.extent_prefix(ino))):
+                        txn.delete(key)
+                        done += 1
+            elif op == "set_refs":  # a chunk's reference count, to the extents that use it
+                chunk_id, n = args
+                data = txn.get(S.chunk_key(chunk_id))
+                if data is not None:
+                    rec = ChunkRecord.from_bytes(chunk_id, data)
+                    if rec.refs != n:
+                        rec.refs = n
+                        txn.put(S.chunk_key(chunk_id), rec.to_bytes())
+                        if n <= 0:
+                            txn.put(S.queue_key(chunk_id), S.pack([now]))
+                        else:
+                            txn.delete(S.queue_key(chunk_id))
+                        done += 1
+            else:
+                raise E.Invalid(f"unknown fsck fix {op!r}")
+        return done
+
+    @staticmethod
+    def _extent_ok(txn: Txn, ext) -> bool:
+        data = txn.get(S.chunk_key(ext.chunk_id))
+        return data is not None and ext.chunk_off + ext.length <= ChunkRecord.from_bytes(ext.chunk_id, data).length
 
     # -------------------------------------------------------------- queries
 
@@ -715,6 +826,23 @@ class StateMachine:
             if len(out) >= limit:
                 break
         return out
+
+    def dump(self) -> tuple[bytes, int]:
+        """The whole key space as one msgpack array of [key, value] pairs, and how many there are
+        (Raft snapshots, dataset-mode copies, ``lakefs-fuse dump``)."""
+        packer = msgpack.Packer(use_bin_type=True)
+        parts = [b""]
+        count = 0
+        for key, value in self.db.items():
+            parts.append(packer.pack([key, value]))
+            count += 1
+        parts[0] = packer.pack_array_header(count)
+        return b"".join(parts), count
+
+    def next_chunk_id(self) -> int:
+        """Chunk ids below this have been allocated (the next one to be handed out)."""
+        data = self.db.get(S.counter_key("chunk"))
+        return int.from_bytes(data, "big") if data else 1
 
     def count_inodes(self) -> int:
         data = self.db.get(S.counter_key("ino"))

@@ -22,6 +22,7 @@ import trio
 
 from .. import errors as E
 from ..meta.schema import ROOT_INO
+from ..meta.state import EC_XATTR
 from .vfs import VFS, Ctx
 
 PIECE = 1 << 20
@@ -134,3 +135,106 @@ async def import_tree(vfs: VFS, src: Path, dest: str, *, jobs: int = 8, overwrit
             for item in files:
                 await send.send(item)
     return report
+
+
+# ---------------------------------------------------------------------------- restripe
+
+
+@dataclass
+class RestripeReport:
+    files: int = 0          # regular files looked at
+    rewritten: int = 0
+    bytes: int = 0          # bytes rewritten
+    failed: list[tuple[str, str]] | None = None
+
+    def to_json(self) -> dict:
+        return {"files": self.files, "rewritten": self.rewritten, "bytes": self.bytes,
+                "failed": [list(f) for f in (self.failed or [])]}
+
+
+async def restripe(vfs: VFS, path: str, *, default: tuple[int, int], min_shard: int,
+                   on_file: Callable[[], None] | None = None) -> RestripeReport:
+    """Rewrite every file under ``path`` whose chunks are not in its EC profile: its directory's
+    ``user.lakefs.ec`` when the directory (or one above it) has one -- the file's own is then set to
+    match -- else the file's own, else the lake's. New chunks in the right profile replace the old
+    ones, which the delete queue then frees. Same bytes, same inode; only files that need it are
+    written."""
+    from ..chunks.layout import data_shards_for
+    report = RestripeReport(failed=[])
+    ctx = Ctx()
+    ino = ROOT_INO
+    for name in [p for p in path.split("/") if p]:
+        ino = (await vfs.lookup(ino, name.encode(), ctx)).ino
+        await vfs.forget([(ino, 1)])
+
+    async def walk(ino: int, rel: str, inherited: tuple[int, int] | None) -> None:
+        inode = await vfs.getattr(ino)
+        if inode.is_dir:
+            inherited = inode.profile or inherited
+            fh = await vfs.opendir(ino, ctx)
+            try:
+                start = 0
+                while True:
+                    page = await vfs.readdir(fh, start)
+                    if not page:
+                        break
+                    for name, child, cookie in page:
+                        start = cookie
+                        if name not in (b".", b".."):
+                            await walk(child.ino, f"{rel}/{name.decode(errors='replace')}", inherited)
+            finally:
+                await vfs.releasedir(fh)
+            return
+        if not inode.is_reg:
+            return
+        report.files += 1
+        if inherited and inode.profile != inherited:  # files follow their directory's profile
+            await vfs.setxattr(ino, EC_XATTR, b"%d+%d" % inherited, ctx)
+            inode = await vfs.getattr(ino)
+        k, m = inode.profile or default
+        exts = await vfs.meta.extents(ino, 0, 1 << 62) if inode.size else []
+        wrong = False
+        for cid in {e.chunk_id for e in exts}:
+            rec = await vfs.meta.chunk(cid)
+            if rec.m != m or rec.k != data_shards_for(rec.length, k, min_shard):
+                wrong = True
+                break
+        if wrong:
+            try:
+                await _rewrite(vfs, ino, inode.size, ctx)
+                report.rewritten += 1
+                report.bytes += inode.size
+            except E.LakeError as exc:
+                report.failed.append((rel, str(exc)))
+        if on_file:
+            on_file()
+
+    await walk(ino, path.rstrip("/") or "/", await _profile_above(vfs, ino))
+    return report
+
+
+async def _profile_above(vfs: VFS, ino: int) -> tuple[int, int] | None:
+    """The EC profile ``ino``'s directory (or the nearest one above with a profile) sets."""
+    seen = set()
+    while ino != ROOT_INO and ino not in seen:
+        seen.add(ino)
+        inode = await vfs.getattr(ino)
+        parent = inode.parent if inode.is_dir else 0
+        if not parent:
+            return None  # a file: its own profile decides
+        pinode = await vfs.getattr(parent)
+        if pinode.profile:
+            return pinode.profile
+        ino = parent
+    return None
+
+
+async def _rewrite(vfs: VFS, ino: int, size: int, ctx: Ctx) -> None:
+    fh, _keep, _direct = await vfs.open(ino, os.O_RDWR, ctx)
+    try:
+        for off in range(0, size, PIECE):
+            data = bytes(await vfs.read(fh, off, min(PIECE, size - off)))
+            await vfs.write(fh, off, data)
+        await vfs.flush(fh)
+    finally:
+        await vfs.release(fh)

@@ -168,9 +168,13 @@ def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: lis
             sm.apply(["register_peer", i, [kind, address, zone, 1.0, "up", {}]], sync=True)
     finally:
         sm.close()
-    marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uuid": str(uuid.uuid4())}
-    if tls_ca is not None:
-        marker["tls_ca"] = str(Path(tls_ca).resolve())
+    write_marker(data_dir, secret_file, {"tls_ca": str(Path(tls_ca).resolve())} if tls_ca is not None else {})
+
+
+def write_marker(data_dir: Path, secret_file: Path | None, extra: dict) -> None:
+    """The lake's marker file (a new uuid), written last: a directory is a lake once it exists.
+    The cluster secret is ``secret_file`` (recorded) or a new random ``<data>/secret``."""
+    marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uuid": str(uuid.uuid4()), **extra}
     if secret_file is not None:
         marker["secret_file"] = str(Path(secret_file).resolve())
     else:
@@ -210,7 +214,7 @@ async def _fetch_remote(addresses: list[str], secret: bytes) -> tuple[dict, list
         await service.aclose()
 
 
-async def _snapshot_remote(addresses: list[str], secret: bytes, path: Path) -> StateMachine:
+async def snapshot_remote(addresses: list[str], secret: bytes, path: Path) -> StateMachine:
     """Copy a cluster's whole metadata into a local RocksDB at ``path`` (dataset mode)."""
     from ..meta.server import MAX_PAYLOAD, ReplicatedState
     service = MetaService(addresses, secret, op_timeout=60.0, call_timeout=60.0, max_payload=MAX_PAYLOAD)
@@ -402,7 +406,7 @@ class Lake:
             raise UserError(f"{secret_file} is not this lake's cluster secret (fingerprint {fp})")
         sm = None
         if snapshot_to is not None:
-            sm = trio.run(_snapshot_remote, addresses, secret, Path(snapshot_to))
+            sm = trio.run(snapshot_remote, addresses, secret, Path(snapshot_to))
         meta = LocalMeta(sm) if sm is not None else RemoteMeta(MetaService(addresses, secret, op_timeout=op_timeout))
         lake = cls(None, sm, lake_config(fmt), peers, io_threads=io_threads, secret=secret,
                    tls_ca=str(tls_ca) if tls_ca else None, meta=meta, meta_addresses=list(addresses))

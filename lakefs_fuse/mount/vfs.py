@@ -55,6 +55,7 @@ class Handle:
     ino: int
     flags: int
     pid: int = 0           # the process that opened it (metrics: time and bytes per process)
+    profile: tuple[int, int] | None = None  # EC profile new data is written with (None: the lake's)
     next_off: int = 0      # where a sequential reader would read next
     window: int = 0        # read-ahead window (bytes); 0 = not sequential yet
     ahead_to: int = 0      # read-ahead has been started up to this file offset
@@ -386,7 +387,7 @@ class VFS:
     async def _open_handle(self, inode: Inode, flags: int, pid: int = 0) -> tuple[int, bool, bool]:
         fh = self._next_fh
         self._next_fh += 1
-        self.handles[fh] = Handle(inode.ino, flags, pid)
+        self.handles[fh] = Handle(inode.ino, flags, pid, profile=inode.profile)
         self.opens[inode.ino] = self.opens.get(inode.ino, 0) + 1
         seen = (inode.size, inode.mtime_ns)
         keep = self._cached_attrs.get(inode.ino) == seen
@@ -433,7 +434,7 @@ class VFS:
         h.wrote = True
         self.stats.writes += 1
         self.stats.write_bytes += len(data)
-        await self.writer.write(h.ino, off, data)
+        await self.writer.write(h.ino, off, data, h.profile)
         return len(data)
 
     async def flush(self, fh: int) -> None:

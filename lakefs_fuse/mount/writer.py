@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 class DirtyFile:
     """Unsealed bytes of one file: sorted, non-overlapping ``[start, bytearray]`` segments."""
 
-    __slots__ = ("starts", "segs", "nbytes", "mtime_ns", "since")
+    __slots__ = ("starts", "segs", "nbytes", "mtime_ns", "since", "profile")
 
-    def __init__(self) -> None:
+    def __init__(self, profile: tuple[int, int] | None = None) -> None:
+        self.profile = profile  # the file's EC profile (None: the lake's); chunks hold one profile
         self.starts: list[int] = []
         self.segs: list[bytearray] = []
         self.nbytes = 0
@@ -134,6 +135,7 @@ class Seal:
     parts: list[tuple[int, int, memoryview]]  # (ino, file_off, data): views into payload
     mtimes: dict[int, int]
     payload: bytes
+    profile: tuple[int, int] | None = None
     done: trio.Event = field(default_factory=trio.Event)
     prev: list[trio.Event] = field(default_factory=list)
 
@@ -168,16 +170,16 @@ class Writer:
 
     # -------------------------------------------------------------- buffering
 
-    async def write(self, ino: int, off: int, data: bytes) -> None:
+    async def write(self, ino: int, off: int, data: bytes, profile: tuple[int, int] | None = None) -> None:
         if self.buffered + len(data) > self.budget:
             await self._make_room(len(data))
         df = self.dirty.get(ino)
         if df is None:
-            df = self.dirty[ino] = DirtyFile()
+            df = self.dirty[ino] = DirtyFile(profile)
         self.buffered += df.write(off, data)
         df.mtime_ns = time.time_ns()
         while df.nbytes >= self.chunk_size:
-            self._start_seal([(ino, o, d) for o, d in df.take(self.chunk_size)], {ino: df.mtime_ns})
+            self._start_seal([(ino, o, d) for o, d in df.take(self.chunk_size)], {ino: df.mtime_ns}, df.profile)
         if not df.nbytes:
             del self.dirty[ino]
             self.closed.pop(ino, None)
@@ -259,11 +261,20 @@ class Writer:
     # ----------------------------------------------------------------- sealing
 
     def _seal_inodes(self, inos: list[int], *, full_only: bool = False) -> None:
-        """Take the dirty bytes of ``inos`` and pack them into as few chunks as possible.
+        """Take the dirty bytes of ``inos`` and pack them into as few chunks as possible; files
+        with different EC profiles never share a chunk.
 
         ``full_only``: stop before starting a chunk that would not be filled; what is left
         stays dirty (and waiting) for the next round.
         """
+        groups: dict[tuple[int, int] | None, list[int]] = {}
+        for ino in inos:
+            df = self.dirty.get(ino)
+            groups.setdefault(df.profile if df is not None else None, []).append(ino)
+        for profile, group in groups.items():
+            self._seal_group(group, profile, full_only)
+
+    def _seal_group(self, inos: list[int], profile: tuple[int, int] | None, full_only: bool) -> None:
         parts: list[tuple[int, int, bytes]] = []
         mtimes: dict[int, int] = {}
         room = self.chunk_size
@@ -283,15 +294,16 @@ class Writer:
                     room -= len(data)
                 left -= before - df.nbytes
                 if room == 0:
-                    self._start_seal(parts, mtimes)
+                    self._start_seal(parts, mtimes, profile)
                     parts, mtimes, room = [], {}, self.chunk_size
             if not df.nbytes:
                 del self.dirty[ino]
                 self.closed.pop(ino, None)
         if parts:
-            self._start_seal(parts, mtimes)
+            self._start_seal(parts, mtimes, profile)
 
-    def _start_seal(self, parts: list[tuple[int, int, bytes]], mtimes: dict[int, int]) -> None:
+    def _start_seal(self, parts: list[tuple[int, int, bytes]], mtimes: dict[int, int],
+                    profile: tuple[int, int] | None = None) -> None:
         self._seq += 1
         # One copy of the bytes while the seal is in flight: the chunk payload, with the
         # parts (still served to readers until the commit) as views into it.
@@ -300,7 +312,7 @@ class Writer:
         for ino, off, data in parts:
             views.append((ino, off, memoryview(payload)[pos:pos + len(data)]))
             pos += len(data)
-        seal = Seal(self._seq, views, dict(mtimes), payload)
+        seal = Seal(self._seq, views, dict(mtimes), payload, profile)
         seen = set()
         for ino, _, _ in parts:
             if ino in seen:
@@ -327,7 +339,7 @@ class Writer:
             for ino, off, data in seal.parts:
                 extents.append([ino, off, len(data), chunk_id, pos])
                 pos += len(data)
-            layout = await self.chunks.put_chunk(chunk_id, seal.payload)
+            layout = await self.chunks.put_chunk(chunk_id, seal.payload, seal.profile)
             for ev in seal.prev:
                 await ev.wait()
             await self.meta.apply(["commit", layout.to_wire(), extents, seal.mtimes, time.time_ns()])

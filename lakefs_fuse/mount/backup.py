@@ -1,0 +1,135 @@
+"""``lakefs-fuse dump`` and ``load``: the whole metadata of a lake in one file, and back.
+
+A dump holds every metadata key (inodes, directory entries, extents, chunk records, peers, the
+format record), not file data: the shards stay where they are. ``load`` builds a new embedded lake
+directory from a dump whose chunk records point at the same peers -- a metadata backup restored, or
+a lake moved off its metadata servers (a cluster dump loaded into an embedded lake). The original
+and the loaded lake must not both be used afterwards: they would hand out the same chunk ids.
+
+File format (all msgpack)::
+
+    {"format": "lakefs-fuse-dump", "version": 1, "keys": N, "source": ..., "uuid": ..., "at": ns}
+    <bin: the key space, a msgpack array of N [key, value] pairs>
+    <uint: xxh3-64 of that bin>
+
+A dump is written to ``PATH.tmp`` and renamed, so a crash never leaves a partial file under the
+name; ``load`` checks the checksum and the key count before it writes anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import msgpack
+import xxhash
+
+from ..errors import UserError
+from ..meta import schema as S
+from ..meta.state import StateMachine
+from .lake import Lake, is_lake, snapshot_remote, write_marker
+
+DUMP_FORMAT = "lakefs-fuse-dump"
+DUMP_VERSION = 1
+
+
+async def dump(lake: Lake, path: Path) -> dict:
+    if lake.sm is not None:
+        body, count = lake.sm.dump()
+        source = "embedded"
+    else:
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="lakefs-dump.") as tmp:
+            sm = await snapshot_remote(lake.meta_addresses, lake.secret, Path(tmp) / "meta")
+            try:
+                body, count = sm.dump()
+            finally:
+                sm.close()
+        source = "cluster " + ",".join(lake.meta_addresses or [])
+    header = {"format": DUMP_FORMAT, "version": DUMP_VERSION, "keys": count, "source": source,
+              "uuid": lake.uuid, "at": time.time_ns()}
+    _write(path, [msgpack.packb(header), msgpack.packb(body, use_bin_type=True),
+                  msgpack.packb(xxhash.xxh3_64_intdigest(body))])
+    return {**header, "bytes": path.stat().st_size}
+
+
+def _write(path: Path, parts: list[bytes]) -> None:
+    """``parts`` to ``path``, durably and all or nothing (a temporary name, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def read_dump(path: Path) -> tuple[dict, list]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(data) + 1)
+    unpacker.feed(data)
+    try:
+        header = next(unpacker)
+        body = next(unpacker)
+        checksum = next(unpacker)
+    except (StopIteration, ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
+            msgpack.exceptions.StackError) as exc:
+        raise UserError(f"{path} is not a complete lakefs-fuse dump ({type(exc).__name__})") from None
+    if not isinstance(header, dict) or header.get("format") != DUMP_FORMAT:
+        raise UserError(f"{path} is not a lakefs-fuse dump")
+    if header.get("version") != DUMP_VERSION:
+        raise UserError(f"{path}: dump version {header.get('version')} is not supported (this is {DUMP_VERSION})")
+    if not isinstance(body, bytes) or xxhash.xxh3_64_intdigest(body) != checksum:
+        raise UserError(f"{path}: checksum mismatch: the dump is damaged")
+    pairs = msgpack.unpackb(body, raw=False, use_list=True)
+    if len(pairs) != header.get("keys") or S.FORMAT not in {k for k, _ in pairs}:
+        raise UserError(f"{path}: the dump does not hold a whole lake")
+    return header, pairs
+
+
+def load(path: Path, data_dir: Path, *, secret_file: Path | None = None, on_keys=None) -> dict:
+    """A new embedded lake in ``data_dir`` (empty or absent) from the dump at ``path``;
+    ``on_keys(n)`` is told of every batch of keys written."""
+    header, pairs = read_dump(path)
+    data_dir = Path(data_dir)
+    if is_lake(data_dir) or (data_dir.exists() and any(data_dir.iterdir())):
+        raise UserError(f"{data_dir} is not empty; load needs an empty or new directory")
+    created = not data_dir.exists()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        sm = StateMachine(str(data_dir / "meta"), create=True)
+        try:
+            import rocksdict
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for n, (key, value) in enumerate(pairs, 1):
+                batch.put(key, value)
+                if n % 10000 == 0:
+                    sm.db.write(batch)
+                    batch = rocksdict.WriteBatch(raw_mode=True)
+                    if on_keys:
+                        on_keys(10000)
+            sm.db.write(batch)
+            if on_keys:
+                on_keys(len(pairs) % 10000)
+            sm.sync()
+        finally:
+            sm.close()
+        write_marker(data_dir, secret_file, {"loaded_from": {"dump": str(Path(path).resolve()),
+                                                             "source": header.get("source"),
+                                                             "uuid": header.get("uuid")}})
+    except BaseException:
+        if created:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        else:
+            shutil.rmtree(data_dir / "meta", ignore_errors=True)
+        raise
+    return {"keys": len(pairs), "source": header.get("source"), "data_dir": str(data_dir)}
