@@ -221,3 +221,39 @@ def test_bench_runs_on_a_mount_and_leaves_nothing(live):
     assert os.listdir(live.mnt) == ["keep"]
     res = cli("bench", str(live.mnt / "keep"), env=live.env)
     assert res.returncode != 0
+
+
+@needs_fuse
+@pytest.mark.timeout(240)
+def test_fsck_gc_dump_on_a_cluster_lake(tmp_path):
+    from test_metacluster import meta_cluster
+
+    with meta_cluster(tmp_path) as cluster:
+        mnt = cluster.mount("m1")
+        files = {f"f{i}": os.urandom(100_000 + i) for i in range(5)}
+        for name, data in files.items():
+            (mnt.mnt / name).write_bytes(data)
+        os.unlink(mnt.mnt / "f4")  # its chunk goes to the delete queue
+        lake = ["--meta", cluster.meta, "--secret-file", str(cluster.secret)]
+        code, report = run_json("fsck", *lake, env=mnt.env)  # beside the live mount
+        assert code == 0 and report["clean"] and report["inodes"] >= 5, report
+        code, report = run_json("gc", *lake, "--grace", "0", "--dry-run", env=mnt.env)
+        assert code == 0 and report["orphan_shards"] == [] and not report["unreachable_peers"]
+        assert report["queued_chunks"] >= 1  # f4's chunk, which nothing references now
+        dump = tmp_path / "cluster.dump"
+        res = cli("dump", str(dump), *lake, env=mnt.env)
+        assert res.returncode == 0, res.stderr
+        mnt.umount()
+
+        restored = tmp_path / "restored"
+        res = cli("load", str(dump), "--data", str(restored), "--secret-file", str(cluster.secret), env=mnt.env)
+        assert res.returncode == 0, res.stderr
+        other = LiveLake(tmp_path / "other", format_args=None)
+        other.data = restored
+        other.mount()  # an embedded lake now, reading the cluster's peer servers
+        try:
+            for name in ("f0", "f1", "f2", "f3"):
+                assert (other.mnt / name).read_bytes() == files[name]
+            assert not (other.mnt / "f4").exists()
+        finally:
+            take_down(other.mnt, other.pid())

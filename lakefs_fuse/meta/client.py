@@ -30,6 +30,7 @@ class MetaClient(Protocol):
     async def orphans(self) -> list[int]: ...
     async def delete_queue(self, limit: int = 1000) -> list[tuple[int, int]]: ...
     async def count_inodes(self) -> int: ...
+    async def next_chunk_id(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -90,6 +91,9 @@ class LocalMeta:
 
     async def count_inodes(self) -> int:
         return self.sm.count_inodes()
+
+    async def next_chunk_id(self) -> int:
+        return self.sm.next_chunk_id()
 
     def close(self) -> None:
         self.sm.close()

@@ -270,5 +270,8 @@ class RemoteMeta:
     async def count_inodes(self) -> int:
         return await self._query("count_inodes")
 
+    async def next_chunk_id(self) -> int:
+        return await self._query("next_chunk_id")
+
     def close(self) -> None:
         pass  # connections end with the trio run that owns them

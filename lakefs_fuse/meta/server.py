@@ -267,6 +267,7 @@ QUERIES = {
     "orphans": lambda r: r,
     "delete_queue": lambda rows: [list(x) for x in rows],
     "count_inodes": lambda r: r,
+    "next_chunk_id": lambda r: r,
 }
 
 

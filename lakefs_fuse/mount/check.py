@@ -270,9 +270,7 @@ async def gc(lake: Lake, *, dry_run: bool = False, grace: float = 0.0,
 
 async def _chunk_counter(lake: Lake) -> int:
     """Chunk ids below this were allocated before now (the next id to be handed out)."""
-    if lake.sm is not None:
-        return lake.sm.next_chunk_id()
-    return await lake.meta.apply(["alloc_chunks", 0])  # allocates nothing; answers the counter
+    return await lake.meta.next_chunk_id()
 
 
 async def _orphan_shards(lake: Lake, high: int, report: GcReport, on_shard) -> list[list]:
