@@ -663,21 +663,33 @@ def dump(path: Path, data_dir, meta, secret_file, tls_ca, as_json: bool) -> None
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
-              help="An empty (or new) directory for the restored embedded lake.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="An empty (or new) directory for the restored lake (embedded).")
+@click.option("--meta", "meta", default=None, metavar="HOST:PORT,...",
+              help="Metadata servers holding no lake yet, to load the lake onto (instead of --data).")
 @click.option("--secret-file", type=click.Path(path_type=Path), default=None,
-              help="The cluster secret, if the dumped lake's peers are peer servers (default: a new DATA/secret).")
+              help="The cluster secret: needed with --meta, and with --data if the peers are peer servers "
+                   "(default there: a new DATA/secret).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-def load(path: Path, data_dir: Path, secret_file: Path | None, as_json: bool) -> None:
-    """Create an embedded lake in DATA from a dump: the same tree, reading the same shards from the
-    same peers. Use it instead of the original from then on (both would hand out the same chunk ids)."""
+def load(path: Path, data_dir: Path | None, meta: str | None, secret_file: Path | None, as_json: bool) -> None:
+    """Create a lake from a dump: the same tree, reading the same shards from the same peers --
+    an embedded lake in DATA, or on metadata servers (--meta) that hold none yet (e.g. moving an
+    embedded lake onto a cluster). Use it instead of the original from then on (both would hand
+    out the same chunk ids)."""
     from .mount import backup
+    if (data_dir is None) == (meta is None):
+        raise UserError("give --data DIR (an embedded lake) or --meta HOST:PORT,... (metadata servers)")
+    if meta is not None and secret_file is None:
+        raise UserError("--meta needs --secret-file (the cluster secret)")
     with click.progressbar(length=0, label="load: metadata keys", file=sys.stderr, show_pos=True) as bar:
-        info = backup.load(path, data_dir, secret_file=secret_file, on_keys=bar.update)
+        if meta is not None:
+            info = trio.run(partial(backup.load_remote, path, _meta_list(meta), secret_file, on_keys=bar.update))
+        else:
+            info = backup.load(path, data_dir, secret_file=secret_file, on_keys=bar.update)
     if as_json:
         click.echo(json.dumps(info, indent=1))
     else:
-        click.echo(f"loaded {info['keys']:,} metadata keys into {data_dir} (dumped from {info['source']})")
+        click.echo(f"loaded {info['keys']:,} metadata keys into {data_dir or meta} (dumped from {info['source']})")
 
 
 @main.command()

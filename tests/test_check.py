@@ -202,6 +202,11 @@ def test_dump_then_load_into_a_fresh_lake_reproduces_the_tree(tmp_path):
             assert not (tmp_path / "nope").exists()
         res = cli("load", str(dump), "--data", str(restored), env=lake.env)
         assert res.returncode == 1 and "not empty" in res.stderr
+        res = cli("load", str(dump), "--meta", "127.0.0.1:1", "--secret-file", str(lake.data / "secret"),
+                  env=lake.env)  # shards in local directories cannot serve a cluster's mounts
+        assert res.returncode == 1 and "local directories" in res.stderr
+        res = cli("load", str(dump), env=lake.env)
+        assert res.returncode == 1 and "give --data" in res.stderr
     finally:
         lake.teardown()
 
@@ -257,3 +262,31 @@ def test_fsck_gc_dump_on_a_cluster_lake(tmp_path):
             assert not (other.mnt / "f4").exists()
         finally:
             take_down(other.mnt, other.pid())
+
+        # Migration onto new metadata servers: the same dump loaded onto a fresh cluster.
+        from test_metacluster import ClusterMount, Member, free_ports
+        fresh = [Member(tmp_path / "fresh", i + 1, f"127.0.0.1:{p}", cluster.secret)
+                 for i, p in enumerate(free_ports(3))]
+        (tmp_path / "fresh").mkdir()
+        founders = ",".join(f"{m.id}={m.address}" for m in fresh)
+        try:
+            for m in fresh:
+                m.start("--peers", founders)
+            addresses = ",".join(m.address for m in fresh)
+            res = cli("load", str(dump), "--meta", addresses, "--secret-file", str(cluster.secret), env=mnt.env,
+                      timeout=120)
+            assert res.returncode == 0, res.stderr
+            res = cli("load", str(dump), "--meta", addresses, "--secret-file", str(cluster.secret), env=mnt.env)
+            assert res.returncode == 1 and "already hold a lake" in res.stderr
+            moved = ClusterMount(tmp_path, "moved", addresses, cluster.secret)
+            moved.mount()
+            try:
+                for name in ("f0", "f1", "f2", "f3"):
+                    assert (moved.mnt / name).read_bytes() == files[name]
+                (moved.mnt / "new").write_bytes(b"written after the move")  # a working lake
+                assert (moved.mnt / "new").read_bytes() == b"written after the move"
+            finally:
+                moved.teardown()
+        finally:
+            for m in fresh:
+                m.stop()

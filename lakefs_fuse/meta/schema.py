@@ -238,7 +238,7 @@ class ChunkRecord:
 
 @dataclass(slots=True)
 class PeerRecord:
-    """A storage peer: ``kind`` is 'dir' (local directory) or 'net' (issue 3)."""
+    """A storage peer: ``kind`` is 'dir' (local directory), 'net' (a peer server) or 's3' (a bucket)."""
 
     peer_id: int
     kind: str

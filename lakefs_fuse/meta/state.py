@@ -631,6 +631,22 @@ class StateMachine:
         else:
             txn.put(S.member_key(node_id), S.pack(address))
 
+    def _cmd_load_keys(self, txn: Txn, pairs: list, first: bool) -> int:
+        """``lakefs-fuse load`` into metadata servers: raw keys of a dump, in batches. The first
+        batch refuses a cluster that already holds a lake; member addresses (M keys) are the
+        cluster's own and never loaded."""
+        if first and txn.get(S.FORMAT) is not None:
+            raise E.Exists("these metadata servers already hold a lake")
+        n = 0
+        for key, value in pairs:
+            if not isinstance(key, bytes) or not isinstance(value, bytes) or not key:
+                raise E.Invalid("load_keys takes [bytes, bytes] pairs")
+            if key[:1] == b"M":
+                continue
+            txn.put(key, value)
+            n += 1
+        return n
+
     def _cmd_gc_done(self, txn: Txn, chunk_ids: list) -> None:
         for chunk_id in chunk_ids:
             data = txn.get(S.chunk_key(chunk_id))

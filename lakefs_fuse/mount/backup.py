@@ -1,9 +1,9 @@
 """``lakefs-fuse dump`` and ``load``: the whole metadata of a lake in one file, and back.
 
 A dump holds every metadata key (inodes, directory entries, extents, chunk records, peers, the
-format record), not file data: the shards stay where they are. ``load`` builds a new embedded lake
-directory from a dump whose chunk records point at the same peers -- a metadata backup restored, or
-a lake moved off its metadata servers (a cluster dump loaded into an embedded lake). The original
+format record), not file data: the shards stay where they are. ``load`` builds a new lake from a
+dump whose chunk records point at the same peers -- a metadata backup restored, a lake moved off
+its metadata servers (into an embedded lake), or onto metadata servers that hold none yet. The original
 and the loaded lake must not both be used afterwards: they would hand out the same chunk ids.
 
 File format (all msgpack)::
@@ -21,12 +21,13 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import msgpack
 import xxhash
 
-from ..errors import UserError
+from ..errors import LakeError, UserError
 from ..meta import schema as S
 from ..meta.state import StateMachine
 from .lake import Lake, is_lake, snapshot_remote, write_marker
@@ -133,3 +134,47 @@ def load(path: Path, data_dir: Path, *, secret_file: Path | None = None, on_keys
             shutil.rmtree(data_dir / "meta", ignore_errors=True)
         raise
     return {"keys": len(pairs), "source": header.get("source"), "data_dir": str(data_dir)}
+
+
+LOAD_BATCH = 5000
+
+
+async def load_remote(path: Path, addresses: list[str], secret_file: Path, on_keys=None) -> dict:
+    """Load a dump into metadata servers that hold no lake yet (migration: an embedded lake onto a
+    cluster, or a cluster onto new servers). The lake gets a new identity and this cluster's secret;
+    its peers must be peer servers or buckets every mount can reach."""
+    from .. import wire
+    from ..meta.remote import MetaService, RemoteMeta
+    from ..meta.schema import PeerRecord
+    from .lake import cluster_secret
+    header, pairs = read_dump(path)
+    secret = cluster_secret(secret_file)
+    local = [PeerRecord(int.from_bytes(k[1:], "big"), *S.unpack(v)) for k, v in pairs if k[:1] == b"P"]
+    local = [p for p in local if p.kind == "dir"]
+    if local:
+        raise UserError(f"{path}: the lake keeps shards in local directories ({local[0].address}, ...): "
+                        "metadata servers need peer servers or buckets every mount can reach")
+    out = []
+    for key, value in pairs:
+        if key == S.FORMAT:  # this cluster's secret and a new identity
+            fmt = S.unpack(value)
+            fmt["secret_fp"] = wire.fingerprint(secret)
+            fmt["uuid"] = str(uuid.uuid4())
+            value = S.pack(fmt)
+        out.append([key, value])
+    out.sort(key=lambda kv: kv[0] == S.FORMAT)  # the format record last: a lake once it is there
+    service = MetaService(addresses, secret, op_timeout=60.0)
+    meta = RemoteMeta(service, sessions=1)
+    try:
+        for i in range(0, len(out), LOAD_BATCH):
+            batch = out[i:i + LOAD_BATCH]
+            try:
+                await meta.apply(["load_keys", batch, i == 0])
+            except LakeError as exc:
+                raise UserError(f"metadata servers {','.join(addresses)}: {exc}") from None
+            if on_keys:
+                on_keys(len(batch))
+        await meta.sync()
+    finally:
+        await service.aclose()
+    return {"keys": len(pairs), "source": header.get("source"), "meta": addresses}
