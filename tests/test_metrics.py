@@ -167,15 +167,20 @@ def test_endpoint_rules_in_process():
 def test_peer_and_metadata_servers_expose_metrics(tmp_path):
     from test_metacluster import free_ports, meta_cluster
 
-    ports = free_ports(4)
+    ports = free_ports(5)
     members = {i + 1: ("--metrics", f"127.0.0.1:{ports[i]}") for i in range(3)}
     with meta_cluster(tmp_path, member_extra=members, peer_extra={0: ("--metrics", str(ports[3]))}) as cluster:
         mnt = cluster.mount("m1")
         data = os.urandom(3 << 20)
         (mnt.mnt / "f").write_bytes(data)
         mnt.umount()
-        mnt.mount()
+        mnt.mount("--metrics", str(ports[4]))
         assert (mnt.mnt / "f").read_bytes() == data
+        # the mount's view of its peer servers, scraped from the HTTP thread
+        mount_view = samples(http(f"http://127.0.0.1:{ports[4]}/metrics")[1])
+        assert total(mount_view, "lakefs_peer_up") == 3
+        assert total(mount_view, "lakefs_peer_requests_total", op="get") >= 1
+        assert http(f"http://127.0.0.1:{ports[4]}/readyz")[0] == 200
 
         peer_url = f"http://127.0.0.1:{ports[3]}"
         peer = samples(http(peer_url + "/metrics")[1])
