@@ -103,6 +103,8 @@ class ProcStats:
     seconds: float = 0.0
     reads: int = 0
     read_bytes: int = 0
+    cache_hits: int = 0      # extents its reads found in the memory or disk cache
+    cache_misses: int = 0    # extents its reads had to fetch from the peers
 
 
 class FuseRecorder:
@@ -137,6 +139,12 @@ class FuseRecorder:
             proc.reads += 1
             proc.read_bytes += nbytes
 
+    def cache_tally(self, pid: int, hits: int, misses: int) -> None:
+        if pid and (hits or misses):
+            proc = self._proc(pid)
+            proc.cache_hits += hits
+            proc.cache_misses += misses
+
     def _proc(self, pid: int) -> ProcStats:
         proc = self.procs.get(pid)
         if proc is None:
@@ -164,6 +172,8 @@ class FuseRecorder:
             total.seconds += p.seconds
             total.reads += p.reads
             total.read_bytes += p.read_bytes
+            total.cache_hits += p.cache_hits
+            total.cache_misses += p.cache_misses
         rows = [([str(pid), _comm(pid)], p) for pid, p in by_process.items()]
         labels = ["pid", "comm"]
         yield labelled(CounterMetricFamily, "lakefs_process_fs_seconds",
@@ -173,6 +183,10 @@ class FuseRecorder:
                        labels, [(lv, p.requests) for lv, p in rows])
         yield labelled(CounterMetricFamily, "lakefs_process_read_bytes", "Bytes this process read through the daemon",
                        labels, [(lv, p.read_bytes) for lv, p in rows])
+        yield labelled(CounterMetricFamily, "lakefs_process_cache_hits", "Extents its reads found in a cache",
+                       labels, [(lv, p.cache_hits) for lv, p in rows])
+        yield labelled(CounterMetricFamily, "lakefs_process_cache_misses", "Extents its reads fetched from peers",
+                       labels, [(lv, p.cache_misses) for lv, p in rows])
 
 
 def _tgid(tid: int) -> int:

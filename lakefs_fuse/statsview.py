@@ -149,7 +149,9 @@ def process_rows(a: Sample, b: Sample) -> list[dict]:
         def delta(name: str, key=key, seen=seen) -> float:
             return b.get(name, **key) - (a.get(name, **key) if seen else 0.0)
 
+        hits, misses = delta("lakefs_process_cache_hits_total"), delta("lakefs_process_cache_misses_total")
         rows.append({"pid": int(pid), "comm": comm,
+                     "cache_hit_pct": 100.0 * hits / (hits + misses) if hits + misses else None,
                      "fs_wait_pct": 100.0 * delta("lakefs_process_fs_seconds_total") / dt,
                      "requests_per_s": delta("lakefs_process_requests_total") / dt,
                      "read_MBps": delta("lakefs_process_read_bytes_total") / dt / MB,
@@ -167,11 +169,12 @@ def top_table(mountpoint: Path, summary: dict, rows: list[dict]):
     head = f"[bold]{mountpoint}[/]  read {summary['read_MBps']:.1f} MB/s  {summary['requests_per_s']:.0f} req/s  " \
            f"memory cache hits {'-' if ratio is None else f'{ratio * 100:.0f}%'}"
     table = Table()
-    for col in ("pid", "command", "fs wait %", "req/s", "read MB/s", "read total"):
+    for col in ("pid", "command", "fs wait %", "req/s", "read MB/s", "cache hit %", "read total"):
         table.add_column(col, justify="left" if col == "command" else "right")
     for r in rows[:30]:
+        hit = "-" if r["cache_hit_pct"] is None else f"{r['cache_hit_pct']:.0f}"
         table.add_row(str(r["pid"]), r["comm"], f"{r['fs_wait_pct']:.1f}", f"{r['requests_per_s']:.0f}",
-                      f"{r['read_MBps']:.1f}", f"{r['read_bytes'] / MB:,.1f} MB")
+                      f"{r['read_MBps']:.1f}", hit, f"{r['read_bytes'] / MB:,.1f} MB")
     return Group(head, table)
 
 

@@ -99,6 +99,8 @@ def test_mount_metrics_move_with_real_io(make_live):
     me = {"pid": str(os.getpid())}
     assert total(stats, "lakefs_process_read_bytes_total", **me) >= size
     assert total(stats, "lakefs_process_requests_total", **me) >= 8
+    assert total(stats, "lakefs_process_cache_misses_total", **me) >= 4  # the cold reads
+    assert total(stats, "lakefs_process_cache_hits_total", **me) >= 1   # the O_DIRECT re-read
     assert value(stats, "lakefs_read_bytes_total") >= size
     config = json.loads((lake.mnt / ".config").read_text())
     assert config["mountpoint"] == str(lake.mnt) and config["metrics"] == f"127.0.0.1:{port}"
@@ -115,7 +117,7 @@ def test_mount_metrics_move_with_real_io(make_live):
     assert view["cache"]["memory"]["hits"] >= 1 and len(view["peers"]) == peers
     res = cli("top", str(lake.mnt), "--json", "--interval", "0.2", env=lake.env, check=True)
     procs = {p["pid"]: p for p in json.loads(res.stdout)["processes"]}
-    assert procs[os.getpid()]["read_bytes"] >= size
+    assert procs[os.getpid()]["read_bytes"] >= size and "cache_hit_pct" in procs[os.getpid()]
     res = cli("stats", str(lake.mnt), "--once", "--interval", "0.1", env=lake.env, check=True)
     assert "FUSE requests" in res.stdout and "Peers" in res.stdout
 

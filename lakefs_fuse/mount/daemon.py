@@ -147,6 +147,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         "uuid": lake.uuid, "kind": "cluster" if cfg.meta else "embedded", "ec": f"{lake.config.ec_k}+{lake.config.ec_m}",
         "chunk_size": lake.config.chunk_size, "peers": len(lake.chunks.stores)})
     vfs.stats_source, vfs.config_source = observer.stats_text, observer.config_text
+    vfs.on_read = observer.recorder.cache_tally
     ops = Operations(vfs, observer.recorder)
     heartbeat = Heartbeat()
     live = {"ok": False}

@@ -19,6 +19,7 @@ import stat as st
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 
 import trio
@@ -40,6 +41,8 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 O_ACCMODE = os.O_ACCMODE
+#: The extents one read found in a cache / had to fetch: [hits, misses] (per-process hit ratio).
+_TALLY: ContextVar[list | None] = ContextVar("lakefs_read_tally", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,8 @@ class VFS:
         self.stats_source: Callable[[], bytes] = lambda: json.dumps(asdict(self.stats), indent=1).encode() + b"\n"
         self.config_source: Callable[[], bytes] = lambda: json.dumps({"mountpoint": str(config.mountpoint)}).encode() + b"\n"
         self._usable_free: int | None = None  # bytes of file data the peers can still take
+        #: Told (pid, extents from a cache, extents fetched) after every read (metrics, `top`).
+        self.on_read: Callable[[int, int, int], None] | None = None
 
     # --------------------------------------------------------------- lifecycle
 
@@ -516,8 +521,11 @@ class VFS:
     async def _extent_bytes(self, ext: Extent) -> bytes:
         """The whole byte range of one extent (a small file is fetched whole; big files by chunk):
         from the memory cache, else the disk cache, else the peers (then both caches keep it)."""
+        tally = _TALLY.get()
         hit = self.cache.get(ext.chunk_id, ext.chunk_off, ext.length)
         if hit is not None:
+            if tally is not None:
+                tally[0] += 1
             return hit  # type: ignore[return-value]
         if self.disk is not None:
             async with self._disk_limiter:
@@ -525,7 +533,11 @@ class VFS:
             if data is not None:
                 self.stats.disk_hits += 1
                 self.cache.put(ext.chunk_id, ext.chunk_off, data)
+                if tally is not None:
+                    tally[0] += 1
                 return data
+        if tally is not None:
+            tally[1] += 1
         layout = await self._layout(ext.chunk_id)
         data = await self.chunks.read(layout, ext.chunk_off, ext.length)
         if len(data) != ext.length:
@@ -598,7 +610,14 @@ class VFS:
         # while _read_committed awaits leaves the writer's buffers, and its extents may be
         # newer than the lookup; the copy still carries its bytes.
         earlier = self.writer.pieces(h.ino, off, size) if self.writer.has_data(h.ino) else None
-        data = await self._read_committed(h.ino, off, size)
+        tally = [0, 0]
+        token = _TALLY.set(tally)
+        try:
+            data = await self._read_committed(h.ino, off, size)
+        finally:
+            _TALLY.reset(token)  # read-ahead started below is nobody's read
+        if self.on_read is not None:
+            self.on_read(h.pid, tally[0], tally[1])
         if earlier or self.writer.has_data(h.ino):
             if not isinstance(data, bytearray):
                 data = bytearray(data)
