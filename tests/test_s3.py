@@ -90,6 +90,7 @@ def test_erasure_coding_across_three_stores_survives_one_dying_mid_read(stores, 
         down = [line for line in (lake.mnt / ".stats").read_text().splitlines()
                 if line.startswith("lakefs_peer_up{") and line.endswith(" 0.0")]
         assert len(down) == 2  # both buckets of the dead store
+        assert stats_value(lake.mnt, "lakefs_peers_down") == 2
         res = cli("status", "--data", str(lake.data), "--json", env=lake.env)
         assert res.returncode in (0, 3)
     finally:

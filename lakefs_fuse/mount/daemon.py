@@ -244,9 +244,15 @@ async def _repair_loop(lake: Lake, vfs: VFS, delay: float) -> None:
     while True:
         await trio.sleep(tick)
         try:
-            await maintenance.repair_pending(lake, delay=delay, forget_layout=vfs.forget_layout)
+            report = await maintenance.repair_pending(lake, delay=delay, forget_layout=vfs.forget_layout)
         except Exception:  # repair is best effort; the next round tries again
             log.exception("background repair failed")
+            continue
+        r = vfs.repair
+        r["passes"] += 1
+        r["shards_rebuilt"] += report.repaired
+        r["failed"] += len(report.failed)
+        r["lost_chunks"] = len(report.lost)  # as of the last pass: more bad shards than parity
 
 
 async def _signals() -> None:

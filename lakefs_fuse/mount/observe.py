@@ -89,6 +89,14 @@ class MountObserver:
         yield counter("lakefs_degraded_reads", "Chunk reads that had to decode from parity", chunks.degraded_reads)
         yield counter("lakefs_partial_writes", "Chunks committed without all their shards", chunks.partial_writes)
         yield gauge("lakefs_chunks_needing_repair", "Chunks this mount knows to miss shards", len(chunks.needs_repair))
+        rep = vfs.repair
+        yield counter("lakefs_repair_shards_rebuilt", "Shards the background repair rebuilt elsewhere",
+                      rep["shards_rebuilt"])
+        yield counter("lakefs_repair_failures", "Chunk repairs that failed (retried next pass)", rep["failed"])
+        yield gauge("lakefs_repair_lost_chunks", "Chunks the last repair pass found beyond parity (unreadable)",
+                    rep["lost_chunks"])
+        yield gauge("lakefs_peers_down", "Peers this mount treats as down now",
+                    sum(1 for s in list(chunks.stores.values()) if getattr(s, "down", False)))
         peers = sorted(list(chunks.peer_stats.items()))
         rows = [(str(pid), ps) for pid, ps in peers]
         yield labelled(CounterMetricFamily, "lakefs_peer_requests", "Shard requests by peer and op",

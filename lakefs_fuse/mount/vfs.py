@@ -163,6 +163,8 @@ class VFS:
         self.stats_source: Callable[[], bytes] = lambda: json.dumps(asdict(self.stats), indent=1).encode() + b"\n"
         self.config_source: Callable[[], bytes] = lambda: json.dumps({"mountpoint": str(config.mountpoint)}).encode() + b"\n"
         self._usable_free: int | None = None  # bytes of file data the peers can still take
+        #: The background repair's tallies (the daemon's repair loop keeps them; metrics show them).
+        self.repair = {"passes": 0, "shards_rebuilt": 0, "failed": 0, "lost_chunks": 0}
         #: Told (pid, extents from a cache, extents fetched) after every read (metrics, `top`).
         self.on_read: Callable[[int, int, int], None] | None = None
 
