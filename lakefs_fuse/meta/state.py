@@ -95,6 +95,7 @@ class StateMachine:
         # several L0 files).
         table = rocksdict.BlockBasedOptions()
         self._block_cache = rocksdict.Cache(block_cache)
+        self._block_cache_capacity = block_cache
         table.set_block_cache(self._block_cache)
         table.set_bloom_filter(10, False)
         opts.set_block_based_table_factory(table)
@@ -114,9 +115,23 @@ class StateMachine:
         self.db.close()
 
     def preload(self, limit: int = 1 << 30) -> int:
-        """Read the table files once, sequentially, so the kernel's page cache holds them: the
-        lookups of a cold million-file lake then cost a block decode, not a disk seek each.
-        Stops before ``limit`` bytes; returns the bytes read."""
+        """Read the table files once, sequentially, so the kernel's page cache holds them, then walk
+        the keys so the block cache holds their blocks decoded (until it is nine tenths full): the
+        lookups of a cold million-file lake then cost what a small lake's do (~1 s of CPU for 1M
+        files, once). Stops reading files before ``limit`` bytes; returns the bytes read."""
+        done = self._read_tables(limit)
+        capacity = self._block_cache_capacity
+        it = self.db.iter()
+        it.seek_to_first()
+        n = 0
+        while it.valid():
+            it.next()
+            n += 1
+            if n % 20000 == 0 and self._block_cache.get_usage() >= capacity * 0.9:
+                break
+        return done
+
+    def _read_tables(self, limit: int) -> int:
         done = 0
         buf = bytearray(1 << 20)
         try:

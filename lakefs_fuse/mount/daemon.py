@@ -139,7 +139,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         # before the mount goes live, so lookups in a big lake do not each wait on the disk.
         t = time.monotonic()
         got = lake.sm.preload()
-        log.info("dataset mode: %d MiB of metadata read in %.2f s", got >> 20, time.monotonic() - t)
+        log.info("dataset mode: %d MiB of metadata read and cached in %.2f s", got >> 20, time.monotonic() - t)
     disk = _open_disk_cache(cfg, lake)
     vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(cfg.meta),
               disk_cache=disk, page_store=pyfuse3.notify_store)
