@@ -142,3 +142,44 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@needs_fuse
+@needs_weed
+@pytest.mark.timeout(240)
+def test_cluster_lake_on_buckets_two_mounts(tmp_path):
+    """Metadata servers + an object store: no peer servers at all; two mounts share the lake."""
+    from test_metacluster import ClusterMount, Member, free_ports
+    from test_peers import write_secret
+
+    store = WeedS3(tmp_path / "store", ["bk1", "bk2", "bk3"])  # S3 names: 3+ characters
+    secret = write_secret(tmp_path / "secret")
+    members = [Member(tmp_path, i + 1, f"127.0.0.1:{p}", secret) for i, p in enumerate(free_ports(3))]
+    founders = ",".join(f"{m.id}={m.address}" for m in members)
+    meta = ",".join(m.address for m in members)
+    mounts: list[ClusterMount] = []
+    try:
+        store.start()
+        for m in members:
+            m.start("--peers", founders)
+        env = s3_env()
+        res = cli("format", "--meta", meta, "--secret-file", str(secret), "--ec", "2+1",
+                  *sum((["--s3-peer", store.url(b)] for b in store.buckets), []), env=env, timeout=90)
+        assert res.returncode == 0, res.stderr
+        for name in ("a", "b"):
+            m = ClusterMount(tmp_path, name, meta, secret)
+            m.env.update(env)
+            mounts.append(m)
+            m.mount()
+        data = os.urandom(6 << 20)
+        (mounts[0].mnt / "shared.bin").write_bytes(data)  # close commits (close-to-open)
+        assert (mounts[1].mnt / "shared.bin").read_bytes() == data
+        peers = json.loads(cli("peer", "list", "--meta", meta, "--secret-file", str(secret), "--json",
+                               env=env, check=True).stdout)
+        assert sorted(p["kind"] for p in peers) == ["s3", "s3", "s3"]
+    finally:
+        for m in mounts:
+            m.teardown()
+        for m in members:
+            m.stop()
+        store.stop()

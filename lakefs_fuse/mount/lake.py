@@ -234,8 +234,8 @@ def format_remote(addresses: list[str], config: LakeConfig, net_peers: list[str]
     """Format a lake on a metadata cluster, with peer servers ``net_peers`` (``HOST:PORT[@ZONE]``)."""
     secret = cluster_secret(secret_file)
     if not net_peers:
-        raise UserError("a lake on metadata servers needs --net-peer servers (shards must be reachable "
-                        "from every mount)")
+        raise UserError("a lake on metadata servers needs --net-peer servers or --s3-peer buckets "
+                        "(shards must be reachable from every mount)")
     nets = [parse_net_peer(t) for t in net_peers]
     if len({a for _, a, _ in nets}) != len(nets):
         raise UserError("peer addresses must be distinct")
