@@ -133,15 +133,12 @@ class FuseRecorder:
             proc.requests += 1
             proc.seconds += seconds
 
-    def read_done(self, pid: int, nbytes: int) -> None:
+    def read_done(self, pid: int, nbytes: int, hits: int, misses: int) -> None:
+        """A read of ``nbytes`` by ``pid`` whose extents were ``hits`` from a cache, ``misses`` fetched."""
         if pid:
             proc = self._proc(pid)
             proc.reads += 1
             proc.read_bytes += nbytes
-
-    def cache_tally(self, pid: int, hits: int, misses: int) -> None:
-        if pid and (hits or misses):
-            proc = self._proc(pid)
             proc.cache_hits += hits
             proc.cache_misses += misses
 

@@ -147,7 +147,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         "uuid": lake.uuid, "kind": "cluster" if cfg.meta else "embedded", "ec": f"{lake.config.ec_k}+{lake.config.ec_m}",
         "chunk_size": lake.config.chunk_size, "peers": len(lake.chunks.stores)})
     vfs.stats_source, vfs.config_source = observer.stats_text, observer.config_text
-    vfs.on_read = observer.recorder.cache_tally
+    vfs.on_read = observer.recorder.read_done
     ops = Operations(vfs, observer.recorder)
     heartbeat = Heartbeat()
     live = {"ok": False}
@@ -179,7 +179,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
                                "meta": list(cfg.meta), "secret_file": str(cfg.secret_file or "")}))
     status = 0
     try:
-        trio.run(_main, vfs, cfg, mountpoint, report, lake, heartbeat, live)
+        trio.run(_main, vfs, cfg, mountpoint, report, lake, heartbeat, live, observer.repair)
     except BaseException:
         log.exception("mount daemon failed")
         status = 1
@@ -225,12 +225,12 @@ def _open_disk_cache(cfg: MountConfig, lake: Lake):
 
 
 async def _main(vfs: VFS, cfg: MountConfig, mountpoint: Path, report, lake: Lake, heartbeat: Heartbeat,
-                live: dict) -> None:
+                live: dict, repair_tally: dict) -> None:
     async with trio.open_nursery() as nursery:
         await vfs.start(nursery)
         nursery.start_soon(heartbeat.run)
         nursery.start_soon(_signals)
-        nursery.start_soon(_repair_loop, lake, vfs, cfg.repair_delay)
+        nursery.start_soon(_repair_loop, lake, vfs, cfg.repair_delay, repair_tally)
         nursery.start_soon(_become_ready, cfg, mountpoint, report, live)
         await pyfuse3.main()
         log.info("FUSE session ended; flushing")
@@ -238,7 +238,7 @@ async def _main(vfs: VFS, cfg: MountConfig, mountpoint: Path, report, lake: Lake
         nursery.cancel_scope.cancel()
 
 
-async def _repair_loop(lake: Lake, vfs: VFS, delay: float) -> None:
+async def _repair_loop(lake: Lake, vfs: VFS, delay: float, tally: dict) -> None:
     """Close redundancy gaps in the background: see :func:`maintenance.repair_pending`."""
     tick = max(0.5, min(30.0, delay / 2))
     while True:
@@ -248,7 +248,7 @@ async def _repair_loop(lake: Lake, vfs: VFS, delay: float) -> None:
         except Exception:  # repair is best effort; the next round tries again
             log.exception("background repair failed")
             continue
-        r = vfs.repair
+        r = tally
         r["passes"] += 1
         r["shards_rebuilt"] += report.repaired
         r["failed"] += len(report.failed)

@@ -24,6 +24,8 @@ class MountObserver:
     def __init__(self, vfs: VFS, *, lake_info: dict | None = None):
         self.vfs = vfs
         self.lake_info = lake_info or {}
+        #: The daemon's background repair keeps these (see ``daemon._repair_loop``).
+        self.repair = {"passes": 0, "shards_rebuilt": 0, "failed": 0, "lost_chunks": 0}
         self.registry = new_registry()
         self.recorder = FuseRecorder(self.registry)
         self.registry.register(FamilyCollector(self._families))
@@ -89,7 +91,7 @@ class MountObserver:
         yield counter("lakefs_degraded_reads", "Chunk reads that had to decode from parity", chunks.degraded_reads)
         yield counter("lakefs_partial_writes", "Chunks committed without all their shards", chunks.partial_writes)
         yield gauge("lakefs_chunks_needing_repair", "Chunks this mount knows to miss shards", len(chunks.needs_repair))
-        rep = vfs.repair
+        rep = self.repair
         yield counter("lakefs_repair_shards_rebuilt", "Shards the background repair rebuilt elsewhere",
                       rep["shards_rebuilt"])
         yield counter("lakefs_repair_failures", "Chunk repairs that failed (retried next pass)", rep["failed"])

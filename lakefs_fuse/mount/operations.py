@@ -196,10 +196,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh, off, size):
-        data = await self.vfs.read(fh, off, size)
-        if self.recorder is not None:
-            self.recorder.read_done(self.vfs.handle_pid(fh), len(data))
-        return data
+        return await self.vfs.read(fh, off, size)
 
     @fuse_errors
     async def write(self, fh, off, buf):

@@ -137,7 +137,7 @@ class VFS:
         self.cache = RangeCache(config.memory_cache)
         self.lookups: dict[int, int] = {}
         self.opens: dict[int, int] = {}
-        self.handles: dict[int, Handle | DirHandle] = {}
+        self.handles: dict[int, Handle | DirHandle | ControlHandle] = {}
         self._next_fh = 1
         self._layouts: OrderedDict[int, ChunkLayout] = OrderedDict()
         self._listings: OrderedDict[tuple[int, int, int], tuple[float, list]] = OrderedDict()
@@ -163,10 +163,8 @@ class VFS:
         self.stats_source: Callable[[], bytes] = lambda: json.dumps(asdict(self.stats), indent=1).encode() + b"\n"
         self.config_source: Callable[[], bytes] = lambda: json.dumps({"mountpoint": str(config.mountpoint)}).encode() + b"\n"
         self._usable_free: int | None = None  # bytes of file data the peers can still take
-        #: The background repair's tallies (the daemon's repair loop keeps them; metrics show them).
-        self.repair = {"passes": 0, "shards_rebuilt": 0, "failed": 0, "lost_chunks": 0}
-        #: Told (pid, extents from a cache, extents fetched) after every read (metrics, `top`).
-        self.on_read: Callable[[int, int, int], None] | None = None
+        #: Told (pid, bytes, extents from a cache, extents fetched) after every read (metrics, `top`).
+        self.on_read: Callable[[int, int, int, int], None] | None = None
 
     # --------------------------------------------------------------- lifecycle
 
@@ -376,10 +374,7 @@ class VFS:
         if ino in CONTROL_INOS:
             if ino != CONTROL_INO and (flags & O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
                 raise E.LakeError("the mount's status files are read-only", err=errno.EACCES)
-            fh = self._next_fh
-            self._next_fh += 1
-            self.handles[fh] = ControlHandle(ino)
-            return fh, False, True
+            return self._new_handle(ControlHandle(ino)), False, True
         if self.plan.active:
             self.plan.opened(ino)
         if flags & O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
@@ -392,15 +387,19 @@ class VFS:
         return await self._open_handle(self._overlay_attr(inode), flags, ctx.pid)
 
     async def _open_handle(self, inode: Inode, flags: int, pid: int = 0) -> tuple[int, bool, bool]:
-        fh = self._next_fh
-        self._next_fh += 1
-        self.handles[fh] = Handle(inode.ino, flags, pid, profile=inode.profile)
+        fh = self._new_handle(Handle(inode.ino, flags, pid, profile=inode.profile))
         self.opens[inode.ino] = self.opens.get(inode.ino, 0) + 1
         seen = (inode.size, inode.mtime_ns)
         keep = self._cached_attrs.get(inode.ino) == seen
         self._cached_attrs[inode.ino] = seen
         direct = bool(flags & getattr(os, "O_DIRECT", 0o40000))
         return fh, keep, direct
+
+    def _new_handle(self, h: Handle | DirHandle | ControlHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = h
+        return fh
 
     def handle_pid(self, fh: int) -> int:
         h = self.handles.get(fh)
@@ -619,7 +618,7 @@ class VFS:
         finally:
             _TALLY.reset(token)  # read-ahead started below is nobody's read
         if self.on_read is not None:
-            self.on_read(h.pid, tally[0], tally[1])
+            self.on_read(h.pid, size, tally[0], tally[1])
         if earlier or self.writer.has_data(h.ino):
             if not isinstance(data, bytearray):
                 data = bytearray(data)
@@ -718,10 +717,7 @@ class VFS:
         inode = await self.meta.getattr(ino)
         if not inode.is_dir:
             raise E.NotADir()
-        fh = self._next_fh
-        self._next_fh += 1
-        self.handles[fh] = DirHandle(ino)
-        return fh
+        return self._new_handle(DirHandle(ino))
 
     async def readdir(self, fh: int, start: int, limit: int = 256) -> list[tuple[bytes, Inode, int]]:
         """Entries after offset ``start``: '.' is offset 1, '..' 2, then cookie + 2.
