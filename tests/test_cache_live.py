@@ -28,6 +28,18 @@ def write_files(mnt, n, size, seed=1):
     return files
 
 
+def read_with_peers_away(lake, cache, files: dict[str, bytes]) -> None:
+    """Remount (empty memory cache), take every peer away, and read ``files`` from the disk cache."""
+    lake.umount()
+    lake.mount("--cache-dir", str(cache))
+    os.rename(lake.data / "peers", lake.data / "peers.away")
+    try:
+        for rel, data in files.items():
+            assert (lake.mnt / rel).read_bytes() == data, rel
+    finally:
+        os.rename(lake.data / "peers.away", lake.data / "peers")
+
+
 @needs_fuse
 @pytest.mark.timeout(240)
 def test_warmup_then_peers_gone_reads_come_from_the_disk_cache(make_live, tmp_path):
@@ -39,14 +51,7 @@ def test_warmup_then_peers_gone_reads_come_from_the_disk_cache(make_live, tmp_pa
     lake.mount("--cache-dir", str(cache))
     res = cli("warmup", str(lake.mnt / "d"), env=lake.env)
     assert res.returncode == 0 and "warmed 40 files" in res.stdout, res.stderr
-    lake.umount()  # the memory cache goes; the disk cache stays
-    lake.mount("--cache-dir", str(cache))
-    os.rename(lake.data / "peers", lake.data / "peers.away")
-    try:
-        for rel, data in files.items():
-            assert (lake.mnt / rel).read_bytes() == data, rel
-    finally:
-        os.rename(lake.data / "peers.away", lake.data / "peers")
+    read_with_peers_away(lake, cache, files)  # the memory cache goes with the remount; the disk cache stays
 
 
 @needs_fuse
@@ -72,14 +77,7 @@ def test_corrupt_cache_entries_are_detected_and_refetched(make_live, tmp_path):
     lake.mount("--cache-dir", str(cache))
     for rel, data in files.items():
         assert (lake.mnt / rel).read_bytes() == data, rel  # detected, dropped, fetched from the peers
-    lake.umount()
-    lake.mount("--cache-dir", str(cache))
-    os.rename(lake.data / "peers", lake.data / "peers.away")
-    try:  # the refetched ranges were cached again, correctly
-        for rel, data in files.items():
-            assert (lake.mnt / rel).read_bytes() == data, rel
-    finally:
-        os.rename(lake.data / "peers.away", lake.data / "peers")
+    read_with_peers_away(lake, cache, files)  # the refetched ranges were cached again, correctly
 
 
 @needs_fuse
