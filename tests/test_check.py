@@ -20,7 +20,7 @@ def shard_files(lake: LiveLake, chunk_id: int) -> list[Path]:
 
 
 def extents_of(sm: StateMachine, ino: int):
-    return [e for _, v in sm._scan(S.extent_prefix(ino)) for e in S.unpack_extents(v)]
+    return [e for _, v in sm.scan(S.extent_prefix(ino)) for e in S.unpack_extents(v)]
 
 
 def ino_of(sm: StateMachine, *names: bytes) -> int:
@@ -63,7 +63,7 @@ def test_fsck_finds_and_repairs_injected_damage(make_live):
         # an orphaned chunk: c's entry, inode and extents are gone, its chunk still counts them
         sm.db.delete(S.dentry_key(ROOT_INO, b"c"))
         sm.db.delete(S.inode_key(ic))
-        for key, _ in list(sm._scan(S.extent_prefix(ic))):
+        for key, _ in list(sm.scan(S.extent_prefix(ic))):
             sm.db.delete(key)
         # a wrong link count
         inode = Inode.from_bytes(ib, sm.db.get(S.inode_key(ib)))

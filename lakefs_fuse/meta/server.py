@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import rocksdict
 import trio
 
 from .. import errors as E
@@ -141,15 +140,7 @@ class ReplicatedState:
         shutil.rmtree(self.path, ignore_errors=True)
         self.sm = StateMachine(str(self.path), create=True)
         self._members = None
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        n = 0
-        for key, value in msgpack.unpackb(data, raw=False, use_list=True):
-            batch.put(key, value)
-            n += 1
-            if n % 10000 == 0:
-                self.sm.db.write(batch)
-                batch = rocksdict.WriteBatch(raw_mode=True)
-        self.sm.db.write(batch)
+        self.sm.put_all(msgpack.unpackb(data, raw=False, use_list=True))
 
     def members(self) -> dict[int, str]:
         """Member id -> address (read-only: shared until the next change). Every incoming Raft

@@ -822,7 +822,7 @@ class StateMachine:
     def listxattr(self, ino: int) -> list[bytes]:
         self.getattr(ino)
         prefix = S.xattr_prefix(ino)
-        return [key[len(prefix):] for key, _ in self._scan(prefix)]
+        return [key[len(prefix):] for key, _ in self.scan(prefix)]
 
     def chunk(self, chunk_id: int) -> ChunkRecord:
         data = self.db.get(S.chunk_key(chunk_id))
@@ -842,17 +842,17 @@ class StateMachine:
         return out
 
     def peers(self) -> list[PeerRecord]:
-        return [PeerRecord(int.from_bytes(k[1:], "big"), *S.unpack(v)) for k, v in self._scan(b"P")]
+        return [PeerRecord(int.from_bytes(k[1:], "big"), *S.unpack(v)) for k, v in self.scan(b"P")]
 
     def meta_members(self) -> dict[int, str]:
-        return {int.from_bytes(k[1:], "big"): S.unpack(v) for k, v in self._scan(b"M")}
+        return {int.from_bytes(k[1:], "big"): S.unpack(v) for k, v in self.scan(b"M")}
 
     def orphans(self) -> list[int]:
-        return [S.ino_of_orphan_key(k) for k, _ in self._scan(b"O")]
+        return [S.ino_of_orphan_key(k) for k, _ in self.scan(b"O")]
 
     def delete_queue(self, limit: int = 1000) -> list[tuple[int, int]]:
         out = []
-        for k, v in self._scan(b"Q"):
+        for k, v in self.scan(b"Q"):
             out.append((S.chunk_id_of_key(k), S.unpack(v)[0]))
             if len(out) >= limit:
                 break
@@ -870,6 +870,23 @@ class StateMachine:
         parts[0] = packer.pack_array_header(count)
         return b"".join(parts), count
 
+    def put_all(self, pairs, on_batch=None) -> int:
+        """Raw [key, value] pairs written in batches of 10,000 (restoring a snapshot or a dump);
+        ``on_batch(n)`` after each. Returns how many."""
+        batch, n = rocksdict.WriteBatch(raw_mode=True), 0
+        for key, value in pairs:
+            batch.put(key, value)
+            n += 1
+            if n % 10000 == 0:
+                self.db.write(batch)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+                if on_batch:
+                    on_batch(10000)
+        self.db.write(batch)
+        if on_batch and n % 10000:
+            on_batch(n % 10000)
+        return n
+
     def next_chunk_id(self) -> int:
         """Chunk ids below this have been allocated (the next one to be handed out)."""
         data = self.db.get(S.counter_key("chunk"))
@@ -879,7 +896,8 @@ class StateMachine:
         data = self.db.get(S.counter_key("ino"))
         return int.from_bytes(data, "big") if data else 0
 
-    def _scan(self, prefix: bytes):
+    def scan(self, prefix: bytes):
+        """Committed (key, value) pairs under ``prefix``, in key order."""
         for key, value in self.db.items(from_key=prefix):
             if not key.startswith(prefix):
                 break

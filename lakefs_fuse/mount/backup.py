@@ -109,18 +109,7 @@ def load(path: Path, data_dir: Path, *, secret_file: Path | None = None, on_keys
     try:
         sm = StateMachine(str(data_dir / "meta"), create=True)
         try:
-            import rocksdict
-            batch = rocksdict.WriteBatch(raw_mode=True)
-            for n, (key, value) in enumerate(pairs, 1):
-                batch.put(key, value)
-                if n % 10000 == 0:
-                    sm.db.write(batch)
-                    batch = rocksdict.WriteBatch(raw_mode=True)
-                    if on_keys:
-                        on_keys(10000)
-            sm.db.write(batch)
-            if on_keys:
-                on_keys(len(pairs) % 10000)
+            sm.put_all(pairs, on_keys)
             sm.sync()
         finally:
             sm.close()

@@ -103,12 +103,12 @@ def analyse(sm: StateMachine, report: FsckReport) -> list[list]:
     """Every finding in ``report``; returns the fixes (``fsck`` command items) for them."""
     fixes: list[list] = []
     inodes: dict[int, Inode] = {}
-    for key, value in sm._scan(b"I"):
+    for key, value in sm.scan(b"I"):
         inodes[_u64(key[1:9])] = Inode.from_bytes(_u64(key[1:9]), value)
     report.inodes = len(inodes)
     names: Counter[int] = Counter()
     where: dict[int, tuple[int, bytes]] = {}  # ino -> one (parent, name) naming it
-    for key, value in sm._scan(b"D"):
+    for key, value in sm.scan(b"D"):
         parent, name = _u64(key[1:9]), key[9:]
         ino = S.unpack(value)[0]
         report.entries += 1
@@ -118,7 +118,7 @@ def analyse(sm: StateMachine, report: FsckReport) -> list[list]:
             continue
         names[ino] += 1
         where.setdefault(ino, (parent, name))
-    orphans = {S.ino_of_orphan_key(k) for k, _ in sm._scan(b"O")}
+    orphans = set(sm.orphans())
     lost = []
     for ino, inode in inodes.items():
         if ino == ROOT_INO:
@@ -130,13 +130,13 @@ def analyse(sm: StateMachine, report: FsckReport) -> list[list]:
             report.add("link_counts", (ino, inode.nlink, n))
             fixes.append(["set_nlink", ino, n])
     records: dict[int, ChunkRecord] = {}
-    for key, value in sm._scan(b"C"):
+    for key, value in sm.scan(b"C"):
         cid = S.chunk_id_of_key(key)
         records[cid] = ChunkRecord.from_bytes(cid, value)
     report.chunks = len(records)
     refs: Counter[int] = Counter()
     stale: set[int] = set()
-    for key, value in sm._scan(b"E"):
+    for key, value in sm.scan(b"E"):
         ino, index = _u64(key[1:9]), S.index_of_extent_key(key)
         if ino not in inodes:
             if ino not in stale:
