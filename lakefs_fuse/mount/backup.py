@@ -30,25 +30,17 @@ import xxhash
 from ..errors import LakeError, UserError
 from ..meta import schema as S
 from ..meta.state import StateMachine
-from .lake import Lake, is_lake, snapshot_remote, write_marker
+from .lake import Lake, is_lake, write_marker
 
 DUMP_FORMAT = "lakefs-fuse-dump"
 DUMP_VERSION = 1
 
 
 async def dump(lake: Lake, path: Path) -> dict:
-    if lake.sm is not None:
-        body, count = lake.sm.dump()
-        source = "embedded"
-    else:
-        import tempfile
-        with tempfile.TemporaryDirectory(prefix="lakefs-dump.") as tmp:
-            sm = await snapshot_remote(lake.meta_addresses, lake.secret, Path(tmp) / "meta")
-            try:
-                body, count = sm.dump()
-            finally:
-                sm.close()
-        source = "cluster " + ",".join(lake.meta_addresses or [])
+    from .check import MetadataView
+    async with MetadataView(lake) as sm:  # the lake's own RocksDB, or a snapshot of a cluster's
+        body, count = sm.dump()
+    source = "embedded" if lake.sm is not None else "cluster " + ",".join(lake.meta_addresses or [])
     header = {"format": DUMP_FORMAT, "version": DUMP_VERSION, "keys": count, "source": source,
               "uuid": lake.uuid, "at": time.time_ns()}
     _write(path, [msgpack.packb(header), msgpack.packb(body, use_bin_type=True),
