@@ -11,13 +11,15 @@ import logging
 import os
 import stat as st
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
 import click
 import trio
 
-from .config import LakeConfig, MountConfig, default_data_dir, parse_ec, parse_size
+from .config import (DEFAULT_PEER_WEIGHT, UMOUNT_BUSY_WAIT, LakeConfig, MountConfig, default_data_dir,
+                     parse_ec, parse_size)
 from .errors import LakeError, UserError
 
 
@@ -29,7 +31,7 @@ class LakeGroup(click.Group):
             click.echo(f"lakefs-fuse: {exc}", err=True)
             sys.exit(exc.exit_code)
         except LakeError as exc:
-            click.echo(f"lakefs-fuse: {exc or os.strerror(exc.errno)}", err=True)
+            click.echo(f"lakefs-fuse: {str(exc) or os.strerror(exc.errno)}", err=True)  # never an empty line
             sys.exit(1)
 
 
@@ -38,8 +40,7 @@ def _log_setup() -> None:
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
 
-@click.group(cls=LakeGroup, context_settings={"help_option_names": ["-h", "--help"],
-                                              "auto_envvar_prefix": "LAKEFS_FUSE"})
+@click.group(cls=LakeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lakefs-fuse")
 @click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Configuration file (TOML; default $LAKEFS_FUSE_CONFIG, else /etc/lakefs-fuse/config.toml "
@@ -48,10 +49,14 @@ def _log_setup() -> None:
 def main(ctx: click.Context, config_file: Path | None) -> None:
     """lakefs-fuse: a POSIX filesystem for training data, on erasure-coded chunks.
 
-    Every option can also come from the environment (LAKEFS_FUSE_<COMMAND>_<OPTION>, e.g.
-    LAKEFS_FUSE_MOUNT_CACHE_SIZE=20G) or from the configuration file; the command line wins.
+    Every option can also come from the environment (LAKEFS_FUSE_<COMMAND>_<OPTION>, the option as
+    typed: LAKEFS_FUSE_MOUNT_CACHE_SIZE=20G, LAKEFS_FUSE_STATUS_DATA=DIR, LAKEFS_FUSE_LS_JSON=1) or from
+    the configuration file; the command line wins.
     """
     from . import cliconfig
+    warning = cliconfig.unknown_variables(dict(os.environ), ENVIRONMENT)
+    if warning:
+        click.echo(f"lakefs-fuse: {warning}", err=True)
     path = cliconfig.config_path(config_file)
     if path is not None:
         ctx.default_map = cliconfig.load(path, main)
@@ -184,9 +189,13 @@ def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, .
 @click.option("--tls-ca", type=click.Path(path_type=Path), default=None,
               help="Talk TLS to the peer servers, trusting this CA (with --meta).")
 @click.option("--meta-timeout", type=float, default=30.0, show_default=True,
-              help="Seconds an operation may wait for a metadata leader before failing with EIO (with --meta).")
+              help="Seconds one request may wait for the metadata service in total before failing with EIO "
+                   "(with --meta).")
 @click.option("--repair-delay", type=float, default=300.0, show_default=True,
               help="Seconds a peer may be down before its shards are rebuilt elsewhere in the background.")
+@click.option("--compact-interval", type=float, default=MountConfig.compact_interval, show_default=True,
+              help="Seconds between compaction passes (deleted data packed with live files is "
+                   "reclaimed by copying the live bytes out); 0 = off.")
 @click.option("--metrics", default=None, metavar="[HOST:]PORT",
               help="Serve Prometheus /metrics, /healthz and /readyz here (a bare PORT binds 127.0.0.1).")
 @click.option("-o", "options", multiple=True, help="Extra FUSE mount option (repeatable).")
@@ -196,8 +205,8 @@ def mount(ctx: click.Context, mountpoint: Path, data_dir: Path | None, foregroun
           read_only: bool, dataset: bool, attr_timeout: float | None, dirty_budget: str, memory_cache: str,
           cache_dir: Path | None, cache_size: str, cache_free_floor: str, no_disk_cache: bool,
           pack_delay: float | None, meta: str | None, secret_file: Path | None, tls_ca: Path | None,
-          meta_timeout: float, repair_delay: float, metrics: str | None, options: tuple[str, ...],
-          ready_fd: int | None) -> None:
+          meta_timeout: float, repair_delay: float, compact_interval: float, metrics: str | None,
+          options: tuple[str, ...], ready_fd: int | None) -> None:
     """Mount a lake at MOUNTPOINT (daemonizes; returns once the mount is live)."""
     from .config import runtime_dir
     from .mount import daemon
@@ -225,9 +234,12 @@ def mount(ctx: click.Context, mountpoint: Path, data_dir: Path | None, foregroun
                       dirty_budget=parse_size(dirty_budget), memory_cache=parse_size(memory_cache),
                       pack_delay=pack_delay if pack_delay is not None else (0.0 if addresses else 2.0),
                       repair_delay=repair_delay, meta_timeout=meta_timeout, extra_fuse_options=tuple(options),
+                      compact_interval=compact_interval,
                       cache_dir=Path(cache_dir).resolve() if cache_dir else None, cache_size=parse_size(cache_size),
                       cache_free_floor=parse_size(cache_free_floor), metrics=metrics)
     cfg.validate()
+    if daemon.clear_dead_mount(mountpoint):
+        click.echo(f"lakefs-fuse: {mountpoint} was a mount whose daemon had exited; unmounted it", err=True)
     if foreground:
         _log_setup()
         sys.exit(daemon.serve(cfg, ready_fd))
@@ -284,10 +296,15 @@ def _meta_list(text: str) -> list[str]:
 @main.command()
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("--lazy", is_flag=True, help="Detach now; finish when the mount is no longer busy.")
-def umount(mountpoint: Path, lazy: bool) -> None:
-    """Flush and unmount a lakefs-fuse mount."""
+@click.option("--force", is_flag=True,
+              help="Unmount even when written data cannot be stored (full or missing peers): it is lost.")
+@click.option("--wait", "busy_wait", type=click.FloatRange(0), default=UMOUNT_BUSY_WAIT, show_default=True,
+              help="Seconds to keep retrying a busy mount, naming the processes holding it (0: fail at once).")
+def umount(mountpoint: Path, lazy: bool, force: bool, busy_wait: float) -> None:
+    """Flush and unmount a lakefs-fuse mount (refused while written data cannot be stored)."""
     from .mount import daemon
-    daemon.unmount(mountpoint, lazy=lazy)
+    daemon.unmount(mountpoint, lazy=lazy, force=force, busy_wait=busy_wait,
+                   notify=lambda msg: click.echo(f"lakefs-fuse: {msg}", err=True))
 
 
 # ----------------------------------------------------------------- inspection
@@ -299,8 +316,12 @@ def _resolve(path: Path, data_dir: Path | None):
     if data_dir is not None:
         lake = Lake.open(data_dir, read_only=True)
         ino = 1
-        for part in [p for p in str(path).split("/") if p and p != "."]:
-            ino = lake.sm.lookup(ino, part.encode()).ino
+        try:
+            for part in [p for p in str(path).split("/") if p and p != "."]:
+                ino = lake.sm.lookup(ino, os.fsencode(part)).ino
+        except LakeError as exc:
+            lake.close()
+            raise UserError(f"{path}: {str(exc) or os.strerror(exc.errno)} (in the lake in {data_dir})") from None
         return lake, ino
     p = Path(path).absolute()
     try:
@@ -370,7 +391,7 @@ async def _file_info(lake, ino: int, *, shards: bool) -> dict:
             item["ec"] = f"{rec.k}+{rec.m}"
             item["chunk_length"] = rec.length
             if shards:
-                item["shards"] = [{"index": i, "peer": pid, "address": peers[pid].address if pid in peers else "?",
+                item["shards"] = [{"index": i, "peer": pid, "address": lake.peer_address(peers[pid]) if pid in peers else "?",
                                    "health": health[e.chunk_id][i]} for i, pid in enumerate(rec.peers)]
         else:
             item["ec"] = "missing chunk record"
@@ -386,6 +407,13 @@ async def _file_info(lake, ino: int, *, shards: bool) -> dict:
     return info
 
 
+def _local_time(ns: int) -> str:
+    """Nanoseconds since the epoch as local time to the nanosecond: 2026-12-06 15:45:01.123456789 +0100."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    t = time.localtime(seconds)
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', t)}.{frac:09d} {time.strftime('%z', t)}"
+
+
 @main.command("stat")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
@@ -399,11 +427,14 @@ def stat_cmd(path: Path, data_dir: Path | None, as_json: bool) -> None:
     finally:
         lake.close()
     if as_json:
-        click.echo(json.dumps(info, indent=1))
+        click.echo(json.dumps(info, indent=1))  # times stay integers of nanoseconds (atime_ns...)
         return
-    for key in ("inode", "type", "mode", "size", "nlink", "uid", "gid", "mtime_ns", "ec_profile", "chunks", "health"):
-        if key in info:
-            click.echo(f"{key:>8}: {info[key]}")
+    for key in ("inode", "type", "mode", "size", "nlink", "uid", "gid", "atime", "mtime", "ctime", "ec_profile",
+                "chunks", "health"):
+        if f"{key}_ns" in info:
+            click.echo(f"{key:>10}: {_local_time(info[f'{key}_ns'])}")
+        elif key in info:
+            click.echo(f"{key:>10}: {info[key]}")
     for e in info.get("extents", []):
         click.echo(f"  extent @{e['file_offset']} +{e['length']} -> chunk {e['chunk']} @{e['chunk_offset']} "
                    f"EC {e.get('ec')}")
@@ -517,6 +548,14 @@ def _maintain(lake, *, repair: bool, start_after: int, as_json: bool) -> None:
     else:
         bad = ", ".join(f"{n} {h}" for h, n in sorted(report.bad.items())) or "none"
         click.echo(f"{report.chunks} chunks, {report.shards} shards checked; bad shards: {bad}")
+        for chunk, index, peer, health in report.bad_shards[:20]:
+            click.echo(f"  chunk {chunk} shard {index} on peer {peer}: {health}")
+        if len(report.bad_shards) > 20:
+            click.echo(f"  ... (--json lists up to {len(report.bad_shards)})")
+        for f in report.files[:20]:
+            click.echo(f"  in file {f['path']}")
+        if len(report.files) > 20:
+            click.echo(f"  ... (--json lists up to {len(report.files)} files)")
         if repair:
             click.echo(f"repaired {report.repaired} shard(s)")
         for cid, why in report.failed:
@@ -825,14 +864,16 @@ def import_cmd(src: Path, dest: str, data_dir, meta, secret_file, tls_ca, jobs: 
     """Copy the local directory SRC into the lake at DEST (a path in the lake, default its root),
     without going through FUSE; small files are packed densely. An embedded lake must be unmounted
     (or copy into its mount); a cluster lake can be imported into beside its mounts. Rerunning
-    skips files already imported."""
+    skips files already imported. Symlinks are copied as links; sockets, FIFOs and devices are
+    not copied, and the summary counts them (each is listed on stderr)."""
     from .mount.importer import import_tree, scan
     from .mount.vfs import VFS
     lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="import into it (or copy into the mount)")
     cfg = MountConfig(mountpoint=Path("/"), data_dir=data_dir, pack_delay=1.0)
 
     async def run():
-        _dirs, files = await trio.to_thread.run_sync(scan, src)
+        tree = await trio.to_thread.run_sync(scan, src)
+        files = tree.files
         total = sum(size for _, size in files)
         vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(meta))
         async with trio.open_nursery() as nursery:
@@ -847,10 +888,16 @@ def import_cmd(src: Path, dest: str, data_dir, meta, secret_file, tls_ca, jobs: 
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:
-        click.echo(f"imported {report.files} files ({report.bytes / 1e6:.1f} MB) and {report.dirs} directories "
-                   f"into {dest}; {report.skipped} already there")
+        click.echo(f"imported {report.files} files ({report.bytes / 1e6:.1f} MB), {report.symlinks} symlinks and "
+                   f"{report.dirs} directories into {dest}; {report.skipped} already there"
+                   + (f"; {len(report.not_copied)} not copied" if report.not_copied else "")
+                   + (f"; {len(report.failed)} failed" if report.failed else ""))
+        for rel, why in report.not_copied[:20]:
+            click.echo(f"  not copied: {rel}: {why}", err=True)
         for rel, why in report.failed[:20]:
             click.echo(f"  {rel}: {why}", err=True)
+        if len(report.not_copied) > 20 or len(report.failed) > 20:
+            click.echo("  ... (--json lists them all)", err=True)
     if report.failed:
         sys.exit(3)
 
@@ -907,18 +954,27 @@ def status(data_dir, meta, secret_file, tls_ca, as_json: bool) -> None:
         info = trio.run(run)
     finally:
         lake.close()
+    # Exit 3 (like scrub) when something needs attention: a peer that does not answer (down, or
+    # refusing our secret), or chunks below full redundancy.
+    unhealthy = any(not r.get("reachable") for r in info["peers"]) or info["degraded"] or info["unreadable"]
     if as_json:
         click.echo(json.dumps(info, indent=1))
-        return
-    if "meta" in info:
-        _print_raft(info["meta"], False)
-    click.echo(f"EC {info['ec']}, {info['chunks']} chunks, {len(info['degraded'])} degraded, "
-               f"{len(info['unreadable'])} unreadable, {info['delete_queue']} queued for deletion")
-    for r in info["peers"]:
-        up = "up" if r.get("reachable") else "DOWN"
-        cap = f"{r['avail'] / 1e9:.1f}/{r['total'] / 1e9:.1f} GB free" if r.get("reachable") else ""
-        click.echo(f"{r['id']:>3} {r['kind']:<4} {r['address']:<40} zone={r['zone'] or '-':<6} {r['state']:<8} "
-                   f"{up:<5} shards={r['shards']:<8} {cap}")
+    else:
+        if "meta" in info:
+            _print_raft(info["meta"], False)
+        click.echo(f"EC {info['ec']}, {info['chunks']} chunks, {len(info['degraded'])} degraded, "
+                   f"{len(info['unreadable'])} unreadable, {info['delete_queue']} queued for deletion")
+        waiting = info["chunk_bytes"] - info["live_bytes"]  # compaction, then GC, reclaims it
+        click.echo(f"data: {info['live_bytes'] / 2**20:.1f} MiB used by files, {info['chunk_bytes'] / 2**20:.1f} "
+                   f"MiB in chunks ({waiting / 2**20:.1f} MiB deleted or overwritten, not reclaimed yet)")
+        for r in info["peers"]:
+            up = "up" if r.get("reachable") else "DOWN"
+            cap = f"{r['avail'] / 1e9:.1f}/{r['total'] / 1e9:.1f} GB free" if r.get("reachable") \
+                else r.get("error", "")
+            click.echo(f"{r['id']:>3} {r['kind']:<4} {r['address']:<40} zone={r['zone'] or '-':<6} "
+                       f"{r['state']:<8} {up:<5} shards={r['shards']:<8} {cap}")
+    if unhealthy:
+        sys.exit(3)
 
 
 # ---------------------------------------------------------------------- peers
@@ -1008,10 +1064,12 @@ def _run_server(run) -> None:
 @click.argument("address", metavar="HOST:PORT|s3://BUCKET[/PREFIX][?...]")
 @lake_options
 @click.option("--zone", default=None, help="Failure zone (default: what the peer reports).")
-@click.option("--weight", type=float, default=None, help="Placement weight (default: the peer's capacity in TB).")
-def peer_add(address: str, data_dir, meta, secret_file, tls_ca, zone: str | None, weight: float | None) -> None:
+@click.option("--weight", type=click.FloatRange(min=0), default=DEFAULT_PEER_WEIGHT, show_default=True,
+              help="Placement weight: the peer's share of new shards relative to the others' (0: none).")
+def peer_add(address: str, data_dir, meta, secret_file, tls_ca, zone: str | None, weight: float) -> None:
     """Add a running peer server, or a bucket on an S3-compatible store, to a lake (a server must
-    answer with the lake's secret; a bucket must exist and take our credentials)."""
+    answer with the lake's secret; a bucket must exist and take our credentials). A removed peer
+    is added back under its old id. Running mounts of a cluster lake start using it within seconds."""
     from .chunks.netstore import NetStore
     from .chunks.s3store import S3Store
     from .mount.lake import parse_net_peer
@@ -1019,8 +1077,9 @@ def peer_add(address: str, data_dir, meta, secret_file, tls_ca, zone: str | None
     zone = zone if zone is not None else (given_zone or None)
     lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
     try:
-        if any(p.kind == kind and p.address == address for p in lake.peer_records):
-            raise UserError(f"{address} is already a peer of this lake")
+        known = next((p for p in lake.peer_records if p.kind == kind and p.address == address), None)
+        if known is not None and known.state != "removed":
+            raise UserError(f"{address} is already a peer of this lake (peer {known.peer_id})")
 
         async def probe() -> dict:
             if kind == "s3":
@@ -1038,13 +1097,13 @@ def peer_add(address: str, data_dir, meta, secret_file, tls_ca, zone: str | None
             info = trio.run(probe)
         except Exception as exc:  # PeerUnavailable and friends: one clear line
             raise UserError(f"peer {address} does not answer: {exc}") from None
-        pid = max((p.peer_id for p in lake.peer_records), default=-1) + 1
-        # A bucket has no size to weigh by: it weighs like an average peer unless told otherwise.
-        w = weight if weight is not None else 1.0 if kind == "s3" else round(max(0.001, info["total"] / 1e12), 3)
+        pid = known.peer_id if known is not None else max((p.peer_id for p in lake.peer_records), default=-1) + 1
         z = zone if zone is not None else info.get("zone", "")
-        trio.run(partial(lake.meta.apply, ["register_peer", pid, [kind, address, z, w, "up", {"uuid": info.get("id")}]],
+        extra = {**(known.extra if known is not None else {}), "uuid": info.get("id")}
+        trio.run(partial(lake.meta.apply, ["register_peer", pid, [kind, address, z, weight, "up", extra]],
                          sync=True))
-        click.echo(f"added peer {pid}: {address} zone={z or '-'} weight={w}")
+        click.echo(f"added peer {pid}{' back' if known is not None else ''}: {address} zone={z or '-'} "
+                   f"weight={weight}")
     finally:
         lake.close()
 
@@ -1066,6 +1125,28 @@ def peer_remove(peer_id: int, data_dir, meta, secret_file, tls_ca) -> None:
         lake.close()
 
 
+@peer.command("weight")
+@click.argument("peer_id", type=int)
+@click.argument("weight", type=click.FloatRange(min=0))
+@lake_options
+def peer_weight(peer_id: int, weight: float, data_dir, meta, secret_file, tls_ca) -> None:
+    """Set a peer's placement weight: its share of new shards relative to the others' (0: none).
+    Shards already placed stay where they are ('rebalance' moves them). Running mounts of a
+    cluster lake follow within seconds."""
+    lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
+    try:
+        rec = next((p for p in lake.peer_records if p.peer_id == peer_id), None)
+        if rec is None:
+            raise UserError(f"no peer {peer_id} in this lake")
+        if rec.state == "removed":
+            raise UserError(f"peer {peer_id} is removed; 'lakefs-fuse peer add {rec.address}' brings it back")
+        trio.run(partial(lake.meta.apply, ["register_peer", peer_id, [rec.kind, rec.address, rec.zone, weight,
+                                                                      rec.state, rec.extra]], sync=True))
+        click.echo(f"peer {peer_id} ({rec.address}): weight {rec.weight} -> {weight}")
+    finally:
+        lake.close()
+
+
 @peer.command("list")
 @lake_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -1076,8 +1157,8 @@ def peer_list(data_dir, meta, secret_file, tls_ca, as_json: bool) -> None:
     try:
         async def check() -> None:
             async def one(p) -> None:
-                row = {"id": p.peer_id, "kind": p.kind, "address": p.address, "zone": p.zone, "weight": p.weight,
-                       "state": p.state, "reachable": False}
+                row = {"id": p.peer_id, "kind": p.kind, "address": lake.peer_address(p), "zone": p.zone,
+                       "weight": p.weight, "state": p.state, "reachable": False}
                 store = lake.chunks.stores.get(p.peer_id)
                 if store is not None:
                     with trio.move_on_after(5):
@@ -1236,6 +1317,23 @@ def meta_remove(meta: str, node_id: int, secret_file: Path) -> None:
     click.echo(f"member {node_id} removed; members: {_fmt_members(res.get('members', {}))}")
 
 
+@meta_group.command("rebuild")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True,
+              help="The stopped member's directory (its --data).")
+@click.option("--meta", "meta", required=True, metavar="HOST:PORT,...", help="The other, healthy members.")
+@click.option("--secret-file", type=click.Path(path_type=Path), required=True, help="The cluster secret.")
+def meta_rebuild(data_dir: Path, meta: str, secret_file: Path) -> None:
+    """Re-seed a stopped member whose storage is corrupt from the others: it is removed from the
+    cluster, its storage is set aside, and its next 'meta serve' rejoins and copies the metadata."""
+    from .meta.server import rebuild_member
+    from .mount.lake import cluster_secret
+    info = trio.run(rebuild_member, data_dir, _meta_list(meta), cluster_secret(secret_file))
+    click.echo(f"member {info['id']} removed from the cluster (members now: {_fmt_members(info['members'])}); "
+               f"its old storage is in {info['set_aside']} (delete it once the member is back)")
+    click.echo(f"start it again as before ('lakefs-fuse meta serve --id {info['id']} --data {data_dir} "
+               "--listen ...'): it rejoins and receives a copy of the metadata from the leader")
+
+
 def _fmt_members(members: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(members.items(), key=lambda kv: int(kv[0])))
 
@@ -1293,6 +1391,16 @@ def _print_raft(rows: list[dict], as_json: bool) -> None:
             continue
         click.echo(f"{r['id']:>3} {r['address']:<22} {r['role']:<10} {r['term']:>5} {r['commit_index']:>8} "
                    f"{r['last_applied']:>8} {r.get('lag', '-'):>6}  {r['health']}")
+
+
+def _name_environment() -> set[str]:
+    from . import cliconfig
+    return cliconfig.name_environment(main)
+
+
+#: Every LAKEFS_FUSE_* variable that means something (the options' names are given here, once every
+#: command above is defined).
+ENVIRONMENT = _name_environment()
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 Where a value comes from, first match wins:
 
 1. the command line;
-2. the environment: ``LAKEFS_FUSE_<COMMAND>_<OPTION>``, e.g. ``LAKEFS_FUSE_MOUNT_CACHE_SIZE=20G``,
-   ``LAKEFS_FUSE_PEER_SERVE_LISTEN=0.0.0.0:7070`` (click's ``auto_envvar_prefix``);
+2. the environment: ``LAKEFS_FUSE_<COMMAND>_<OPTION>``, the option as it is typed (``--cache-size``:
+   ``LAKEFS_FUSE_MOUNT_CACHE_SIZE=20G``, ``--data``: ``LAKEFS_FUSE_STATUS_DATA``, ``--json``:
+   ``LAKEFS_FUSE_LS_JSON=1``, ``peer serve --listen``: ``LAKEFS_FUSE_PEER_SERVE_LISTEN``). The names are
+   given to the options by :func:`name_environment`; any other ``LAKEFS_FUSE_*`` variable gets a
+   one-line warning (a misspelt name would otherwise be ignored without a word);
 3. the file: ``--config PATH``, else ``$LAKEFS_FUSE_CONFIG``, else ``/etc/lakefs-fuse/config.toml`` if
    it exists. Tables are named after commands (``[mount]``, ``[peer.serve]``, ``[meta.serve]``,
    ``[status]``...) and keys after their long options (``cache-size`` or ``cache_size``);
@@ -28,6 +31,9 @@ from .errors import UserError
 DEFAULT_PATH = Path("/etc/lakefs-fuse/config.toml")
 #: Options that only make sense on a command line (per invocation), never in a file.
 NOT_IN_FILE = {"help", "version", "ready_fd", "foreground", "config"}
+#: Variables read by the code itself rather than through an option.
+OTHER_VARIABLES = {"LAKEFS_FUSE_CONFIG", "LAKEFS_FUSE_DATA", "LAKEFS_FUSE_RUNTIME", "LAKEFS_FUSE_LOG",
+                   "LAKEFS_FUSE_STRICT"}
 
 
 def config_path(given: Path | None) -> Path | None:
@@ -98,6 +104,45 @@ def _options(path: Path, where: str, values: dict, cmd: click.Command) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------- environment
+
+
+def env_name(where: list[str], p: click.Option) -> str:
+    """``LAKEFS_FUSE_<COMMAND>_<OPTION>``, the option as the user types it (``--json``: ``JSON``, not the
+    parameter's ``as_json``); an option with only a short form (``-o``) by its parameter name."""
+    option = max(p.opts, key=len)
+    option = option[2:] if option.startswith("--") else p.name
+    return "_".join(["LAKEFS_FUSE", *where, option]).upper().replace("-", "_")
+
+
+def name_environment(root: click.Group) -> set[str]:
+    """Give every option of every command its environment variable (a command reachable under two
+    names, like ``stat``/``info``, answers to both). Returns every name a variable may have."""
+    names: dict[int, tuple[click.Option, list[str]]] = {}
+    for where, cmd in _walk(root, []):
+        for p in cmd.params:
+            if isinstance(p, click.Option) and p.name not in ("help", "version") and not p.hidden:
+                names.setdefault(id(p), (p, []))[1].append(env_name(where, p))
+    for p, envs in names.values():
+        p.envvar = envs if len(envs) > 1 else envs[0]
+    return {e for _p, envs in names.values() for e in envs} | OTHER_VARIABLES
+
+
+def unknown_variables(environ: dict[str, str], known: set[str]) -> str | None:
+    """One line about the ``LAKEFS_FUSE_*`` variables that are no setting (None if there are none)."""
+    import difflib
+    unknown = sorted(v for v in environ if v.startswith("LAKEFS_FUSE_") and v not in known)
+    if not unknown:
+        return None
+    said = []
+    tails = {k.removeprefix("LAKEFS_FUSE_"): k for k in known}  # the shared prefix would make all look alike
+    for name in unknown:
+        close = difflib.get_close_matches(name.removeprefix("LAKEFS_FUSE_"), tails, n=1, cutoff=0.75)
+        said.append(name + (f" (did you mean {tails[close[0]]}?)" if close else ""))
+    return (f"warning: ignoring {', '.join(said)}: not a lakefs-fuse setting "
+            "(LAKEFS_FUSE_<COMMAND>_<OPTION>; 'lakefs-fuse config example' lists them)")
+
+
 # ---------------------------------------------------------------------------- example file
 
 
@@ -114,7 +159,7 @@ def example(root: click.Group) -> str:
         lines.append(f"[{'.'.join(where)}]" + (f"  # {first}" if first else ""))
         for p in opts:
             key = max(p.opts, key=len).lstrip("-")
-            env = "LAKEFS_FUSE_" + "_".join(where + [p.name]).upper().replace("-", "_")
+            env = env_name(where, p)
             for text in _wrap(p.help or ""):
                 lines.append(f"# {text}")
             lines.append(f"# env: {env}")

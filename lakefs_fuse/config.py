@@ -15,6 +15,19 @@ from .errors import UserError
 MiB = 1 << 20
 KiB = 1 << 10
 
+#: Placement weight of a peer unless ``--weight`` says otherwise (format, ``peer add``): every
+#: peer draws an equal share of new shards. A peer with twice the weight draws twice the share;
+#: weight 0 takes no new shards (it still serves the ones it holds).
+DEFAULT_PEER_WEIGHT = 1.0
+
+#: How often a running cluster mount re-reads the peer records (``peer add/remove/weight`` made
+#: elsewhere reach it within this many seconds).
+PEER_REFRESH_SECONDS = 2.0
+
+#: How long ``umount`` retries a busy mount before it gives up (what holds a mount is usually
+#: about to let go: a job or shell ending, files the kernel is still releasing).
+UMOUNT_BUSY_WAIT = 10.0
+
 
 def default_data_dir() -> Path:
     """Where a zero-configuration embedded lake lives (``$LAKEFS_FUSE_DATA`` overrides)."""
@@ -107,7 +120,8 @@ class MountConfig:
     secret_file: Path | None = None
     #: CA/certificate to trust for TLS to peer servers (cluster lakes).
     tls_ca: Path | None = None
-    #: Seconds a metadata operation may look for a leader before it fails with EIO (cluster lakes).
+    #: Seconds one request may wait for the metadata service, across all its calls, before it fails
+    #: with EIO (cluster lakes; see meta/budget.py).
     meta_timeout: float = 30.0
     read_only: bool = False
     #: Dataset mode: read-only, long TTLs, negative lookups and listings cached (see the CLI help).
@@ -125,6 +139,9 @@ class MountConfig:
     #: Seconds a peer must stay down before the daemon rebuilds its shards elsewhere
     #: (missing or corrupt shards on live peers are rebuilt at once).
     repair_delay: float = 300.0
+    #: Seconds between compaction passes (copying the live bytes out of chunks whose files use
+    #: at most half of them, so deleted data is reclaimed); 0 = off.
+    compact_interval: float = 300.0
     #: In-memory cache of immutable chunk ranges.
     memory_cache: int = 512 * MiB
     #: Sequential read-ahead window cap (whole chunks fetched ahead).
@@ -157,6 +174,8 @@ class MountConfig:
             raise UserError("pack delay must be between 0 and 60 seconds")
         if self.cache_dir is not None and self.cache_size < 16 * MiB:
             raise UserError("cache size must be at least 16M")
+        if self.compact_interval < 0:
+            raise UserError("compact interval must be >= 0 (0 = off)")
         if not 1 <= self.meta_timeout <= 3600:
             raise UserError("metadata timeout must be between 1 and 3600 seconds")
         if self.metrics is not None:

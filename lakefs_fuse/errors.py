@@ -85,6 +85,21 @@ class DataUnavailable(LakeError):
     errno = errno.EIO
 
 
+class MetadataCorrupt(LakeError):
+    """RocksDB found a damaged block (checksum mismatch, truncated file) in the metadata.
+
+    Nothing that reads or changes the metadata may go on from a partial view: the way out is a
+    restore from a dump, or, for a metadata server, a re-seed from the other members.
+    """
+
+    errno = errno.EIO
+    HINT = ("restore the lake from a dump ('lakefs-fuse load'), or re-seed a metadata server from the "
+            "others ('lakefs-fuse meta rebuild'); see docs/operations.md, 'Recovering from corrupt metadata'")
+
+    def __init__(self, where: str, detail: str):
+        super().__init__(f"metadata corrupt in {where}: {detail}; {self.HINT}")
+
+
 class UserError(Exception):
     """A mistake of the person at the CLI: printed as one line, exit status 1, no traceback."""
 

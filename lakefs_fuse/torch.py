@@ -23,7 +23,10 @@ is a no-op that emits one :class:`PrefetchUnavailable` warning: prefetch never f
 Protocol (the daemon side is ``lakefs_fuse.mount.planner``): a mount has a hidden, write-only file
 ``.prefetch`` in its root. Text written to it is the upcoming read order, one path per line,
 relative to the mount root; a line ``--reset`` first drops the previous plan. A write returns once
-the daemon has queued its lines. The daemon validates nothing and skips paths that name nothing.
+the daemon has queued its lines. The daemon skips paths that name nothing or that the writing user
+may not read (each user has a plan of their own). On a read-only mount the kernel refuses to open
+the file for writing (EROFS); the same lines then go to the daemon's Unix socket, whose path
+``cat .prefetch`` shows as ``plan_socket``.
 
 This module is a client of the mount's *files* only: it imports nothing else from lakefs_fuse, and
 imports torch only when :class:`PrefetchSampler` is first used, so ``prefetch`` and ``mount_root``
@@ -32,7 +35,10 @@ work without torch installed.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import socket
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -133,23 +139,54 @@ def _group_by_mount(paths: Iterable[PathLike], table: dict[str, str]) -> dict[st
     return groups
 
 
+def _plan_chunks(rels: list[bytes], reset: bool) -> Iterator[bytes]:
+    """The plan's lines, ~1 MiB of whole lines at a time."""
+    lines = [RESET.encode()] if reset else []
+    size = sum(len(x) + 1 for x in lines)
+    for rel in rels:
+        lines.append(rel)
+        size += len(rel) + 1
+        if size >= CHUNK_BYTES:
+            yield b"\n".join(lines) + b"\n"
+            lines, size = [], 0
+    if lines:
+        yield b"\n".join(lines) + b"\n"
+
+
 def _write_plan(root: str, rels: list[bytes], reset: bool) -> None:
     """Hand one mount its plan: one open, ~1 MiB of whole lines per write. Raises OSError."""
     # No O_CREAT: on a mount without the control file this must fail, not create a file.
-    fd = os.open(os.path.join(root, CONTROL_NAME), os.O_WRONLY | os.O_CLOEXEC)
     try:
-        lines = [RESET.encode()] if reset else []
-        size = sum(len(x) + 1 for x in lines)
-        for rel in rels:
-            lines.append(rel)
-            size += len(rel) + 1
-            if size >= CHUNK_BYTES:
-                _write_all(fd, b"\n".join(lines) + b"\n")
-                lines, size = [], 0
-        if lines:
-            _write_all(fd, b"\n".join(lines) + b"\n")
+        fd = os.open(os.path.join(root, CONTROL_NAME), os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        _send_plan(root, rels, reset)  # a read-only mount
+        return
+    try:
+        for chunk in _plan_chunks(rels, reset):
+            _write_all(fd, chunk)
     finally:
         os.close(fd)
+
+
+def _send_plan(root: str, rels: list[bytes], reset: bool, timeout: float = 60.0) -> None:
+    """A read-only mount's plan goes to the daemon's socket; returns once the daemon took it."""
+    with open(os.path.join(root, CONTROL_NAME), "rb") as f:
+        try:
+            address = json.loads(f.read()).get("plan_socket")
+        except ValueError:
+            address = None
+    if not address:
+        raise OSError(errno.EROFS, "read-only mount without a plan socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(address)
+        for chunk in _plan_chunks(rels, reset):
+            s.sendall(chunk)
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(1 << 16):  # the daemon's report, once every line is queued
+            pass
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -478,6 +478,16 @@ class RpcClient:
     def closed(self) -> bool:
         return self._lost is not None
 
+    @property
+    def bytes_received(self) -> int:
+        """Bytes read from the connection so far: a long answer shows its progress here."""
+        return self._fs._bytes_received
+
+    @property
+    def sending(self) -> bool:
+        """A frame is being written right now (a long request is still going out)."""
+        return self._fs._send_lock.locked()
+
     async def call(self, op: str, args: dict | None = None, payload: bytes | bytearray | memoryview = b"",
                    *, timeout: float = 10.0) -> tuple[dict, bytearray]:
         """Send one request and wait for its answer: returns (result, payload).

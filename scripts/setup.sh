@@ -29,6 +29,8 @@ extras=""
 stamp=".venv/.installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   log=.venv/pip-install.log
+  # pip is quiet here (its output goes to the log), so say what the next minutes are spent on.
+  echo "setup: installing Python packages into $PWD/.venv (a few minutes${extras:+; with torch, ~5.5 GB}; log: $log)..." >&2
   if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}" >"$log" 2>&1; then
     tail -30 "$log" >&2
     echo "setup: pip install failed (full log: $log)" >&2

@@ -165,6 +165,23 @@ def live(tmp_path):
             pytest.fail("mount left behind")
 
 
+HELPER = Path("/sbin/mount.fuse.lakefs")
+
+
+@pytest.fixture
+def helper():
+    """The mount helper installed in /sbin for the test (and removed after, unless it was there)."""
+    existed = HELPER.exists()
+    if existed and "installed by lakefs-fuse" not in HELPER.read_text(errors="replace"):
+        pytest.skip(f"{HELPER} belongs to something else")
+    cli("install-mount-helper", check=True)
+    try:
+        yield HELPER
+    finally:
+        if not existed:
+            cli("install-mount-helper", "--remove", check=True)
+
+
 @pytest.fixture
 def make_live(tmp_path):
     """Factory for lakes with other format arguments; every one is torn down."""

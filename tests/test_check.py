@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import LiveLake, cli, needs_fuse, take_down, write_synced_file
+from conftest import LiveLake, cli, needs_fuse, take_down, wait_for, write_synced_file
 
 from lakefs_fuse.meta import schema as S
 from lakefs_fuse.meta.schema import ROOT_INO, Inode
@@ -233,9 +233,13 @@ def test_fsck_gc_dump_on_a_cluster_lake(tmp_path):
         lake = ["--meta", cluster.meta, "--secret-file", str(cluster.secret)]
         code, report = run_json("fsck", *lake, env=mnt.env)  # beside the live mount
         assert code == 0 and report["clean"] and report["inodes"] >= 5, report
-        code, report = run_json("gc", *lake, "--grace", "0", "--dry-run", env=mnt.env)
-        assert code == 0 and report["orphan_shards"] == [] and not report["unreachable_peers"]
-        assert report["queued_chunks"] >= 1  # f4's chunk, which nothing references now
+        # f4's chunk is queued once the mount frees the unlinked inode: on a shared lake that waits
+        # a few seconds (another mount may have just looked it up: vfs._maybe_release).
+        def gc_dry_run():
+            code, report = run_json("gc", *lake, "--grace", "0", "--dry-run", env=mnt.env)
+            assert code == 0 and report["orphan_shards"] == [] and not report["unreachable_peers"]
+            return report["queued_chunks"] >= 1
+        wait_for(gc_dry_run, 30, "f4's chunk to be queued for deletion", interval=0.5)
         dump = tmp_path / "cluster.dump"
         res = cli("dump", str(dump), *lake, env=mnt.env)
         assert res.returncode == 0, res.stderr

@@ -11,23 +11,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO, LiveLake, cli, is_mountpoint, needs_fuse, take_down
+from conftest import HELPER, REPO, LiveLake, cli, is_mountpoint, needs_fuse, take_down
 
-HELPER = Path("/sbin/mount.fuse.lakefs")
-
-
-@pytest.fixture
-def helper():
-    """The mount helper installed in /sbin for the test (and removed after, unless it was there)."""
-    existed = HELPER.exists()
-    if existed and "installed by lakefs-fuse" not in HELPER.read_text(errors="replace"):
-        pytest.skip(f"{HELPER} belongs to something else")
-    cli("install-mount-helper", check=True)
-    try:
-        yield HELPER
-    finally:
-        if not existed:
-            cli("install-mount-helper", "--remove", check=True)
 
 
 def config_of(mnt: Path) -> dict:

@@ -199,10 +199,13 @@ def test_writes_with_peers_down_commit_k_plus_1_and_fail_below(cluster):
         p.start()
     wait_for(lambda: _write(lake.mnt / "g", b"x" * 1000) == 0, 30, "writes to work again once peers are back")
     lake.umount()
-    st = json.loads(cli("status", "--data", str(lake.data), "--json", env=lake.env, check=True).stdout)
-    assert st["degraded"] == []  # all peers answer again...
+    res = cli("status", "--data", str(lake.data), "--json", env=lake.env)
+    st = json.loads(res.stdout)
+    assert all(p["reachable"] for p in st["peers"])  # all peers answer again, but shards are missing:
+    assert res.returncode == 3 and st["missing_shards"] >= 2 and st["degraded"]  # status says so...
     res = cli("scrub", "--data", str(lake.data), "--json", env=lake.env)
-    assert res.returncode == 3 and json.loads(res.stdout)["bad"].get("missing", 0) >= 2  # ...but shards are missing
+    missing = json.loads(res.stdout)["bad"].get("missing", 0)
+    assert res.returncode == 3 and missing == st["missing_shards"]  # ...and agrees with scrub
     assert cli("repair", "--data", str(lake.data), env=lake.env).returncode == 0
     assert cli("scrub", "--data", str(lake.data), env=lake.env).returncode == 0
     lake.mount()
@@ -274,7 +277,11 @@ def test_status_scrub_and_repair_restore_full_redundancy(tmp_path):
         lake.umount()
 
         def status():
-            return json.loads(cli("status", "--data", str(lake.data), "--json", env=lake.env, check=True).stdout)
+            res = cli("status", "--data", str(lake.data), "--json", env=lake.env)
+            st = json.loads(res.stdout)
+            healthy = all(p["reachable"] for p in st["peers"]) and not st["degraded"] and not st["unreadable"]
+            assert res.returncode == (0 if healthy else 3), res.stderr  # exit 3: needs attention
+            return st
         st = status()
         assert st["chunks"] == 5 and st["degraded"] == [] and sum(p["shards"] for p in st["peers"]) == 45
         victim = max(st["peers"], key=lambda p: p["shards"])
@@ -343,8 +350,8 @@ def test_mount_repairs_in_the_background_after_the_delay(tmp_path):
         victim = info["extents"][0]["shards"][0]["peer"]
         peers[victim].kill9()
 
-        def repaired():
-            st = json.loads(cli("status", "--data", str(lake.data), "--json", env=lake.env, check=True).stdout)
+        def repaired():  # (exit 3 all along: the victim stays down)
+            st = json.loads(cli("status", "--data", str(lake.data), "--json", env=lake.env).stdout)
             shards = next(p for p in st["peers"] if p["id"] == victim)["shards"]
             return shards == 0 and st["degraded"] == [] and st["unreadable"] == []
         wait_for(repaired, 90, "the daemon to rebuild the dead peer's shards elsewhere", interval=0.5)
@@ -570,11 +577,11 @@ def test_tls_between_mount_and_peers(tmp_path):
         assert all(r["reachable"] for r in rows)
         # a lake that does not trust the peers' certificate is refused, and says why
         bad = tmp_path / "bad-lake"
-        cli("format", "--data", str(bad), "--secret-file", str(secret), "--tls-ca", str(other_cert), *net,
-            "--ec", "4+2", env=lake.env, check=True)
-        rows = json.loads(cli("peer", "list", "--data", str(bad), "--json", env=lake.env, check=True).stdout)
-        assert not any(r["reachable"] for r in rows)
-        assert "TLS" in rows[0]["error"] or "certificate" in rows[0]["error"], rows[0]
+        res = cli("format", "--data", str(bad), "--secret-file", str(secret), "--tls-ca", str(other_cert), *net,
+                  "--ec", "4+2", env=lake.env)
+        assert res.returncode == 1 and not (bad / "lake.json").exists()
+        lines = res.stderr.strip().splitlines()  # one line per peer, each naming the certificate
+        assert len(lines) == len(peers) and all("certificate" in line for line in lines), res.stderr
         # a plaintext client gets nothing from a TLS peer (the connection fails, the peer lives on)
         with socket.create_connection(("127.0.0.1", peers[0].port), timeout=5) as s:
             s.sendall(b"\0" * 8)

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,17 @@ from conftest import needs_fuse, wait_for
 
 def plan_report(mnt: Path) -> dict:
     return json.loads((mnt / ".prefetch").read_text())
+
+
+def send_plan(mnt: Path, text: bytes) -> dict:
+    """A read-only mount's plan: the kernel refuses to open .prefetch for writing, so it goes to the
+    daemon's socket. Returns the report the daemon answers with once it took every line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(plan_report(mnt)["plan_socket"])
+        s.sendall(text)
+        s.shutdown(socket.SHUT_WR)
+        return json.loads(b"".join(iter(lambda: s.recv(1 << 16), b"")))
 
 
 def write_tree(mnt: Path, n: int, classes: int = 2) -> dict[str, bytes]:
@@ -110,8 +122,7 @@ def test_read_only_mount_takes_a_plan_but_no_writes(make_live):
     with pytest.raises(OSError) as err:
         os.unlink(lake.mnt / "f")
     assert err.value.errno == errno.EROFS
-    with open(lake.mnt / ".prefetch", "w") as f:
-        f.write("f\n")
+    send_plan(lake.mnt, b"f\n")
     wait_for(lambda: plan_report(lake.mnt)["resolved"] == 1, 10, "the plan on a read-only mount")
     assert (lake.mnt / "f").read_bytes() == b"data"
 
@@ -128,8 +139,7 @@ def test_dataset_plan_fills_the_kernel_page_cache(make_live):
         os.listdir(lake.mnt / f"c{c}")  # the loader's scan: the kernel now knows every inode
     order = list(files)
     random.Random(3).shuffle(order)
-    with open(lake.mnt / ".prefetch", "w") as f:
-        f.write("--reset\n" + "\n".join(order) + "\n")
+    send_plan(lake.mnt, ("--reset\n" + "\n".join(order) + "\n").encode())
     wait_for(lambda: plan_report(lake.mnt)["page_cache"]["pushed"] == 40, 60, "the files in the page cache")
     reads_before = plan_report(lake.mnt)["read_requests"]
     for rel in order:
@@ -140,8 +150,7 @@ def test_dataset_plan_fills_the_kernel_page_cache(make_live):
     assert report["page_cache"]["refused"] == 0 and report["opened_in_plan"] == 40
 
     # Second epoch, same files: the kernel still holds them, nothing is fetched or pushed again.
-    with open(lake.mnt / ".prefetch", "w") as f:
-        f.write("--reset\n" + "\n".join(reversed(order)) + "\n")
+    send_plan(lake.mnt, ("--reset\n" + "\n".join(reversed(order)) + "\n").encode())
     wait_for(lambda: plan_report(lake.mnt)["resolved"] == 80, 30, "the second plan")
     for rel in reversed(order):
         assert (lake.mnt / rel).read_bytes() == files[rel], rel
@@ -162,7 +171,5 @@ def test_read_only_mount_closes_without_flush_and_keeps_unterminated_plan_lines(
         for i in range(3):
             with open(lake.mnt / f"f{i}", "rb") as f:
                 assert f.read() == b"%d" % i * 1000
-    fd = os.open(lake.mnt / ".prefetch", os.O_WRONLY)
-    os.write(fd, b"f1\nf2")  # no newline at the end: taken when the file is released
-    os.close(fd)
+    send_plan(lake.mnt, b"f1\nf2")  # no newline at the end: taken when the client closes its side
     wait_for(lambda: plan_report(lake.mnt)["resolved"] == 2, 10, "both plan lines")

@@ -106,7 +106,7 @@ def test_unlinked_open_file_freed_after_release_and_gc(tmp_path):
             await vfs.getattr(ino)
         assert await vfs.collect_garbage(grace=0) >= 1
         peers = Path(vfs.chunks.stores[0].root).parent
-        assert not [p for p in peers.rglob("*.*") if p.parent.name != "tmp"]
+        assert not [p for p in peers.rglob("*.*") if p.parent.name != "tmp" and p.name != "lake-owner.json"]
 
     run_vfs(tmp_path, body)
 
@@ -195,3 +195,49 @@ def test_read_only_mount_refuses_writes(tmp_path):
             lake.close()
 
     trio.run(main)
+
+
+def test_lookup_answer_racing_a_rename_over_its_inode_is_not_freed(tmp_path):
+    """Issue 11, point 10: a lookup's answer (the old inode) arrives after a rename over that
+    name has dropped the inode's last link. The release must wait for the answer, or the kernel
+    opens a freed inode: ENOENT for a file that was only replaced."""
+
+    async def body(vfs):
+        fh, old = await create(vfs, b"key")
+        await vfs.write(fh, 0, b"old value")
+        await vfs.release(fh)
+        fh, new = await create(vfs, b"tmp")
+        await vfs.write(fh, 0, b"new value")
+        await vfs.release(fh)
+        await vfs.forget([(old, vfs.lookups.get(old, 0)), (new, vfs.lookups.get(new, 0))])
+        answered, go = trio.Event(), trio.Event()
+        real_lookup = vfs.meta.lookup
+
+        async def slow_lookup(parent, name):  # the answer is computed now, delivered later
+            inode = await real_lookup(parent, name)
+            answered.set()
+            await go.wait()
+            return inode
+
+        vfs.meta.lookup = slow_lookup
+        seen = {}
+
+        async def reader():
+            seen["inode"] = await vfs.lookup(ROOT_INO, b"key", CTX)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await answered.wait()
+            await vfs.rename(ROOT_INO, b"tmp", ROOT_INO, b"key", 0, CTX)  # drops old's last link
+            go.set()
+        vfs.meta.lookup = real_lookup
+        assert seen["inode"].ino == old
+        fh, _keep, _direct = await vfs.open(old, os.O_RDONLY, CTX)  # the kernel opens what lookup said
+        assert await vfs.read(fh, 0, 100) == b"old value"
+        await vfs.release(fh)
+        await vfs.forget([(old, 1)])
+        await trio.sleep(0)
+        with pytest.raises(E.NotFound):  # freed once nothing references it
+            await vfs.meta.getattr(old)
+
+    run_vfs(tmp_path, body, pack_delay=0)

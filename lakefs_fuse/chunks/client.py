@@ -11,6 +11,19 @@ Reads: fetch only the data-shard ranges that cover the request. If any of them f
 shards and decode just that range. More than ``m`` bad shards -> :class:`DataUnavailable`
 (EIO): never wrong bytes, never a hang (local peers answer or fail; issue 3 adds timeouts).
 
+Hedged reads: a shard fetch from a remote peer that has not answered after ``hedge_after``
+(1 s, or four times the peer's mean shard-read time if that is longer: a store that is always
+slow, such as a bucket far away, is not hedged on every read) is given up when the other shards
+can decode without it: the read decodes around it and the peer is marked slow (``health``), so
+later reads skip it at once until it answers a probe. A frozen peer costs one read about a
+second, not a call timeout.
+
+Full peers: a peer that refuses a shard for lack of space (:class:`PeerFull`) gets no new shards
+for a backoff (5 s doubling to 2 min), with one WARNING per full episode. The free-space figures
+of :meth:`capacity` (the mount asks each second) recheck it: room for the shard it refused lets
+it take shards again, none keeps it out; without figures it is tried again when the backoff ends.
+A put that succeeds ends the episode.
+
 Concurrent reads of the same chunk range share one fetch (single flight).
 """
 
@@ -30,12 +43,27 @@ from ..errors import DataUnavailable, NoSpace
 from .codec import NotEnoughShards, get_codec
 from .layout import ChunkLayout, data_shards_for, shard_len_for
 from .placement import PeerChoice, place
-from .shardfile import ShardCorrupt, ShardMissing
-from .store import PeerUnavailable, ShardStore
+from .shardfile import ShardCorrupt, ShardMissing, header_size
+from .store import PeerFull, PeerUnavailable, ShardStore
 
 log = logging.getLogger(__name__)
 
 _SHARD_ERRORS = (PeerUnavailable, ShardMissing, ShardCorrupt, OSError)
+_FS_BLOCK = 4096  # what a shard file occupies is rounded up to this (admission is an upper bound)
+#: Seconds a read waits for a remote peer's shard before it decodes from the others instead.
+HEDGE_AFTER = 1.0
+#: Seconds a peer that refused a shard for lack of space is left out of placement (doubling).
+FULL_BACKOFF_MIN = 5.0
+FULL_BACKOFF_MAX = 120.0
+
+
+@dataclass(slots=True)
+class _Full:
+    """A peer that refused a shard for lack of space."""
+
+    until: float  # trio time: no new shards before (unless its free space says there is room)
+    backoff: float
+    needed: int  # bytes of the refused shard: a free-space figure this big lets it take shards
 
 
 class _Flight:
@@ -63,7 +91,7 @@ class PeerStats:
 class ChunkClient:
     def __init__(self, stores: Mapping[int, ShardStore], *, k: int, m: int, min_shard: int,
                  zones: Mapping[int, str] | None = None, weights: Mapping[int, float] | None = None,
-                 threads: int = 16):
+                 threads: int = 16, hedge_after: float = HEDGE_AFTER):
         self.stores = dict(stores)
         self.k, self.m, self.min_shard = k, m, min_shard
         # Peers without a weight (removed, draining) still serve reads but get no new shards.
@@ -75,8 +103,13 @@ class ChunkClient:
         #: chunks known to miss shards (partial writes, failed shard reads): repair looks here first
         self.needs_repair: set[int] = set()
         self._warned: dict[int, float] = {}
+        self._unplaced_warned: dict[int, float] = {}
         self._inflight: dict[tuple[int, int, int], _Flight] = {}
+        self.hedge_after = hedge_after
+        self._full: dict[int, _Full] = {}
         self.peer_stats: dict[int, PeerStats] = {pid: PeerStats() for pid in self.stores}
+        #: Peers that did not answer the last capacity() call, and why.
+        self.unanswered: dict[int, str] = {}
 
     # ------------------------------------------------------------------ write
 
@@ -110,17 +143,22 @@ class ChunkClient:
         async def put_one(index: int) -> None:
             while True:
                 peer_id = peers[index]
-                try:
-                    await self._put(peer_id, chunk_id, index, shards[index])
-                    return
-                except PeerUnavailable as exc:
-                    log.warning("chunk %d shard %d: peer %d refused: %s", chunk_id, index, peer_id, exc)
-                    spare = place(chunk_id, self.choices, 1, exclude=sorted(tried | set(peers)))
-                    if not spare:
-                        failed.append(index)
+                # A full peer is not asked. A down one is: its store refuses at once, or waits
+                # for a probe that has just started -- it may be back, and then takes the shard.
+                if not self._marked_full(peer_id):
+                    try:
+                        await self._put(peer_id, chunk_id, index, shards[index])
                         return
-                    tried.add(spare[0])
-                    peers[index] = spare[0]
+                    except PeerUnavailable as exc:
+                        self._refused(peer_id, exc, len(shards[index]), f"chunk {chunk_id} shard {index}")
+                else:
+                    log.debug("chunk %d shard %d: peer %d is full", chunk_id, index, peer_id)
+                spare = place(chunk_id, self._placeable(), 1, exclude=sorted(tried | set(peers)))
+                if not spare:
+                    failed.append(index)
+                    return
+                tried.add(spare[0])
+                peers[index] = spare[0]
 
         async with trio.open_nursery() as nursery:
             for index in range(width):
@@ -135,15 +173,109 @@ class ChunkClient:
             # record names the intended peers of the missing shards, so the chunk shows up as
             # degraded and repair rebuilds exactly those shards.
             self.partial_writes += 1
+            self.needs_repair.add(chunk_id)
+            now = trio.current_time()
             for index in failed:
-                self.needs_repair.add(chunk_id)
-                log.warning("chunk %d stored without shard %d (peer %d); queued for repair",
-                            chunk_id, index, peers[index])
+                # One WARNING per peer per minute: with no spare peer, every chunk lacks its shard.
+                if now - self._unplaced_warned.get(peers[index], -1e9) >= 60:
+                    self._unplaced_warned[peers[index]] = now
+                    log.warning("chunk %d stored without shard %d (peer %d); queued for repair (more chunks "
+                                "without a shard on this peer are logged at DEBUG for a minute)",
+                                chunk_id, index, peers[index])
+                else:
+                    log.debug("chunk %d stored without shard %d (peer %d); queued for repair",
+                              chunk_id, index, peers[index])
         return layout
 
+    # ------------------------------------------------------- which peers take shards
+
+    def _marked_full(self, peer_id: int) -> bool:
+        """Refused a shard for lack of space and not cleared yet (a mark that ran out is not)."""
+        mark = self._full.get(peer_id)
+        return mark is not None and trio.current_time() < mark.until
+
+    def _takes_shards(self, peer_id: int) -> bool:
+        """Not known to be down, and not marked full."""
+        return getattr(self.stores[peer_id], "up", True) and not self._marked_full(peer_id)
+
+    def _placeable(self) -> list[PeerChoice]:
+        return [c for c in self.choices if self._takes_shards(c.peer_id)]
+
+    def _name(self, peer_id: int) -> str:
+        store = self.stores.get(peer_id)
+        where = getattr(store, "address", None) or getattr(store, "root", None)
+        return f"peer {peer_id} ({where})" if where else f"peer {peer_id}"
+
+    def _refused(self, peer_id: int, exc: PeerUnavailable, size: int, what: str) -> None:
+        """A put was refused. Full: mark the peer (one warning per episode). Down: its store has
+        said so once. Anything else is worth a warning of its own."""
+        if isinstance(exc, PeerFull):
+            self._note_full(peer_id, exc, size)
+        elif getattr(self.stores[peer_id], "down", False):
+            log.debug("%s: peer %d refused: %s", what, peer_id, exc)
+        else:
+            log.warning("%s: peer %d refused: %s", what, peer_id, exc)
+
+    def _note_full(self, peer_id: int, exc: Exception, size: int) -> None:
+        now = trio.current_time()
+        mark = self._full.get(peer_id)
+        if mark is None:
+            self._full[peer_id] = _Full(now + FULL_BACKOFF_MIN, FULL_BACKOFF_MIN, size)
+            name, why = self._name(peer_id), str(exc)
+            why = why[len(name) + 2:] if why.startswith(name + ": ") else why
+            log.warning("%s is full and refused a shard (%s): it gets no new shards until it reports room "
+                        "again", name, why)
+            return
+        if now >= mark.until:  # refused again after its mark ran out (puts in flight do not count)
+            mark.backoff = min(mark.backoff * 2, FULL_BACKOFF_MAX)
+            mark.until = now + mark.backoff
+        mark.needed = max(mark.needed, size)
+        log.debug("%s refused a shard again: %s", self._name(peer_id), exc)
+
+    def _recheck_full(self, peer_id: int, avail: int) -> None:
+        """A fresh free-space figure of a peer marked full: room for the shard it refused lets it
+        take shards now; no room keeps it out for another backoff (no put is spent on asking)."""
+        mark = self._full.get(peer_id)
+        if mark is None:
+            return
+        now = trio.current_time()
+        if avail >= mark.needed:
+            mark.until = now
+        elif now >= mark.until:
+            mark.until = now + mark.backoff
+
+    def full_peers(self) -> list[int]:
+        """Peers marked full (a refused shard, and no room reported since). Trio thread."""
+        return sorted(pid for pid in self._full if self._marked_full(pid))
+
+    def full_count(self) -> int:
+        """Peers in a full episode: refused a shard for lack of space, took none since (any thread)."""
+        return len(self._full)
+
+    def stored_bytes(self, length: int, profile: tuple[int, int] | None = None) -> int:
+        """Bytes a chunk of ``length`` takes on the peers' disks, all ``k + m`` shard files with
+        their headers, each rounded up to a 4 KiB file-system block (an upper bound)."""
+        if length <= 0:
+            return 0
+        k_max, m = profile or (self.k, self.m)
+        k = data_shards_for(length, k_max, self.min_shard)
+        shard_len = shard_len_for(length, k)
+        per_shard = shard_len + header_size(shard_len)
+        return (k + m) * (-(-per_shard // _FS_BLOCK) * _FS_BLOCK)
+
+    def set_peers(self, added: Mapping[int, ShardStore], zones: Mapping[int, str],
+                  weights: Mapping[int, float]) -> None:
+        """A new peer table while running (``peer add/remove/weight`` elsewhere): ``added`` stores
+        join; new shards are placed by ``weights`` from now on (a peer without one, removed, still
+        serves what it holds). Chunks placed before keep their recorded peers."""
+        self.stores.update(added)
+        for pid in added:
+            self._peer_stats(pid)
+        self.choices = [PeerChoice(pid, zones.get(pid, ""), weights[pid]) for pid in self.stores if pid in weights]
+
     def writable_peers(self) -> int:
-        """Peers that take new shards and are not known to be down right now."""
-        return sum(1 for c in self.choices if getattr(self.stores[c.peer_id], "up", True))
+        """Peers that take new shards and are not known to be down or full right now."""
+        return len(self._placeable())
 
     def min_writable_peers(self) -> int:
         """Fewest live peers with which a full chunk can still be committed (k + 1 shards)."""
@@ -205,6 +337,8 @@ class ChunkClient:
     async def _put(self, peer_id: int, chunk_id: int, index: int, payload) -> None:
         with self._counted(peer_id, "put"):
             await self.stores[peer_id].put(chunk_id, index, payload)
+        if self._full.pop(peer_id, None) is not None:
+            log.info("%s takes shards again", self._name(peer_id))
 
     @contextlib.contextmanager
     def _counted(self, peer_id: int, op: str):
@@ -243,8 +377,12 @@ class ChunkClient:
             except _SHARD_ERRORS as exc:
                 bad[index] = f"{type(exc).__name__}: {exc}"
 
-        if len(pieces) == 1:
+        hedged = self.hedge_after > 0 and any(hasattr(self.stores.get(layout.peers[p[0]]), "mark_slow")
+                                              for p in pieces)
+        if len(pieces) == 1 and not hedged:
             await fetch(0, *pieces[0])
+        elif hedged:
+            await self._fetch_hedged(layout, pieces, fetch, bad)
         elif pieces:
             async with trio.open_nursery() as nursery:
                 for i, piece in enumerate(pieces):
@@ -253,6 +391,52 @@ class ChunkClient:
             done = {p[0]: slots[i] for i, p in enumerate(pieces) if p[0] not in bad}
             return await self._read_degraded(layout, pieces, bad, done)
         return out
+
+    async def _fetch_hedged(self, layout: ChunkLayout, pieces: Sequence[tuple[int, int, int]], fetch,
+                            bad: dict[int, str]) -> None:
+        """Run ``fetch`` for every piece; the fetches from remote peers still waiting after the
+        hedge delay are given up (their peers marked slow, their shards counted bad) when the
+        shards of peers not known to be down or slow can decode without them. Otherwise, or for a
+        local disk (its threads cannot be abandoned), they are waited for."""
+        scopes: dict[int, trio.CancelScope] = {}
+        left = len(pieces)
+        all_done = trio.Event()
+
+        async def one(i: int) -> None:
+            nonlocal left
+            with trio.CancelScope() as scopes[i]:
+                await fetch(i, *pieces[i])
+            del scopes[i]
+            left -= 1
+            if not left:
+                all_done.set()
+
+        delay = self.hedge_after
+        for index, _off, _n in pieces:  # a peer that is always slow gets longer
+            ps = self.peer_stats.get(layout.peers[index])
+            if ps is not None and ps.gets >= 20:
+                delay = max(delay, 4 * ps.get_seconds / ps.gets)
+        async with trio.open_nursery() as nursery:
+            for i in range(len(pieces)):
+                nursery.start_soon(one, i)
+            with trio.move_on_after(delay):
+                await all_done.wait()
+            waiting = {i: pieces[i][0] for i in scopes}
+            if not waiting:
+                return
+            slow = {index: self.stores.get(layout.peers[index]) for index in waiting.values()}
+            if not all(hasattr(store, "mark_slow") for store in slow.values()):
+                return
+            others = [i for i in range(layout.width) if i not in bad and i not in slow
+                      and not getattr(self.stores.get(layout.peers[i]), "down", False)
+                      and not getattr(self.stores.get(layout.peers[i]), "slow", False)]
+            if len(others) < layout.k:
+                return  # nothing to decode from without them: wait
+            why = f"no answer to a read in {delay:.1f} s"
+            for i, index in waiting.items():
+                slow[index].mark_slow(why)
+                bad[index] = f"slow: {why}"
+                scopes[i].cancel()
 
     async def _read_degraded(self, layout: ChunkLayout, pieces: Sequence[tuple[int, int, int]],
                              bad: dict[int, str], done: Mapping[int, memoryview]) -> bytearray:
@@ -330,11 +514,15 @@ class ChunkClient:
                 raise DataUnavailable(f"chunk {layout.chunk_id}: rebuilt shard {index} fails its checksum")
         return data
 
-    async def rebuild(self, layout: ChunkLayout, bad: Sequence[int], targets: Mapping[int, int]) -> None:
+    async def rebuild(self, layout: ChunkLayout, bad: Sequence[int],
+                      targets: Mapping[int, int]) -> tuple[dict[int, int], dict[int, str]]:
         """Recreate shards ``bad`` from the others and store shard i on peer ``targets[i]``.
 
         Reads whole shards from k healthy peers, decodes, checks every rebuilt shard against the
-        checksum recorded at write time (so a wrong decode can never be stored), then puts it.
+        checksum recorded at write time (so a wrong decode can never be stored), then puts it. A
+        peer that refuses (full, failing) is replaced by the next-best peer in placement order
+        that holds nothing of the chunk, as a write does. Returns ({index: peer stored on},
+        {index: why no peer took it}).
         """
         want = list(bad)
         have: dict[int, bytearray] = {}
@@ -361,12 +549,41 @@ class ChunkClient:
             if xxhash.xxh3_64_intdigest(rebuilt[index]) != layout.checksums[index]:
                 raise DataUnavailable(f"chunk {layout.chunk_id}: rebuilt shard {index} does not match its checksum")
 
+        placed: dict[int, int] = {}
+        unplaced: dict[int, str] = {}
+        holders = {p for i, p in enumerate(layout.peers) if i not in want}
+        claimed = {index: targets[index] for index in want}  # a peer takes one shard of a chunk
+        refused: set[int] = set()
+
         async def put(index: int) -> None:
-            await self._put(targets[index], layout.chunk_id, index, rebuilt[index])
+            while True:
+                peer = claimed[index]
+                if self._marked_full(peer):  # known full: not asked again for every chunk
+                    why: object = "full"
+                else:
+                    try:
+                        await self._put(peer, layout.chunk_id, index, rebuilt[index])
+                        placed[index] = peer
+                        return
+                    except (PeerUnavailable, OSError) as exc:
+                        why = exc
+                        if isinstance(exc, PeerFull):
+                            self._note_full(peer, exc, len(rebuilt[index]))  # (warns once)
+                        else:
+                            log.warning("chunk %d: rebuilt shard %d refused by peer %d: %s", layout.chunk_id,
+                                        index, peer, exc)
+                refused.add(peer)
+                busy = holders | refused | set(claimed.values())
+                spare = place(layout.chunk_id, self._placeable(), 1, exclude=sorted(busy))
+                if not spare:
+                    unplaced[index] = f"no peer could take it (last refusal: {why})"
+                    return
+                claimed[index] = spare[0]
 
         async with trio.open_nursery() as nursery:
             for index in want:
                 nursery.start_soon(put, index)
+        return placed, unplaced
 
     async def verify(self, layout: ChunkLayout) -> list[str]:
         """Health of every shard: 'ok', 'missing', 'corrupt' or 'unreachable'."""
@@ -386,15 +603,29 @@ class ChunkClient:
                 nursery.start_soon(check, index)
         return result
 
+    def down_reasons(self, limit: int = 3) -> str:
+        """Why peers are down, for an error message: 'peer 3 (ADDR): authentication failed ...'."""
+        full = set(self.full_peers())
+        rows = [f"peer {pid} ({getattr(store, 'address', '?')}): "
+                f"{'full' if pid in full else getattr(store, 'last_error', '') or 'down'}"
+                for pid, store in sorted(self.stores.items())
+                if getattr(store, "down", False) or pid in self.unanswered or pid in full]
+        more = f"; and {len(rows) - limit} more" if len(rows) > limit else ""
+        return "; ".join(rows[:limit]) + more
+
     async def capacity(self) -> tuple[int, int]:
-        """(total, available) summed over the peers' distinct file systems."""
+        """(total, available) summed over the peers' distinct file systems; the peers that did
+        not answer are in ``unanswered`` (peer id -> why) until the next call."""
         seen: dict[object, tuple[int, int]] = {}
+        unanswered: dict[int, str] = {}
 
         async def one(store: ShardStore) -> None:
             try:
                 total, avail = await store.capacity()
-            except _SHARD_ERRORS:
+            except _SHARD_ERRORS as exc:
+                unanswered[store.peer_id] = str(exc)
                 return
+            self._recheck_full(store.peer_id, avail)
             root = getattr(store, "root", None)
             key = _fs_id(root) if root else id(store)  # peers sharing a disk count once
             seen[key] = (total, avail)
@@ -402,6 +633,7 @@ class ChunkClient:
         async with trio.open_nursery() as nursery:
             for store in self.stores.values():
                 nursery.start_soon(one, store)
+        self.unanswered = unanswered
         return sum(t for t, _ in seen.values()), sum(a for _, a in seen.values())
 
 

@@ -1,7 +1,11 @@
 """A storage peer on the network, behind the chunk client's :class:`ShardStore` interface.
 
 Each peer gets a small pool of authenticated, pipelined connections (``wire.RpcClient``).
-A peer whose connection fails or whose request times out is marked down (``health``).
+A peer whose connection fails or whose request times out is marked down (``health``); a timeout
+also closes its connections, failing the requests in flight to it at once. The probe that decides
+when it is back is a ``stat``; the space watcher's ``capacity`` is one too, with the same short
+timeout, so a peer that froze is noticed within seconds even by a mount that only writes.
+Messages name the peer by the lake's id and its address.
 
 Remote errnos map back to the shard exceptions the chunk client understands: ENOENT ->
 :class:`ShardMissing`, EBADMSG -> :class:`ShardCorrupt`, ENOSPC -> :class:`PeerFull`.
@@ -15,16 +19,29 @@ import logging
 import trio
 
 from .. import wire
-from .health import PeerHealth
+from .health import PROBE_TIMEOUT, PeerHealth
 from .shardfile import ShardCorrupt, ShardMissing
-from .store import PeerFull, PeerUnavailable
+from .store import ForeignLake, PeerFull, PeerUnavailable
 
 log = logging.getLogger(__name__)
 
+
+class _NoAnswer(Exception):
+    """The peer did not answer: could not connect, timed out, or the connection broke."""
+
+    def __init__(self, why: str, message: str, *, timed_out: bool = False):
+        super().__init__(message)
+        self.why = why  # for last_error
+        self.timed_out = timed_out
+
+
 class NetStore(PeerHealth):
     def __init__(self, peer_id: int, address: str, secret: bytes, *, call_timeout: float = 10.0,
-                 connect_timeout: float = 3.0, connections: int = 2, ssl_context=None):
+                 connect_timeout: float = 3.0, connections: int = 2, ssl_context=None,
+                 lake_id: str | None = None):
         self.peer_id = peer_id
+        #: Named in every put and delete: the peer refuses another lake's (peer_server docstring).
+        self.lake_id = lake_id
         self.address = address
         self.host, self.port = wire.parse_address(address)
         self.secret = secret
@@ -62,12 +79,12 @@ class NetStore(PeerHealth):
             trio.lowlevel.spawn_system_task(owner, name=f"peer-{self.peer_id}-connections")
             await ready.wait()
             if self._nursery is None:
-                raise PeerUnavailable(f"peer {self.address}: cannot start connection tasks")
+                raise _NoAnswer("cannot start connection tasks", f"{self.name}: cannot start connection tasks")
         return self._nursery
 
-    async def _client(self) -> wire.RpcClient:
-        if not self.up:
-            raise PeerUnavailable(f"peer {self.address} is down ({self.last_error})")
+    async def _client(self, *, probe: bool = False) -> wire.RpcClient:
+        """A pooled connection, or a new one; raises _NoAnswer when none can be made. A probe
+        connects even while the peer is marked down."""
         self._clients = [c for c in self._clients if not c.closed]
         if len(self._clients) >= self.connections:
             self._next = (self._next + 1) % len(self._clients)
@@ -78,50 +95,78 @@ class NetStore(PeerHealth):
             self._clients = [c for c in self._clients if not c.closed]
             if len(self._clients) >= self.connections:
                 return self._clients[0]
-            if not self.up:
-                raise PeerUnavailable(f"peer {self.address} is down ({self.last_error})")
+            if not probe:
+                self._refuse_if_down()  # it went down while this task waited for the lock
             nursery = await self._owner_nursery()
             try:
                 client = await wire.RpcClient.connect(self.host, self.port, self.secret, nursery,
                                                       connect_timeout=self.connect_timeout,
                                                       ssl_context=self.ssl_context)
             except wire.SecretRejected as exc:
-                self._mark_down(f"authentication failed: {exc}")
-                raise PeerUnavailable(f"peer {self.address}: authentication failed (wrong secret?)") from exc
+                raise _NoAnswer(f"authentication failed: {exc}",
+                                f"{self.name}: authentication failed (wrong secret?)") from exc
             except (OSError, trio.TooSlowError, wire.ProtocolError, ConnectionError) as exc:
-                self._mark_down(f"cannot connect: {exc or type(exc).__name__}")
-                raise PeerUnavailable(f"peer {self.address}: cannot connect: {exc}") from exc
+                raise _NoAnswer(f"cannot connect: {exc or type(exc).__name__}",
+                                f"{self.name}: cannot connect: {exc}") from exc
             self._clients.append(client)
             return client
 
-    async def call(self, op: str, args: dict | None = None, payload=b"", *, timeout: float | None = None):
-        client = await self._client()
+    async def _rpc(self, op: str, args: dict, payload, timeout: float, *, probe: bool = False):
+        """One request, no health bookkeeping: its answer, wire.RemoteError if the peer answered
+        with an error, _NoAnswer if it did not answer."""
+        client = await self._client(probe=probe)
         try:
-            result = await client.call(op, args or {}, payload, timeout=timeout or self.call_timeout)
+            return await client.call(op, args, payload, timeout=timeout)
+        except trio.TooSlowError:
+            await _close_quietly(client)
+            raise _NoAnswer(f"{op} timed out", f"{self.name}: {op} timed out after {timeout:g} s",
+                            timed_out=True) from None
+        except (wire.ConnectionLost, wire.ProtocolError, OSError, ConnectionError) as exc:
+            await _close_quietly(client)
+            raise _NoAnswer(f"{op} failed: {exc or type(exc).__name__}", f"{self.name}: {exc}") from None
+
+    async def call(self, op: str, args: dict | None = None, payload=b"", *, timeout: float | None = None,
+                   read: bool = False):
+        """A request with health kept: fails at once while the peer is down (or, for a ``read``,
+        slow); any answer marks it up, no answer marks it down."""
+        await self._admit(read=read)
+        try:
+            result = await self._rpc(op, args or {}, payload, timeout or self.call_timeout)
         except wire.RemoteError as exc:
             self._mark_up()
-            raise _from_remote(self.address, exc) from None
-        except trio.TooSlowError:
-            self._mark_down(f"{op} timed out")
-            await _close_quietly(client)
-            raise PeerUnavailable(f"peer {self.address}: {op} timed out") from None
-        except (wire.ConnectionLost, wire.ProtocolError, OSError, ConnectionError) as exc:
-            self._mark_down(f"{op} failed: {exc or type(exc).__name__}")
-            await _close_quietly(client)
-            raise PeerUnavailable(f"peer {self.address}: {exc}") from None
+            raise _from_remote(self.name, exc) from None
+        except _NoAnswer as exc:
+            self._mark_down(exc.why)
+            if exc.timed_out:  # frozen or cut off: the other requests in flight would each time out too
+                await self._abort_calls()
+            raise PeerUnavailable(str(exc)) from None
         self._mark_up()
         return result
+
+    async def _probe(self) -> str | None:
+        try:
+            await self._rpc("stat", {}, b"", PROBE_TIMEOUT, probe=True)
+        except wire.RemoteError:
+            return None  # an answer, even an error, means it is there
+        except _NoAnswer as exc:
+            return exc.why
+        return None
+
+    async def _abort_calls(self) -> None:
+        clients, self._clients = self._clients, []
+        for client in clients:
+            await _close_quietly(client)
 
     # ------------------------------------------------------------- ShardStore
 
     async def put(self, chunk_id: int, index: int, payload: bytes | memoryview) -> None:
-        await self.call("put", {"c": chunk_id, "i": index}, payload)
+        await self.call("put", {"c": chunk_id, "i": index, "l": self.lake_id}, payload)
         self._unsynced = True
 
     async def get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None:
-        _, data = await self.call("get", {"c": chunk_id, "i": index, "o": offset, "n": length})
+        _, data = await self.call("get", {"c": chunk_id, "i": index, "o": offset, "n": length}, read=True)
         if len(data) != length:
-            raise ShardCorrupt(f"peer {self.address}: short read of chunk {chunk_id} shard {index}")
+            raise ShardCorrupt(f"{self.name}: short read of chunk {chunk_id} shard {index}")
         out[:length] = data
 
     async def verify(self, chunk_id: int, index: int, checksum: int) -> str:
@@ -132,7 +177,12 @@ class NetStore(PeerHealth):
         return str(result.get("h", "unreachable"))
 
     async def delete(self, chunk_id: int, index: int) -> None:
-        await self.call("delete", {"c": chunk_id, "i": index})
+        await self.call("delete", {"c": chunk_id, "i": index, "l": self.lake_id})
+
+    async def claim(self, *, dry: bool = False) -> None:
+        """Reachable, authenticated, and ours (or nobody's yet, then ours from now on unless
+        ``dry``): else PeerUnavailable / ForeignLake."""
+        await self.call("claim", {"l": self.lake_id, "dry": dry})
 
     async def sync(self) -> None:
         """A barrier only where shards were put since the last one: an idle dead peer holds
@@ -143,7 +193,8 @@ class NetStore(PeerHealth):
         self._unsynced = False
 
     async def capacity(self) -> tuple[int, int]:
-        result, _ = await self.call("stat")
+        """(total, available) bytes; asked each second by the mount, so its timeout is a probe's."""
+        result, _ = await self.call("stat", timeout=min(self.call_timeout, PROBE_TIMEOUT))
         return int(result["total"]), int(result["avail"])
 
     async def stat(self) -> dict:
@@ -160,14 +211,18 @@ class NetStore(PeerHealth):
         self._clients = []
 
 
-def _from_remote(address: str, exc: wire.RemoteError) -> Exception:
+def _from_remote(name: str, exc: wire.RemoteError) -> Exception:
+    """The shard exception for an error the peer answered with, named ``name`` (the lake's id and
+    the peer's address: the server's own text names only its directory)."""
     if exc.errno == errno.ENOENT:
-        return ShardMissing(f"peer {address}: {exc}")
+        return ShardMissing(f"{name}: {exc}")
     if exc.errno == errno.EBADMSG:
-        return ShardCorrupt(f"peer {address}: {exc}")
+        return ShardCorrupt(f"{name}: {exc}")
     if exc.errno == errno.ENOSPC:
-        return PeerFull(f"peer {address}: {exc}")
-    return PeerUnavailable(f"peer {address}: {exc}")
+        return PeerFull(f"{name}: {exc}")
+    if exc.errno == errno.EACCES:
+        return ForeignLake(f"{name}: {exc}")
+    return PeerUnavailable(f"{name}: {exc}")
 
 
 async def _close_quietly(client: wire.RpcClient) -> None:

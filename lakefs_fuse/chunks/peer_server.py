@@ -12,10 +12,18 @@ delete     c, i                            --
 sync       --                              directory entries of stored shards durable
 list       after [c, i], limit             s = [[c, i, bytes], ...]
 stat       --                              id, zone, total, avail, shards, version
+claim      l (lake id)                     -- (EACCES: the peer holds another lake's shards)
 =========  ==============================  ============================================
 
+A peer holds the shards of one lake (chunk ids are unique only within a lake): the first
+lake to claim it or put a shard owns it (``shards/lake-owner.json``); puts and deletes name
+their lake (``l``) and another lake's are refused with EACCES, so a copied lake or a second
+lake formatted onto the same servers can never overwrite shards.
+
 Errors travel as errnos: ENOENT (no such shard), EBADMSG (checksum mismatch), ENOSPC (full),
-EIO (anything else). Disk work runs in worker threads so the event loop keeps answering.
+EIO (anything else); their text says "peer server", since only the lake knows the peer's id.
+Disk work runs in worker threads so the event loop keeps answering; ``stat``, which lakes use to
+probe a peer they stopped hearing from, has threads of its own so it never queues behind it.
 The peer's identity (a uuid) lives in ``<data>/peer.json`` so a lake can recognise it.
 """
 
@@ -33,7 +41,7 @@ import trio
 
 from .. import __version__, wire
 from .shardfile import ShardCorrupt, ShardMissing
-from .store import PeerFull, PeerUnavailable, ShardDir
+from .store import ForeignLake, PeerFull, PeerUnavailable, ShardDir
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +61,7 @@ def peer_identity(data_dir: Path) -> str:
         raise ValueError(f"{path} is damaged: {exc}") from None
 
 
-_OPS = frozenset({"get", "put", "verify", "delete", "sync", "list", "stat"})
+_OPS = frozenset({"get", "put", "verify", "delete", "sync", "list", "stat", "claim"})
 
 
 class PeerServer:
@@ -64,8 +72,11 @@ class PeerServer:
         self.zone = zone
         shards = data_dir / "shards"
         shards.mkdir(exist_ok=True)
-        self.dir = ShardDir(0, str(shards), durable=durable)
+        # Its errors say "peer server": the lake's client puts the peer's id and address in front.
+        self.dir = ShardDir(-1, str(shards), durable=durable, label="peer server")
         self.limiter = trio.CapacityLimiter(threads)
+        #: ``stat`` is how lakes probe a peer: it must not wait behind disk work for a thread.
+        self._stat_limiter = trio.CapacityLimiter(2)
         self.requests = 0
         #: op -> [requests, errors, seconds], and payload bytes each way (metrics)
         self.op_stats: dict[str, list] = {}
@@ -104,6 +115,8 @@ class PeerServer:
             raise _errno(errno.EBADMSG, f"corrupt shard: {exc}") from None
         except PeerFull as exc:
             raise _errno(errno.ENOSPC, str(exc)) from None
+        except ForeignLake as exc:
+            raise _errno(errno.EACCES, str(exc)) from None
         except PeerUnavailable as exc:
             raise _errno(errno.EIO, str(exc)) from None
 
@@ -115,6 +128,11 @@ class PeerServer:
             out = bytearray(n)
             await self._run(self.dir.get_into, c, i, o, n, memoryview(out))
             return {}, out
+        if op in ("put", "delete", "claim") and a.get("l") is not None:
+            # only the lake that owns this peer may change it ("dry": just ask whether it could)
+            self.dir.claim(str(a["l"]), dry=bool(a.get("dry")) and op == "claim")
+        if op == "claim":
+            return {}, b""
         if op == "put":
             await self._run(self.dir.put, int(a["c"]), int(a["i"]), payload)
             return {}, b""
@@ -132,7 +150,7 @@ class PeerServer:
             rows = await self._run(self.dir.list, after, limit)
             return {"s": [list(r) for r in rows]}, b""
         if op == "stat":
-            total, avail = await self._run(self.dir.capacity)
+            total, avail = await trio.to_thread.run_sync(self.dir.capacity, limiter=self._stat_limiter)
             return {"id": self.ident, "zone": self.zone, "total": total, "avail": avail,
                     "version": __version__}, b""
         raise _errno(errno.EOPNOTSUPP, f"unknown op {op!r}")

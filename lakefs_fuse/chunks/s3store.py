@@ -16,7 +16,9 @@ read-ahead do the hiding. ``sync`` is a no-op: a PUT is durable when it is ackno
 
 Errors: a missing object is :class:`ShardMissing`; wrong credentials, a missing bucket or an
 unreachable endpoint are :class:`PeerUnavailable` with a message that names the cause, and mark the
-peer down (``health``) so a dead store costs one timeout, not one per read.
+peer down (``health``) so a dead store costs one timeout, not one per read; a HEAD of the bucket
+is the probe that decides when it is back. A read's thread may be abandoned (the chunk client
+reads around a store that is slow to answer): its late bytes land in a buffer nobody reads.
 """
 
 from __future__ import annotations
@@ -111,12 +113,13 @@ class S3Store(PeerHealth):
 
     # ------------------------------------------------------------- calls
 
-    async def _call(self, what: str, fn, *args, missing_ok: bool = False, bucket_call: bool = False):
-        """Run a blocking boto3 call in a worker thread, with errors mapped and health kept."""
-        if not self.up:
-            raise PeerUnavailable(f"peer {self.s3.where} is down ({self.last_error})")
+    async def _call(self, what: str, fn, *args, missing_ok: bool = False, bucket_call: bool = False,
+                    read: bool = False):
+        """Run a blocking boto3 call in a worker thread, with errors mapped and health kept. A
+        ``read`` fails at once while the store is slow, and may be cancelled (its thread abandoned)."""
+        await self._admit(read=read)
         try:
-            result = await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+            result = await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=read)
         except (ShardMissing, ShardCorrupt):
             self._mark_up()
             raise
@@ -138,6 +141,16 @@ class S3Store(PeerHealth):
         self._mark_up()
         return result
 
+    async def _probe(self) -> str | None:
+        def head() -> None:
+            self.client.head_bucket(Bucket=self.s3.bucket)
+        try:  # (not behind self.limiter: abandoned reads of a stuck store may hold all of it)
+            await trio.to_thread.run_sync(head, abandon_on_cancel=True)
+        except Exception as exc:
+            kind, message = _classify(exc)
+            return "the bucket does not exist" if kind == "missing" else message
+        return None
+
     # ------------------------------------------------------------- ShardStore
 
     async def put(self, chunk_id: int, index: int, payload: bytes | memoryview) -> None:
@@ -148,7 +161,7 @@ class S3Store(PeerHealth):
             self._headers.pop((chunk_id, index), None)
 
     async def get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None:
-        await self._call("get", self._get_into, chunk_id, index, offset, length, out)
+        await self._call("get", self._get_into, chunk_id, index, offset, length, out, read=True)
 
     def _get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None:
         key = self._key(chunk_id, index)

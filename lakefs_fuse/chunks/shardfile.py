@@ -40,6 +40,11 @@ class ShardCorrupt(Exception):
     pass
 
 
+def header_size(payload_len: int) -> int:
+    """Bytes of the header in front of a payload of ``payload_len`` bytes."""
+    return _FIXED.size + 8 * -(-payload_len // BLOCK) + 8
+
+
 def encode_header(chunk_id: int, index: int, payload: bytes | memoryview) -> bytes:
     n = -(-len(payload) // BLOCK)
     sums = [xxhash.xxh3_64_intdigest(payload[i * BLOCK:(i + 1) * BLOCK]) for i in range(n)]

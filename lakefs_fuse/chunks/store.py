@@ -9,6 +9,7 @@ worker threads; network peers (``netstore``) implement the same methods over the
 from __future__ import annotations
 
 import errno
+import json
 import os
 from typing import Protocol
 
@@ -24,6 +25,39 @@ class PeerUnavailable(Exception):
 
 class PeerFull(PeerUnavailable):
     """The peer has no room for the shard."""
+
+
+class ForeignLake(PeerUnavailable):
+    """The peer holds the shards of another lake: this lake must not write there."""
+
+
+#: In a shard directory: the id of the one lake whose shards it holds (chunk ids are only
+#: unique within a lake, so two lakes in one directory would overwrite each other's shards).
+OWNER_FILE = "lake-owner.json"
+
+
+def read_owner(root: str) -> str | None:
+    """The lake id a shard directory belongs to (None: not claimed yet)."""
+    path = os.path.join(root, OWNER_FILE)
+    try:
+        with open(path) as f:
+            return str(json.load(f)["lake"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PeerUnavailable(f"{path} is damaged ({exc}): cannot tell which lake owns these shards") from None
+
+
+def write_owner(root: str, lake_id: str) -> None:
+    """Record (atomically, owner-only) that ``root`` holds the shards of lake ``lake_id``."""
+    path = os.path.join(root, OWNER_FILE)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"lake": lake_id}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class ShardStore(Protocol):
@@ -48,12 +82,15 @@ class ShardDir:
 
     ``reserve`` bytes (default 2% of the disk, at most 64 MiB) are kept free on the file
     system: a put that would eat into them fails with :class:`PeerFull`, so a lake never
-    fills its disk to the last byte.
+    fills its disk to the last byte. Errors start with ``label`` ("peer N" by default; a peer
+    server, which does not know its id in any lake, says "peer server" and its client names it).
     """
 
-    def __init__(self, peer_id: int, root: str, *, durable: bool = True, reserve: int | None = None):
+    def __init__(self, peer_id: int, root: str, *, durable: bool = True, reserve: int | None = None,
+                 label: str | None = None):
         self.peer_id = peer_id
         self.root = root
+        self.label = label or f"peer {peer_id}"
         self.durable = durable
         if reserve is None and os.path.isdir(root):
             st = os.statvfs(root)
@@ -64,6 +101,20 @@ class ShardDir:
         if not os.path.isdir(root):
             raise PeerUnavailable(f"peer directory {root} is missing")
         os.makedirs(self.tmp, exist_ok=True)
+        self.owner = read_owner(root)
+
+    def claim(self, lake_id: str, *, dry: bool = False) -> None:
+        """Let lake ``lake_id`` write here: the first lake to ask owns the directory; any other
+        gets :class:`ForeignLake`. ``dry``: only check."""
+        if self.owner == lake_id:
+            return
+        if self.owner is not None:
+            raise ForeignLake(f"{self.label} ({self.root}) holds the shards of another lake "
+                              f"({self.owner}), not of this one ({lake_id})")
+        if dry:
+            return
+        write_owner(self.root, lake_id)
+        self.owner = lake_id
 
     def _path(self, chunk_id: int, index: int) -> str:
         return os.path.join(self.root, f"{chunk_id & 0xff:02x}", f"{chunk_id:016x}.{index}")
@@ -73,14 +124,14 @@ class ShardDir:
         try:
             st = os.statvfs(self.root)
             if st.f_bavail * st.f_frsize < len(payload) + self.reserve:
-                raise PeerFull(f"peer {self.peer_id}: no space")
+                raise PeerFull(f"{self.label}: no space")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_shard(path, self.tmp, chunk_id, index, payload, durable=self.durable)
             self._unsynced_dirs.add(os.path.dirname(path))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise PeerFull(f"peer {self.peer_id}: {exc.strerror}") from exc
-            raise PeerUnavailable(f"peer {self.peer_id}: {exc}") from exc
+                raise PeerFull(f"{self.label}: {exc.strerror}") from exc
+            raise PeerUnavailable(f"{self.label}: {exc}") from exc
 
     def get(self, chunk_id: int, index: int, offset: int, length: int) -> bytearray:
         out = bytearray(length)
@@ -92,11 +143,11 @@ class ShardDir:
         try:
             reader = ShardReader(self._path(chunk_id, index), chunk_id, index)
         except OSError as exc:
-            raise PeerUnavailable(f"peer {self.peer_id}: {exc}") from exc
+            raise PeerUnavailable(f"{self.label}: {exc}") from exc
         try:
             reader.read_into(offset, length, out)
         except OSError as exc:
-            raise PeerUnavailable(f"peer {self.peer_id}: {exc}") from exc
+            raise PeerUnavailable(f"{self.label}: {exc}") from exc
         finally:
             reader.close()
 
@@ -137,7 +188,7 @@ class ShardDir:
             try:
                 fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
             except OSError as exc:
-                raise PeerUnavailable(f"peer {self.peer_id}: {exc}") from exc
+                raise PeerUnavailable(f"{self.label}: {exc}") from exc
             try:
                 os.fsync(fd)
             finally:
@@ -153,7 +204,7 @@ class ShardDir:
 
     def list(self, after: tuple[int, int] = (-1, -1), limit: int = 1000) -> list[tuple[int, int, int]]:
         """Shards stored here, ordered by (chunk id, index), after ``after``: (chunk, index, bytes)."""
-        found: list[tuple[int, int, int]] = []
+        keys: list[tuple[int, int, str]] = []
         for sub in sorted(os.listdir(self.root)):
             if len(sub) != 2:
                 continue  # tmp/ and anything that is not a shard bucket
@@ -168,13 +219,15 @@ class ShardDir:
                 except ValueError:
                     continue
                 if key > after:
-                    try:
-                        size = os.stat(os.path.join(self.root, sub, name)).st_size
-                    except OSError:
-                        continue
-                    found.append((key[0], key[1], size))
-        found.sort()
-        return found[:limit]
+                    keys.append((key[0], key[1], os.path.join(self.root, sub, name)))
+        keys.sort()
+        found: list[tuple[int, int, int]] = []
+        for chunk_id, index, path in keys[:limit]:  # only the page's files are stat'ed
+            try:
+                found.append((chunk_id, index, os.stat(path).st_size))
+            except OSError:
+                continue  # deleted meanwhile
+        return found
 
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import trio
+
 from .schema import ChunkRecord, Extent, Inode, PeerRecord
 from .state import StateMachine
 
@@ -30,6 +32,8 @@ class MetaClient(Protocol):
     async def orphans(self) -> list[int]: ...
     async def delete_queue(self, limit: int = 1000) -> list[tuple[int, int]]: ...
     async def count_inodes(self) -> int: ...
+    async def stored_data(self) -> int | None: ...
+    async def sparse_chunks(self, max_live: float, limit: int, min_dead: int = 0) -> dict: ...
     async def next_chunk_id(self) -> int: ...
     def close(self) -> None: ...
 
@@ -91,6 +95,12 @@ class LocalMeta:
 
     async def count_inodes(self) -> int:
         return self.sm.count_inodes()
+
+    async def stored_data(self) -> int | None:
+        return self.sm.stored_data()
+
+    async def sparse_chunks(self, max_live: float, limit: int, min_dead: int = 0) -> dict:
+        return await trio.to_thread.run_sync(self.sm.sparse_chunks, max_live, limit, min_dead)
 
     async def next_chunk_id(self) -> int:
         return self.sm.next_chunk_id()

@@ -84,6 +84,16 @@ class StoredState:
     entries: list[Entry] = field(default_factory=list)
 
 
+class StorageCorrupt(Exception):
+    """RocksDB found a damaged block in a node's Raft storage. The node must not run on what is
+    left (it could vote or acknowledge from a log with holes): re-seed it from the other members."""
+
+
+def _corruption(path: str, exc: Exception) -> StorageCorrupt | None:
+    first = (str(exc).splitlines() or [""])[0]
+    return StorageCorrupt(f"{path}: {first}") if first.startswith("Corruption") else None
+
+
 def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
@@ -189,14 +199,18 @@ class RocksStorage(RaftStorage):
         self._sync.sync = True
         # The stored log range, kept in memory so truncation knows what to delete.
         self._first, self._last = 1, 0
-        meta = self.db.get(_META_KEY)
-        if meta is not None:
-            self._first = unpack(meta)[0] + 1
-            self._last = self._first - 1
-        for key in self.db.keys(backwards=True, from_key=_log_key(2**64 - 1)):  # the newest entry
-            if key.startswith(_LOG_PREFIX):
-                self._last = _INDEX.unpack(key[1:])[0]
-            break
+        try:
+            meta = self.db.get(_META_KEY)
+            if meta is not None:
+                self._first = unpack(meta)[0] + 1
+                self._last = self._first - 1
+            for key in self.db.keys(backwards=True, from_key=_log_key(2**64 - 1)):  # the newest entry
+                if key.startswith(_LOG_PREFIX):
+                    self._last = _INDEX.unpack(key[1:])[0]
+                break
+        except Exception as exc:
+            self.db.close()
+            raise (_corruption(path, exc) or exc) from None
 
     def close(self) -> None:
         self.db.close()
@@ -206,14 +220,24 @@ class RocksStorage(RaftStorage):
 
     def load(self) -> StoredState:
         state = StoredState()
-        hard = self.db.get(_HARD_KEY)
-        if hard is not None:
-            state.term, state.voted_for = unpack(hard)
-        state.snapshot = self.snapshot()
-        for key, value in self.db.items(from_key=_log_key(self._first)):
-            if not key.startswith(_LOG_PREFIX):
-                break
-            state.entries.append(Entry.from_wire(unpack(value)))
+        try:
+            hard = self.db.get(_HARD_KEY)
+            if hard is not None:
+                state.term, state.voted_for = unpack(hard)
+            state.snapshot = self.snapshot()
+            # A raw iterator and its status: Rdict.items ends quietly at a damaged block, which
+            # would look like a shorter log.
+            it = self.db.iter()
+            it.seek(_log_key(self._first))
+            while it.valid() and it.key().startswith(_LOG_PREFIX):
+                state.entries.append(Entry.from_wire(unpack(it.value())))
+                it.next()
+            it.status()
+        except Exception as exc:
+            raise (_corruption(self.path, exc) or exc) from None
+        if len(state.entries) != max(0, self._last - self._first + 1):
+            raise StorageCorrupt(f"{self.path}: the log should hold entries {self._first}..{self._last}, "
+                                 f"{len(state.entries)} were readable")
         return state
 
     def save_term(self, term: int, voted_for: NodeId | None) -> None:

@@ -4,7 +4,27 @@
 the server believed to lead; an answer ``{"redirect": 1, "leader": addr}`` sends it there (or,
 with no leader known, to the next server after a backoff of 50 ms doubling to 1 s); a
 connection that breaks or a call that times out moves on the same way. A call that has found
-no leader within ``op_timeout`` fails with EIO -- operations never hang.
+no leader within ``op_timeout`` fails with EIO -- operations never hang. Inside a
+:func:`~.budget.metadata_budget` (every FUSE request opens one) all calls share one
+``op_timeout`` of waiting, so a request making several calls still fails after one.
+
+*A leader that stops answering* (SIGSTOP, a long GC pause, a dead host whose connections stay
+half-open) fails nothing by itself: its socket accepts requests and never answers, while the
+other members elect a new leader within about a second. A watcher task therefore keeps the start
+time of every outstanding call to the leader (``LEADER_OPS``); once one has waited
+``probe_after`` (1 s, well above a healthy leader's answer time and above the election
+timeout), it asks every member ``status`` (each answer awaited at most 0.5 s) and again every
+0.25 s while the call is outstanding. If the
+answer with the highest term names another leader, the connection to the silent member is
+closed: every call pending on it fails at once and is re-sent to the new leader with the same
+``(client id, seq)``. That is safe for the same reason a retry after a timeout is: the command
+may sit uncommitted in the silent leader's log, or be committed already; either way the session
+table applies it once, in log order, on every member (a copy appended twice is answered from
+the table the second time; one from an older ``seq`` than the client's latest is refused), and a
+deposed leader's uncommitted entry is overwritten, never committed. A leader that answers
+``status`` but not the call is slow, not gone, and keeps the call. One that the others still
+name, silent on our connection but answering ``status`` over a new one, sits behind a half-open
+connection: its calls are re-sent over the new connection.
 
 Commands are exactly-once: each goes out as ``(client id, seq)`` and is retried with the *same*
 pair, so a command the old leader committed just before dying is not applied twice -- the new
@@ -18,8 +38,10 @@ Queries are linearizable: the leader answers after a ReadIndex round (see ``raft
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import secrets
+import weakref
 from typing import Any
 
 import trio
@@ -27,6 +49,7 @@ import trio
 from .. import errors as E
 from .. import wire
 from . import schema as S
+from .budget import current_budget
 from .raftlog import unpack
 from .schema import ChunkRecord, Extent, Inode, PeerRecord
 
@@ -34,6 +57,15 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
+#: Seconds a call may wait for its answer before the members are asked who leads.
+PROBE_AFTER = 1.0
+#: While a call stays unanswered, the members are asked again this often ...
+PROBE_EVERY = 0.25
+#: ... and each member's answer is awaited this long.
+PROBE_TIMEOUT = 0.5
+#: Ops only the leader serves: a call of one of these may move to another member. (``status``,
+#: ``hello`` and ``members`` describe the member asked, so they stay where they were sent.)
+LEADER_OPS = frozenset({"apply", "query", "dump", "add", "remove"})
 
 
 class Unavailable(E.LakeError):
@@ -47,7 +79,7 @@ class MetaService:
 
     def __init__(self, addresses: list[str], secret: bytes, *, ssl_context=None,
                  op_timeout: float = 30.0, call_timeout: float = 10.0, connect_timeout: float = 2.0,
-                 max_payload: int = wire.DEFAULT_MAX_PAYLOAD):
+                 max_payload: int = wire.DEFAULT_MAX_PAYLOAD, probe_after: float = PROBE_AFTER):
         if not addresses:
             raise E.UserError("no metadata server addresses given")
         for a in addresses:
@@ -69,6 +101,17 @@ class MetaService:
         self._nursery: trio.Nursery | None = None
         self.redirects = 0
         self.retries = 0
+        self.probe_after = probe_after
+        #: Calls waiting for an answer: token -> (address, connection, start time); see _watch_calls.
+        self._outstanding: dict[int, tuple[str, wire.RpcClient, float]] = {}
+        self._tokens = itertools.count()
+        self._call_started = trio.Event()
+        #: The highest term in which a probe saw a leader (0: none yet).
+        self._leader_term = 0
+        #: Connections the watcher closed to move their calls (see _cut).
+        self._moved: weakref.WeakSet[wire.RpcClient] = weakref.WeakSet()
+        #: Times calls were moved off a member that stopped answering (see the module docstring).
+        self.failovers = 0
 
     async def _owner_nursery(self) -> trio.Nursery:
         """A nursery for connection reader tasks that lives as long as the trio run."""
@@ -79,6 +122,7 @@ class MetaService:
                 try:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
+                        nursery.start_soon(self._watch_calls, name="meta-call-watcher")
                         ready.set()
                         await trio.sleep_forever()
                 finally:
@@ -91,7 +135,7 @@ class MetaService:
         assert self._nursery is not None
         return self._nursery
 
-    async def _client(self, address: str) -> wire.RpcClient:
+    async def _client(self, address: str, connect_timeout: float | None = None) -> wire.RpcClient:
         client = self._clients.get(address)
         if client is not None and not client.closed:
             return client
@@ -101,11 +145,17 @@ class MetaService:
             if client is not None and not client.closed:
                 return client
             host, port = wire.parse_address(address)
-            client = await wire.RpcClient.connect(host, port, self.secret, await self._owner_nursery(),
-                                                  connect_timeout=self.connect_timeout,
-                                                  max_payload=self.max_payload, ssl_context=self.ssl_context)
+            client = await wire.RpcClient.connect(
+                host, port, self.secret, await self._owner_nursery(),
+                connect_timeout=self.connect_timeout if connect_timeout is None else connect_timeout,
+                max_payload=self.max_payload, ssl_context=self.ssl_context)
             self._clients[address] = client
             return client
+
+    def _forget_client(self, address: str, client: wire.RpcClient | None) -> None:
+        """Stop using ``client`` for ``address`` (not a newer connection made meanwhile)."""
+        if client is not None and self._clients.get(address) is client:
+            del self._clients[address]
 
     def _learn(self, address: str | None) -> None:
         if address and address not in self.addresses:
@@ -114,18 +164,43 @@ class MetaService:
 
     async def call(self, op: str, args: dict | None = None, payload: bytes = b"", *,
                    timeout: float | None = None) -> tuple[dict, bytearray]:
-        """Call ``op`` on the leader; follow redirects and retry until ``timeout`` (op_timeout)."""
-        deadline = trio.current_time() + (self.op_timeout if timeout is None else timeout)
+        """Call ``op`` on the leader; follow redirects and retry until ``timeout`` (op_timeout),
+        or until the caller's :func:`~.budget.metadata_budget` is spent, whichever comes first."""
+        allowed = self.op_timeout if timeout is None else timeout
+        budget = current_budget()
+        if budget is not None:
+            left = budget.left(self.op_timeout)
+            if left <= 0:
+                raise Unavailable(f"metadata service unavailable: this request already waited "
+                                  f"{budget.spent:.1f}s for it")
+            allowed = min(allowed, left)
+        started = trio.current_time()
+        try:
+            return await self._call(op, args, payload, started + allowed)
+        finally:
+            if budget is not None:
+                budget.charge(trio.current_time() - started)
+
+    async def _call(self, op: str, args: dict | None, payload: bytes, deadline: float) -> tuple[dict, bytearray]:
         delay = BACKOFF_MIN
         problem = "no metadata server answered"
         hops = 0
         while True:
             address = self.leader or self.addresses[self._rr % len(self.addresses)]
             remaining = deadline - trio.current_time()
+            client = None
             try:
-                client = await self._client(address)
-                res, body = await client.call(op, args, payload,
-                                              timeout=max(0.05, min(self.call_timeout, remaining)))
+                client = await self._client(address, max(0.05, min(self.connect_timeout, remaining)))
+                remaining = deadline - trio.current_time()
+                token = next(self._tokens)
+                if op in LEADER_OPS:
+                    self._outstanding[token] = (address, client, trio.current_time())
+                    self._call_started.set()
+                try:
+                    res, body = await client.call(op, args, payload,
+                                                  timeout=max(0.05, min(self.call_timeout, remaining)))
+                finally:
+                    self._outstanding.pop(token, None)
             except wire.RemoteError as exc:  # the operation itself failed: a definite answer
                 raise E.from_errno(exc.errno, str(exc)) from None
             except wire.SecretRejected as exc:
@@ -133,9 +208,14 @@ class MetaService:
                                   err=errno.EACCES) from None
             except (OSError, wire.ConnectionLost, wire.ProtocolError, trio.TooSlowError) as exc:
                 problem = f"{address}: {str(exc) or type(exc).__name__}"
-                client = self._clients.pop(address, None)
+                self._forget_client(address, client)
                 if client is not None and not isinstance(exc, trio.TooSlowError):
                     await client.aclose()
+                if client in self._moved and trio.current_time() < deadline:
+                    # The watcher found where to go (a new leader, or a new connection to this
+                    # one) and closed this connection: re-send there now, same (client id, seq).
+                    self.retries += 1
+                    continue
                 self.leader = None
                 self._rr += 1
             else:
@@ -157,6 +237,112 @@ class MetaService:
             await trio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
             hops = 0
+
+    async def _watch_calls(self) -> None:
+        """Runs beside the connections: probes the members while a call goes unanswered."""
+        while True:
+            if not self._outstanding:
+                self._call_started = trio.Event()
+                await self._call_started.wait()
+                continue
+            now = trio.current_time()
+            oldest = min(start for _, _, start in self._outstanding.values())
+            if now < oldest + self.probe_after:
+                await trio.sleep_until(oldest + self.probe_after)
+                continue
+            stalled = {address for address, _, start in self._outstanding.values() if now - start >= self.probe_after}
+            try:
+                await self._probe(stalled)
+            except Exception:  # noqa: BLE001 -- a bug here must not take the connections down
+                log.exception("asking the metadata members who leads failed")
+            await trio.sleep(PROBE_EVERY)
+
+    async def _probe(self, stalled: set[str]) -> None:
+        """Ask every member who leads; move calls stalled on a member that does not lead, or on a
+        connection to the leader that no longer carries anything."""
+        newest: tuple[int, str] | None = None  # (term, leader address) of the highest term heard
+        answered: set[str] = set()
+        # Bytes each stalled connection had received: a long answer arriving slowly is progress.
+        marks = {client: client.bytes_received for address, client, _ in self._outstanding.values()
+                 if address in stalled}
+
+        async def ask(address: str) -> None:
+            nonlocal newest
+            try:
+                with trio.fail_after(PROBE_TIMEOUT):
+                    client = await self._client(address, PROBE_TIMEOUT)
+                    res, _ = await client.call("status", timeout=PROBE_TIMEOUT)
+            except (OSError, wire.ConnectionLost, wire.ProtocolError, wire.RemoteError, trio.TooSlowError):
+                return  # silent or unreachable: that member's view is not known
+            answered.add(address)
+            term, leader = res.get("term"), res.get("leader_address")
+            if type(term) is int and isinstance(leader, str) and (newest is None or term > newest[0]):
+                newest = (term, leader)
+
+        async with trio.open_nursery() as nursery:
+            for address in list(self.addresses):
+                nursery.start_soon(ask, address)
+        if newest is None:
+            return  # no member knows a leader yet (an election is under way): ask again soon
+        term, leader = newest
+        if term < self._leader_term:
+            return  # only members with an outdated view answered
+        self._leader_term = term
+        # One leader per term: a stalled member other than the newest term's leader is a deposed
+        # leader or a follower. The leader itself may just be slow (it then answers status).
+        silent = stalled - {leader}
+        if silent:
+            self._learn(leader)
+            log.warning("metadata member(s) %s stopped answering and %s leads in term %d: "
+                        "re-sending their pending calls there", ", ".join(sorted(silent)), leader, term)
+            await self._cut(silent)
+        elif leader in stalled and leader not in answered and self._carries_nothing(leader, marks) \
+                and await self._answers_afresh(leader):
+            # Silent on our connection, alive on a new one: the old connection is half-open.
+            log.warning("the connection to metadata leader %s stopped carrying answers: "
+                        "re-sending its pending calls on a new one", leader)
+            await self._cut({leader}, keep=self._clients.get(leader))
+
+    def _carries_nothing(self, address: str, marks: dict[wire.RpcClient, int]) -> bool:
+        """No byte came in on the stalled connections to ``address`` while the members were asked,
+        and none is going out (a status answer queued behind a long transfer is not silence)."""
+        clients = {client for a, client, _ in self._outstanding.values() if a == address}
+        return bool(clients) and all(client in marks and client.bytes_received == marks[client]
+                                     and not client.sending for client in clients)
+
+    async def _answers_afresh(self, address: str) -> bool:
+        """Does ``address`` answer ``status`` as the leader over a new connection? It then
+        replaces the connection in use (a frozen member cannot finish the handshake)."""
+        host, port = wire.parse_address(address)
+        client = None
+        try:
+            with trio.fail_after(PROBE_TIMEOUT):
+                client = await wire.RpcClient.connect(host, port, self.secret, await self._owner_nursery(),
+                                                      connect_timeout=PROBE_TIMEOUT, max_payload=self.max_payload,
+                                                      ssl_context=self.ssl_context)
+                res, _ = await client.call("status", timeout=PROBE_TIMEOUT)
+        except (OSError, wire.ConnectionLost, wire.ProtocolError, wire.RemoteError, trio.TooSlowError):
+            res = {}
+        if res.get("role") != "leader":
+            if client is not None:
+                await client.aclose()
+            return False
+        self._clients[address] = client
+        return True
+
+    async def _cut(self, addresses: set[str], keep: wire.RpcClient | None = None) -> None:
+        """Close the connections to ``addresses`` (but ``keep``): their pending calls fail at once,
+        and ``_call`` re-sends them (to ``self.leader``) without a backoff."""
+        cut = {client for address, client, _ in self._outstanding.values() if address in addresses}
+        for address in addresses:
+            if self._clients.get(address) is not keep:
+                cut.add(self._clients.pop(address, None))
+        cut.discard(None)
+        cut.discard(keep)
+        self.failovers += 1
+        for client in cut:
+            self._moved.add(client)
+            await client.aclose()
 
     async def call_each(self, op: str, args: dict | None = None, timeout: float = 2.0) -> dict[str, Any]:
         """Call ``op`` on every known server (no redirects): address -> result or the error text."""
@@ -269,6 +455,12 @@ class RemoteMeta:
 
     async def count_inodes(self) -> int:
         return await self._query("count_inodes")
+
+    async def stored_data(self) -> int | None:
+        return await self._query("stored_data")
+
+    async def sparse_chunks(self, max_live: float, limit: int, min_dead: int = 0) -> dict:
+        return await self._query("sparse_chunks", max_live, limit, min_dead)
 
     async def next_chunk_id(self) -> int:
         return await self._query("next_chunk_id")

@@ -8,7 +8,7 @@ key                   meaning                                     value
 ====================  ==========================================  =====================================
 ``F``                 format record (the lake's fixed config)     map: ec_k, ec_m, chunk_size, ...
 ``N<name>``           counters (next_ino, next_chunk, cookie)     u64 big-endian
-``I<ino:8>``          inode attributes                            :class:`Inode` array
+``I<ino:8>``          inode attributes                            :class:`Inode` array (10-12 fields)
 ``D<parent:8><name>`` directory entry                             [ino, kind, cookie]
 ``K<parent:8><ck:8>`` readdir order: entry with this cookie       name (bytes)
 ``E<ino:8><idx:8>``   extents of file index idx (chunk_size)      [[file_off, len, chunk_id, chunk_off]..]
@@ -89,6 +89,14 @@ def index_of_extent_key(key: bytes) -> int:
     return _U64.unpack_from(key, 9)[0]
 
 
+def ino_of_extent_key(key: bytes) -> int:
+    return _U64.unpack_from(key, 1)[0]
+
+
+#: Every extent key starts with this.
+EXTENT_PREFIX = b"E"
+
+
 def symlink_key(ino: int) -> bytes:
     return b"S" + _U64.pack(ino)
 
@@ -103,6 +111,10 @@ def xattr_prefix(ino: int) -> bytes:
 
 def chunk_key(chunk_id: int) -> bytes:
     return b"C" + _U64.pack(chunk_id)
+
+
+#: Every chunk record's key starts with this.
+CHUNK_PREFIX = b"C"
 
 
 def chunk_id_of_key(key: bytes) -> int:
@@ -152,8 +164,18 @@ class Inode:
     #: Erasure-coding profile new data of this file is written with (``k << 8 | m``; 0: the lake's
     #: default). Set with the ``user.lakefs.ec`` xattr, inherited from the directory at creation.
     ec: int = 0
+    #: File bytes its extents cover (holes excluded), kept by the commands that change extents, so
+    #: ``st_blocks`` costs no extent scan. -1: unknown (a record written before the counter existed;
+    #: the next command that changes the file's extents counts them).
+    stored: int = 0
+    #: Not in the record: bytes a mount holds for the file but has not committed yet (st_blocks
+    #: counts them; bytes written over stored ones count twice until they are committed).
+    buffered: int = 0
 
     def to_bytes(self) -> bytes:
+        if self.stored >= 0:
+            return pack([self.mode, self.nlink, self.uid, self.gid, self.size, self.atime_ns,
+                         self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.ec, self.stored])
         if self.ec:
             return pack([self.mode, self.nlink, self.uid, self.gid, self.size, self.atime_ns,
                          self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.ec])
@@ -167,7 +189,17 @@ class Inode:
 
     @classmethod
     def from_bytes(cls, ino: int, data: bytes) -> "Inode":
-        return cls(ino, *unpack(data))
+        fields = unpack(data)
+        inode = cls(ino, *fields)
+        if len(fields) < 12:
+            inode.stored = -1  # written before the stored-bytes counter existed
+        return inode
+
+    @property
+    def blocks(self) -> int:
+        """``st_blocks``: 512-byte units of stored and buffered bytes, rounded up (from the size
+        when the record has no counter)."""
+        return ((self.stored + self.buffered if self.stored >= 0 else self.size) + 511) // 512
 
     @property
     def is_dir(self) -> bool:

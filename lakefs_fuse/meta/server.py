@@ -57,6 +57,7 @@ import trio
 
 from .. import errors as E
 from .. import wire
+from ..private import make_private, owner_only_umask
 from . import schema as S
 from .raft import (
     LEADER,
@@ -70,7 +71,7 @@ from .raft import (
     pack_message,
     unpack_message,
 )
-from .raftlog import RocksStorage, unpack
+from .raftlog import RocksStorage, StorageCorrupt, unpack
 from .state import StateMachine
 
 log = logging.getLogger(__name__)
@@ -258,6 +259,8 @@ QUERIES = {
     "orphans": lambda r: r,
     "delete_queue": lambda rows: [list(x) for x in rows],
     "count_inodes": lambda r: r,
+    "stored_data": lambda r: r,
+    "sparse_chunks": lambda r: r,
     "next_chunk_id": lambda r: r,
 }
 
@@ -285,11 +288,17 @@ class MetaServer:
         self.join = join
         self.ssl_server = ssl_server
         self.ssl_client = ssl_client
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private(self.data_dir, (SERVER_FILE,))  # the log and state hold every file name
         self._new_identity = False
         self.identity = self._check_identity(peers)
         self.founders: dict[int, str] = {int(k): v for k, v in self.identity.get("founders", {}).items()}
-        self.storage = RocksStorage(str(self.data_dir / "raft"))
+        try:
+            with owner_only_umask():
+                self.storage = RocksStorage(str(self.data_dir / "raft"))
+            make_private(self.data_dir / "raft")
+        except StorageCorrupt as exc:
+            raise _corrupt_member(node_id, self.data_dir, exc) from None
         try:
             self.state = ReplicatedState(self.data_dir / "state")
         except BaseException:
@@ -297,9 +306,13 @@ class MetaServer:
             raise
         self.transport = WireTransport(node_id, listen, secret, self._address_of, ssl_context=ssl_client)
         cfg = raft_config or RaftConfig(snapshot_every=20000, lease_reads=True)
-        self.node = RaftNode(node_id, self.storage, self.transport, self.state, config=cfg,
-                             initial_voters=list(self.founders) if self.founders else None,
-                             observer=_Observer(self))
+        try:
+            self.node = RaftNode(node_id, self.storage, self.transport, self.state, config=cfg,
+                                 initial_voters=list(self.founders) if self.founders else None,
+                                 observer=_Observer(self))
+        except StorageCorrupt as exc:
+            self.close()
+            raise _corrupt_member(node_id, self.data_dir, exc) from None
         self._members_wanted = trio.Event()
         self._internal_seq = 0
         self.wire_stats = wire.ServerStats()
@@ -347,7 +360,8 @@ class MetaServer:
     def _write_identity(self, ident: dict) -> None:
         path = self.data_dir / SERVER_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ident, indent=1) + "\n")
+        with owner_only_umask():
+            tmp.write_text(json.dumps(ident, indent=1) + "\n")
         os.replace(tmp, path)
 
     async def _verify_founders(self) -> None:
@@ -438,23 +452,27 @@ class MetaServer:
         return await self.node.submit(-self.id, self._internal_seq, command)
 
     async def _join(self) -> None:
-        """A new server asks the cluster (through any member) to add it as a voter."""
-        if self.node.voters or self.join is None:
+        """A new server asks the cluster (through any member) to add it as a voter. A member
+        re-seeded by ``meta rebuild`` does the same through the members recorded then."""
+        through = [self.join] if self.join else list(self.identity.get("rejoin") or [])
+        if self.node.voters or not through:
             return
         from .remote import MetaService  # a client of the cluster, like any other
 
-        service = MetaService([self.join], self.secret, ssl_context=self.ssl_client, op_timeout=60.0)
+        service = MetaService(through, self.secret, ssl_context=self.ssl_client, op_timeout=60.0)
         try:
             info = await service.call("hello", {"id": self.id, "cluster": None})
             if info[0].get("cluster"):
                 self.identity["cluster"] = info[0]["cluster"]
                 self._write_identity(self.identity)
             await service.call("add", {"id": self.id, "address": self.listen}, timeout=60.0)
-            log.info("joined the cluster through %s as member %d", self.join, self.id)
+            log.info("joined the cluster through %s as member %d", ",".join(through), self.id)
         except E.LakeError as exc:
-            raise E.UserError(f"could not join the cluster through {self.join}: {exc}") from None
+            raise E.UserError(f"could not join the cluster through {','.join(through)}: {exc}") from None
         finally:
             await service.aclose()
+        if self.identity.pop("rejoin", None) is not None:
+            self._write_identity(self.identity)
 
     # ---------------------------------------------------------------- requests
 
@@ -611,9 +629,78 @@ class MetaServer:
                 closer()
             except Exception as exc:  # noqa: BLE001 -- e.g. a full disk; everything acknowledged is synced
                 log.warning("member %d: closing the %s failed: %s", self.id, what, exc)
+        make_private(self.data_dir / "raft")  # files flushes and compactions made since the open
 
 
 _OPS = frozenset({"raft", "apply", "query", "dump", "status", "members", "add", "remove", "hello"})
+
+
+def _corrupt_member(node_id: int, data_dir: Path, exc: StorageCorrupt) -> E.UserError:
+    return E.UserError(
+        f"metadata member {node_id}: its Raft storage is corrupt ({exc}); re-seed it from the other members: "
+        f"lakefs-fuse meta rebuild --data {data_dir} --meta HOST:PORT,... --secret-file FILE "
+        "(docs/operations.md, 'Recovering from corrupt metadata')")
+
+
+async def rebuild_member(data_dir: Path, addresses: list[str], secret: bytes) -> dict:
+    """Re-seed the stopped member whose directory is ``data_dir`` from the members at ``addresses``.
+
+    Raft forbids a voter to forget what it stored (its votes and acknowledged entries count
+    towards commits), so the member is first removed from the cluster by the others; then its
+    storage is set aside, and its identity file says to join again through ``addresses``. The
+    next ``meta serve`` of the directory asks to be added back and receives a snapshot of the
+    whole metadata from the leader. Returns {"id", "set_aside", "members"}.
+    """
+    import fcntl
+
+    from .remote import MetaService
+
+    data_dir = Path(data_dir)
+    path = data_dir / SERVER_FILE
+    try:
+        ident = json.loads(path.read_text())
+        node_id = int(ident["id"])
+    except FileNotFoundError:
+        raise E.UserError(f"{data_dir} is not a metadata server's directory (no {SERVER_FILE})") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise E.UserError(f"{path} is unreadable: {exc}") from None
+    lock = data_dir / "raft" / "LOCK"
+    if lock.exists():  # RocksDB holds a POSIX lock on it while the member runs
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise E.UserError(f"metadata member {node_id} is running on {data_dir}; stop it first") from None
+        finally:
+            os.close(fd)
+    service = MetaService(addresses, secret, op_timeout=60.0)
+    try:
+        hello, _ = await service.call("hello", {"id": node_id, "cluster": None})
+        if ident.get("cluster") and hello.get("cluster") and hello["cluster"] != ident["cluster"]:
+            raise E.UserError(f"{','.join(addresses)} is another cluster ({hello['cluster']}) than member "
+                              f"{node_id}'s ({ident['cluster']})")
+        if hello.get("id") == node_id:
+            raise E.UserError(f"member {node_id} itself answers at {','.join(addresses)}: stop it, and give "
+                              "--meta the other members")
+        members, _ = await service.call("members")
+        if str(node_id) in members.get("members", {}):
+            res, _ = await service.call("remove", {"id": node_id}, timeout=60.0)
+            members = res
+    except E.LakeError as exc:
+        raise E.UserError(f"metadata servers {','.join(addresses)}: {exc}") from None
+    finally:
+        await service.aclose()
+    aside = data_dir / f"corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir()
+    for name in ("raft", "state"):
+        if (data_dir / name).exists():
+            os.replace(data_dir / name, aside / name)
+    ident = {"id": node_id, "cluster": ident.get("cluster") or hello.get("cluster"), "founders": {},
+             "rejoin": list(addresses)}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ident, indent=1) + "\n")
+    os.replace(tmp, path)
+    return {"id": node_id, "set_aside": str(aside), "members": members.get("members", {})}
 
 
 def partial_serve(server: MetaServer):

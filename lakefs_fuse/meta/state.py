@@ -14,6 +14,7 @@ Queries (lookup, getattr, readdir, extents...) are plain synchronous reads.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat as st
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import msgpack
 import rocksdict
 
 from .. import errors as E
+from ..private import make_private, owner_only_umask
 from . import schema as S
 from .schema import ChunkRecord, Extent, Inode, PeerRecord
 
@@ -37,6 +39,53 @@ def _kind(mode: int) -> int:
     return st.S_IFMT(mode)
 
 
+def _rocks_failure(db: rocksdict.Rdict, exc: BaseException) -> E.LakeError | None:
+    """The LakeError for a RocksDB failure (rocksdict raises a plain ``Exception`` carrying
+    RocksDB's status text), or None when ``exc`` is something else (a bug stays a bug)."""
+    if type(exc) is not Exception:
+        return None
+    first = (str(exc).splitlines() or [""])[0]
+    if first.startswith("Corruption"):
+        return E.MetadataCorrupt(db.path(), first)
+    if first.startswith("IO error"):
+        return E.LakeError(f"metadata in {db.path()} cannot be read: {first}")
+    return None
+
+
+def _rocks_errors(fn):
+    """Report RocksDB's read failures (a damaged block, an I/O error) as LakeErrors: one line
+    with an errno for the CLI and the FUSE boundary, instead of a bare ``Exception``."""
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as exc:
+            failure = _rocks_failure(self.db, exc)
+            if failure is None:
+                raise
+            raise failure from None
+    return wrapper
+
+
+def _items(db: rocksdict.Rdict, from_key: bytes | None = None,
+           read_opt: rocksdict.ReadOptions | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) pairs in key order from ``from_key``. ``Rdict.items`` ends quietly at a damaged
+    block, as if the keys had run out (fsck then saw a quarter of a lake and called the rest lost);
+    this raises :class:`~lakefs_fuse.errors.MetadataCorrupt` there instead."""
+    it = db.iter(read_opt) if read_opt is not None else db.iter()
+    if from_key is None:
+        it.seek_to_first()
+    else:
+        it.seek(from_key)
+    while it.valid():  # never step an invalid iterator: RocksDB asserts (the process dies)
+        yield it.key(), it.value()
+        it.next()
+    try:
+        it.status()
+    except Exception as exc:
+        raise (_rocks_failure(db, exc) or exc) from None
+
+
 class Txn:
     """A read-your-writes view over the DB that collects writes into one WriteBatch."""
 
@@ -50,7 +99,7 @@ class Txn:
     def get(self, key: bytes) -> bytes | None:
         if key in self.pending:
             return self.pending[key]
-        return self.db.get(key)
+        return self.db.get(key)  # a damaged block raises: StateMachine.apply reports it
 
     def put(self, key: bytes, value: bytes) -> None:
         self.pending[key] = value
@@ -62,7 +111,7 @@ class Txn:
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Committed keys under ``prefix`` (pending writes are not merged: callers scan first)."""
-        for key, value in self.db.items(from_key=start or prefix):
+        for key, value in _items(self.db, start or prefix):
             if not key.startswith(prefix):
                 break
             yield key, value
@@ -103,16 +152,21 @@ class StateMachine:
         # The column family is named explicitly: opening an existing DB without it, rocksdict gives
         # the default column family default table options (an 8 MB cache, no filters).
         families = {"default": opts}
-        if read_only:  # a consistent view beside a running mount (RocksDB takes no lock then)
-            self.db = rocksdict.Rdict(path, options=opts, column_families=families,
-                                      access_type=rocksdict.AccessType.read_only())
-        else:
-            self.db = rocksdict.Rdict(path, options=opts, column_families=families)
+        # Keys hold every file name: the database is owner-only (see lakefs_fuse.private).
+        make_private(path)
+        with owner_only_umask():
+            if read_only:  # a consistent view beside a running mount (RocksDB takes no lock then)
+                self.db = rocksdict.Rdict(path, options=opts, column_families=families,
+                                          access_type=rocksdict.AccessType.read_only())
+            else:
+                self.db = rocksdict.Rdict(path, options=opts, column_families=families)
+        make_private(path)
         self._sync_opt = rocksdict.WriteOptions()
         self._sync_opt.sync = True
 
     def close(self) -> None:
         self.db.close()
+        make_private(self.path)  # files flushes and compactions made since the open
 
     def preload(self, limit: int = 1 << 30) -> int:
         """Read the table files once, sequentially, so the kernel's page cache holds them, then walk
@@ -154,6 +208,7 @@ class StateMachine:
 
     # ------------------------------------------------------------------ apply
 
+    @_rocks_errors
     def apply(self, cmd: list, *, sync: bool = False):
         op = cmd[0]
         handler = getattr(self, "_cmd_" + op, None)
@@ -171,6 +226,17 @@ class StateMachine:
     def sync(self) -> None:
         """Make every applied command durable (a barrier for fsync)."""
         self.db.flush_wal(True)
+
+    def verify(self) -> int:
+        """Read every key and value once, checking every block against its RocksDB checksum;
+        returns how many keys there are, or raises :class:`~lakefs_fuse.errors.MetadataCorrupt`.
+
+        ~0.2 s per million keys (a million-file lake holds a few million). Blocks are not kept
+        in the block cache, so the check does not push out what lookups use."""
+        opts = rocksdict.ReadOptions()
+        opts.set_verify_checksums(True)
+        opts.fill_cache(False)
+        return sum(1 for _ in _items(self.db, read_opt=opts))
 
     # -------------------------------------------------------------- helpers
 
@@ -255,6 +321,24 @@ class StateMachine:
         root = Inode(S.ROOT_INO, st.S_IFDIR | 0o755, 2, uid, gid, 0, now, now, now, 0, S.ROOT_INO)
         self._put_inode(txn, root)
         txn.put(S.counter_key("ino"), (S.ROOT_INO + 1).to_bytes(8, "big"))
+        txn.put(S.counter_key("data"), (0).to_bytes(8, "big"))
+
+    @staticmethod
+    def _add_data(txn: Txn, delta: int) -> None:
+        """Keep the sum of chunk lengths (``df``'s used space) current; a lake formatted before
+        the counter existed has none until ``init_usage`` counts it."""
+        key = S.counter_key("data")
+        data = txn.get(key)
+        if data is not None:
+            txn.put(key, max(0, int.from_bytes(data, "big") + delta).to_bytes(8, "big"))
+
+    def _cmd_init_usage(self, txn: Txn) -> int:
+        """Count the bytes of every chunk into the usage counter, if it is missing."""
+        key = S.counter_key("data")
+        if txn.get(key) is None:
+            total = sum(ChunkRecord.from_bytes(0, value).length for _k, value in txn.scan(S.CHUNK_PREFIX))
+            txn.put(key, total.to_bytes(8, "big"))
+        return int.from_bytes(txn.get(key), "big")
 
     def _cmd_mknod(self, txn: Txn, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int,
                    now: int) -> list:
@@ -459,7 +543,8 @@ class StateMachine:
             if size < 0:
                 raise E.Invalid("negative size")
             if size < inode.size:
-                self._truncate_extents(txn, ino, size, now)
+                self._count_stored(txn, inode)
+                inode.stored -= self._truncate_extents(txn, ino, size, now)
             if size != inode.size:
                 inode.mtime_ns = now
             inode.size = size
@@ -484,16 +569,20 @@ class StateMachine:
             if rec.refs <= 0:
                 txn.put(S.queue_key(chunk_id), S.pack([now]))
 
-    def _truncate_extents(self, txn: Txn, ino: int, size: int, now: int) -> None:
+    def _truncate_extents(self, txn: Txn, ino: int, size: int, now: int) -> int:
+        """Drop the extents at or beyond ``size``; returns the file bytes they covered."""
         cs = self.chunk_size(txn)
         first = size // cs
         deltas: dict[int, int] = {}
+        dropped = 0
         for key, value in list(txn.scan(S.extent_prefix(ino), S.extent_key(ino, first))):
             kept = []
             for ext in S.unpack_extents(value):
                 if ext.file_off >= size:
                     deltas[ext.chunk_id] = deltas.get(ext.chunk_id, 0) - 1
+                    dropped += ext.length
                 elif ext.end > size:
+                    dropped += ext.end - size
                     ext.length = size - ext.file_off
                     kept.append(ext)
                 else:
@@ -503,6 +592,15 @@ class StateMachine:
             else:
                 txn.delete(key)
         self._chunk_refs(txn, deltas, now)
+        return dropped
+
+    @staticmethod
+    def _count_stored(txn: Txn, inode: Inode) -> None:
+        """Count the stored bytes of an inode whose record predates the counter. Call before this
+        command changes the inode's extents: the scan sees only what earlier commands wrote."""
+        if inode.stored < 0:
+            inode.stored = sum(e.length for _k, value in txn.scan(S.extent_prefix(inode.ino))
+                               for e in S.unpack_extents(value))
 
     def chunk_size(self, txn: Txn | None = None) -> int:
         return self.format_record()["chunk_size"]
@@ -517,13 +615,18 @@ class StateMachine:
         deltas: dict[int, int] = {}
         if chunk is not None:
             rec = ChunkRecord.from_wire(chunk)
-            txn.put(S.chunk_key(rec.chunk_id), rec.to_bytes())
+            # A commit retried after an answer was lost must not reset the record's reference
+            # count (the chunk would look unreferenced and be collected under its files).
+            if txn.get(S.chunk_key(rec.chunk_id)) is None:
+                txn.put(S.chunk_key(rec.chunk_id), rec.to_bytes())
+                self._add_data(txn, rec.length)
         by_key: dict[tuple[int, int], list[Extent]] = {}
         inodes: dict[int, Inode] = {}
         for ino, file_off, length, chunk_id, chunk_off in extents:
             if ino not in inodes:
                 try:
                     inodes[ino] = self._inode(txn, ino)
+                    self._count_stored(txn, inodes[ino])
                 except E.NotFound:
                     inodes[ino] = None  # type: ignore[assignment]
             if inodes[ino] is None or length <= 0:
@@ -538,8 +641,10 @@ class StateMachine:
             key = S.extent_key(ino, idx)
             data = txn.get(key)
             current = S.unpack_extents(data) if data else []
+            before = sum(e.length for e in current)
             for ext in new:
                 current = _insert_extent(current, ext, deltas)
+            inodes[ino].stored += sum(e.length for e in current) - before  # shadowed bytes count once
             txn.put(key, S.pack_extents(current))
         sizes = {}
         for ino, inode in inodes.items():
@@ -556,6 +661,77 @@ class StateMachine:
             txn.put(S.queue_key(rec.chunk_id), S.pack([now]))  # nothing points into it
         self._chunk_refs(txn, deltas, now)
         return sizes
+
+    def _cmd_relocate(self, txn: Txn, chunk: list, moves: list, now: int) -> int:
+        """Compaction: point file bytes at a new chunk holding a copy of them, where they still
+        are where the copy was taken from. ``moves``: ``[ino, file_off, length, old_chunk,
+        old_off, new_off]``. A piece that was overwritten, truncated or deleted since is left as
+        it is (the copy of it goes unused), so a relocation never undoes a newer write. Sizes,
+        times and stored-byte counts do not change: the same bytes, somewhere else. Returns how
+        many bytes moved; a new chunk nothing ends up using is queued for deletion."""
+        rec = ChunkRecord.from_wire(chunk)
+        if txn.get(S.chunk_key(rec.chunk_id)) is None:
+            txn.put(S.chunk_key(rec.chunk_id), rec.to_bytes())
+            self._add_data(txn, rec.length)
+        cs = self.chunk_size()
+        deltas: dict[int, int] = {}
+        moved = 0
+        for ino, file_off, length, old_chunk, old_off, new_off in moves:
+            pos, end = file_off, file_off + length
+            while pos < end:  # one file index at a time
+                idx = pos // cs
+                stop = min(end, (idx + 1) * cs)
+                key = S.extent_key(ino, idx)
+                data = txn.get(key)
+                current = S.unpack_extents(data) if data else []
+                matches = []
+                for ext in current:  # the parts of [pos, stop) still stored where the copy came from
+                    a, b = max(ext.file_off, pos), min(ext.end, stop)
+                    if a < b and ext.chunk_id == old_chunk and \
+                            ext.chunk_off + (a - ext.file_off) == old_off + (a - file_off):
+                        matches.append(Extent(a, b - a, rec.chunk_id, new_off + (a - file_off)))
+                for new in matches:
+                    current = _insert_extent(current, new, deltas)
+                    moved += new.length
+                if matches:
+                    txn.put(key, S.pack_extents(current))
+                pos = stop
+        if deltas.get(rec.chunk_id, 0) <= 0 and txn.get(S.queue_key(rec.chunk_id)) is None:
+            txn.put(S.queue_key(rec.chunk_id), S.pack([now]))  # every piece changed meanwhile
+        self._chunk_refs(txn, deltas, now)
+        return moved
+
+    def sparse_chunks(self, max_live: float, limit: int, min_dead: int = 0) -> dict:
+        """Chunks whose files use at most ``max_live`` of their bytes (and leave at least
+        ``min_dead`` unused), for compaction: ``{"chunks": [[chunk_id, length, live, [[ino,
+        file_off, length, chunk_off], ...]], ...], "chunk_bytes": N, "live_bytes": N}`` (the
+        totals over the whole lake; ``status`` shows them). Reads every extent: seconds for a
+        million files."""
+        live: dict[int, int] = {}
+        for _key, value in _items(self.db, S.EXTENT_PREFIX):
+            if not _key.startswith(S.EXTENT_PREFIX):
+                break
+            for e in S.unpack_extents(value):
+                live[e.chunk_id] = live.get(e.chunk_id, 0) + e.length
+        lengths: dict[int, int] = {}
+        for key, value in _items(self.db, S.CHUNK_PREFIX):
+            if not key.startswith(S.CHUNK_PREFIX):
+                break
+            lengths[S.chunk_id_of_key(key)] = ChunkRecord.from_bytes(0, value).length
+        picked = {}
+        for cid, length in lengths.items():
+            used = live.get(cid, 0)
+            if 0 < used <= length * max_live and length - used >= min_dead and len(picked) < limit:
+                picked[cid] = [cid, length, used, []]
+        if picked:
+            for key, value in _items(self.db, S.EXTENT_PREFIX):
+                if not key.startswith(S.EXTENT_PREFIX):
+                    break
+                for e in S.unpack_extents(value):
+                    if e.chunk_id in picked:
+                        picked[e.chunk_id][3].append([S.ino_of_extent_key(key), e.file_off, e.length, e.chunk_off])
+        return {"chunks": list(picked.values()), "chunk_bytes": sum(lengths.values()),
+                "live_bytes": sum(v for c, v in live.items() if c in lengths)}
 
     def _cmd_setxattr(self, txn: Txn, ino: int, name: bytes, value: bytes, flags: int, now: int) -> None:
         inode = self._inode(txn, ino)
@@ -668,6 +844,8 @@ class StateMachine:
             if data is not None and ChunkRecord.from_bytes(chunk_id, data).refs > 0:
                 txn.delete(S.queue_key(chunk_id))  # referenced again: keep the chunk
                 continue
+            if data is not None:
+                self._add_data(txn, -ChunkRecord.from_bytes(chunk_id, data).length)
             txn.delete(S.chunk_key(chunk_id))
             txn.delete(S.queue_key(chunk_id))
 
@@ -719,6 +897,12 @@ class StateMachine:
                     exts = S.unpack_extents(data)
                     keep = [e for e in exts if e.file_off != file_off or self._extent_ok(txn, e)]
                     if len(keep) != len(exts):
+                        idata = txn.get(S.inode_key(ino))
+                        if idata is not None:
+                            inode = Inode.from_bytes(ino, idata)
+                            if inode.stored >= 0:
+                                inode.stored -= sum(e.length for e in exts) - sum(e.length for e in keep)
+                                self._put_inode(txn, inode)
                         if keep:
                             txn.put(S.extent_key(ino, index), S.pack_extents(keep))
                         else:
@@ -754,18 +938,21 @@ class StateMachine:
 
     # -------------------------------------------------------------- queries
 
+    @_rocks_errors
     def format_record(self) -> dict:
         data = self.db.get(S.FORMAT)
         if data is None:
             raise E.NotFound("metadata is not formatted")
         return S.unpack(data)
 
+    @_rocks_errors
     def getattr(self, ino: int) -> Inode:
         data = self.db.get(S.inode_key(ino))
         if data is None:
             raise E.NotFound()
         return Inode.from_bytes(ino, data)
 
+    @_rocks_errors
     def lookup(self, parent: int, name: bytes) -> Inode:
         data = self.db.get(S.dentry_key(parent, name))
         if data is None:
@@ -779,11 +966,12 @@ class StateMachine:
             raise E.NotFound()
         return self.getattr(S.unpack(data)[0])
 
+    @_rocks_errors
     def readdir(self, ino: int, after_cookie: int, limit: int) -> list[tuple[bytes, Inode, int]]:
         """Entries with cookie > after_cookie, in cookie order: (name, inode, cookie)."""
         out = []
         prefix = S.cookie_prefix(ino)
-        for key, name in self.db.items(from_key=S.cookie_key(ino, after_cookie + 1)):
+        for key, name in _items(self.db, S.cookie_key(ino, after_cookie + 1)):
             if not key.startswith(prefix):
                 break
             entry = self.db.get(S.dentry_key(ino, name))
@@ -797,21 +985,24 @@ class StateMachine:
                 break
         return out
 
+    @_rocks_errors
     def extents(self, ino: int, first_index: int, last_index: int) -> list[Extent]:
         out: list[Extent] = []
         prefix = S.extent_prefix(ino)
-        for key, value in self.db.items(from_key=S.extent_key(ino, first_index)):
+        for key, value in _items(self.db, S.extent_key(ino, first_index)):
             if not key.startswith(prefix) or S.index_of_extent_key(key) > last_index:
                 break
             out.extend(S.unpack_extents(value))
         return out
 
+    @_rocks_errors
     def readlink(self, ino: int) -> bytes:
         data = self.db.get(S.symlink_key(ino))
         if data is None:
             raise E.Invalid("not a symlink")
         return data
 
+    @_rocks_errors
     def getxattr(self, ino: int, name: bytes) -> bytes:
         self.getattr(ino)
         data = self.db.get(S.xattr_key(ino, name))
@@ -819,21 +1010,24 @@ class StateMachine:
             raise E.NoData()
         return data
 
+    @_rocks_errors
     def listxattr(self, ino: int) -> list[bytes]:
         self.getattr(ino)
         prefix = S.xattr_prefix(ino)
         return [key[len(prefix):] for key, _ in self.scan(prefix)]
 
+    @_rocks_errors
     def chunk(self, chunk_id: int) -> ChunkRecord:
         data = self.db.get(S.chunk_key(chunk_id))
         if data is None:
             raise E.NotFound(f"chunk {chunk_id}")
         return ChunkRecord.from_bytes(chunk_id, data)
 
+    @_rocks_errors
     def chunks(self, after: int = -1, limit: int = 1000) -> list[ChunkRecord]:
         """Chunk records with id > ``after``, in id order."""
         out = []
-        for key, value in self.db.items(from_key=S.chunk_key(after + 1)):
+        for key, value in _items(self.db, S.chunk_key(after + 1)):
             if not key.startswith(b"C"):
                 break
             out.append(ChunkRecord.from_bytes(S.chunk_id_of_key(key), value))
@@ -858,13 +1052,14 @@ class StateMachine:
                 break
         return out
 
+    @_rocks_errors
     def dump(self) -> tuple[bytes, int]:
         """The whole key space as one msgpack array of [key, value] pairs, and how many there are
         (Raft snapshots, dataset-mode copies, ``lakefs-fuse dump``)."""
         packer = msgpack.Packer(use_bin_type=True)
         parts = [b""]
         count = 0
-        for key, value in self.db.items():
+        for key, value in _items(self.db):
             parts.append(packer.pack([key, value]))
             count += 1
         parts[0] = packer.pack_array_header(count)
@@ -887,18 +1082,26 @@ class StateMachine:
             on_batch(n % 10000)
         return n
 
+    @_rocks_errors
     def next_chunk_id(self) -> int:
         """Chunk ids below this have been allocated (the next one to be handed out)."""
         data = self.db.get(S.counter_key("chunk"))
         return int.from_bytes(data, "big") if data else 1
 
+    @_rocks_errors
+    def stored_data(self) -> int | None:
+        """Bytes in chunks (sum of their lengths), or None if this lake's counter is missing."""
+        data = self.db.get(S.counter_key("data"))
+        return int.from_bytes(data, "big") if data is not None else None
+
+    @_rocks_errors
     def count_inodes(self) -> int:
         data = self.db.get(S.counter_key("ino"))
         return int.from_bytes(data, "big") if data else 0
 
     def scan(self, prefix: bytes):
         """Committed (key, value) pairs under ``prefix``, in key order."""
-        for key, value in self.db.items(from_key=prefix):
+        for key, value in _items(self.db, prefix):
             if not key.startswith(prefix):
                 break
             yield key, value

@@ -42,7 +42,8 @@ async def dump(lake: Lake, path: Path) -> dict:
         body, count = sm.dump()
     source = "embedded" if lake.sm is not None else "cluster " + ",".join(lake.meta_addresses or [])
     header = {"format": DUMP_FORMAT, "version": DUMP_VERSION, "keys": count, "source": source,
-              "uuid": lake.uuid, "at": time.time_ns()}
+              "uuid": lake.uuid, "at": time.time_ns(),
+              "data_dir": str(Path(lake.data_dir).resolve()) if lake.data_dir is not None else None}
     _write(path, [msgpack.packb(header), msgpack.packb(body, use_bin_type=True),
                   msgpack.packb(xxhash.xxh3_64_intdigest(body))])
     return {**header, "bytes": path.stat().st_size}
@@ -89,6 +90,21 @@ def read_dump(path: Path) -> tuple[dict, list]:
     return header, pairs
 
 
+def _absolute_peers(pairs: list, source_dir: str | None) -> list:
+    """Peer directories recorded relative to the dumped lake's data directory point there."""
+    if not source_dir:
+        return pairs
+    out = []
+    for key, value in pairs:
+        if key[:1] == b"P":
+            rec = S.unpack(value)
+            if rec[0] == "dir" and not os.path.isabs(rec[1]):
+                rec[1] = os.path.join(source_dir, rec[1])
+                value = S.pack(rec)
+        out.append([key, value])
+    return out
+
+
 def load(path: Path, data_dir: Path, *, secret_file: Path | None = None, on_keys=None) -> dict:
     """A new embedded lake in ``data_dir`` (empty or absent) from the dump at ``path``;
     ``on_keys(n)`` is told of every batch of keys written."""
@@ -101,13 +117,15 @@ def load(path: Path, data_dir: Path, *, secret_file: Path | None = None, on_keys
     try:
         sm = StateMachine(str(data_dir / "meta"), create=True)
         try:
-            sm.put_all(pairs, on_keys)
+            sm.put_all(_absolute_peers(pairs, header.get("data_dir")), on_keys)
             sm.sync()
         finally:
             sm.close()
+        # The same lake on new metadata: it keeps its id, which owns the shards it reads.
         write_marker(data_dir, secret_file, {"loaded_from": {"dump": str(Path(path).resolve()),
                                                              "source": header.get("source"),
-                                                             "uuid": header.get("uuid")}})
+                                                             "uuid": header.get("uuid")}},
+                     lake_id=header.get("uuid"))
     except BaseException:
         if created:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -122,8 +140,9 @@ LOAD_BATCH = 5000
 
 async def load_remote(path: Path, addresses: list[str], secret_file: Path, on_keys=None) -> dict:
     """Load a dump into metadata servers that hold no lake yet (migration: an embedded lake onto a
-    cluster, or a cluster onto new servers). The lake gets a new identity and this cluster's secret;
-    its peers must be peer servers or buckets every mount can reach."""
+    cluster, or a cluster onto new servers). The lake gets this cluster's secret;
+    its peers must be peer servers or buckets every mount can reach. It keeps the lake's id: the
+    peers' shards belong to it (peer_server docstring)."""
     from .. import wire
     from ..meta.remote import MetaService, RemoteMeta
     from ..meta.schema import PeerRecord
@@ -137,10 +156,10 @@ async def load_remote(path: Path, addresses: list[str], secret_file: Path, on_ke
                         "metadata servers need peer servers or buckets every mount can reach")
     out = []
     for key, value in pairs:
-        if key == S.FORMAT:  # this cluster's secret and a new identity
+        if key == S.FORMAT:  # this cluster's secret; the lake's own id, which owns its peers' shards
             fmt = S.unpack(value)
             fmt["secret_fp"] = wire.fingerprint(secret)
-            fmt["uuid"] = str(uuid.uuid4())
+            fmt["uuid"] = header.get("uuid") or str(uuid.uuid4())
             value = S.pack(fmt)
         out.append([key, value])
     out.sort(key=lambda kv: kv[0] == S.FORMAT)  # the format record last: a lake once it is there

@@ -11,7 +11,12 @@ checks that
 * extents belong to inodes that exist                           (else: dropped);
 * every chunk's reference count is the number of extents using it (else: set; 0 queues it for gc);
 
-and then (unless ``--no-shards``) reads every shard of every chunk against its checksum, as
+Before any of that it reads every metadata block once against its RocksDB checksum: a damaged
+block stops fsck with "metadata corrupt" (:class:`~lakefs_fuse.errors.MetadataCorrupt`) and
+``--repair`` writes nothing -- fixes computed from part of a lake would relink or drop the
+rest. The way out is a restore from a dump, or re-seeding a metadata server from the others.
+
+Then (unless ``--no-shards``) it reads every shard of every chunk against its checksum, as
 ``scrub`` does. With ``--repair`` it applies the fixes above as one metadata command each batch
 (``fsck``, re-checked when applied, so a finding that went stale meanwhile changes nothing) and
 rebuilds bad shards as ``repair`` does.
@@ -176,11 +181,34 @@ def path_of(sm: StateMachine, ino: int, inodes: dict[int, Inode], where: dict[in
     return "/" + "/".join(reversed(parts)) if ino == ROOT_INO else f"<inode {ino}>/" + "/".join(reversed(parts))
 
 
+def files_of_chunks(sm: StateMachine, chunk_ids: set[int], limit: int) -> list[dict]:
+    """Up to ``limit`` files whose extents use any of ``chunk_ids``: [{"path", "chunks"}], by path.
+
+    There is no index from chunks to files: this reads every extent once, then the directory
+    entries naming those files and every directory (to spell their paths)."""
+    users: dict[int, set[int]] = {}
+    for key, value in sm.scan(b"E"):
+        ino = _u64(key[1:9])
+        if ino not in users and len(users) >= limit:
+            continue
+        hit = chunk_ids.intersection(e.chunk_id for e in S.unpack_extents(value))
+        if hit:
+            users.setdefault(ino, set()).update(hit)
+    where: dict[int, tuple[int, bytes]] = {}
+    for key, value in sm.scan(b"D"):
+        ino, kind = S.unpack(value)[:2]
+        if ino in users or kind == st.S_IFDIR:
+            where.setdefault(ino, (_u64(key[1:9]), key[9:]))
+    return sorted(({"path": path_of(sm, ino, {}, where), "chunks": sorted(cids)} for ino, cids in users.items()),
+                  key=lambda f: f["path"])
+
+
 async def fsck(lake: Lake, *, repair: bool = False, shards: bool = True,
                on_chunk: Callable[[int], None] | None = None) -> FsckReport:
     from . import maintenance
     report = FsckReport()
     async with MetadataView(lake) as sm:
+        await trio.to_thread.run_sync(sm.verify)  # MetadataCorrupt: nothing is analysed or written
         fixes = analyse(sm, report)
     if repair and fixes:
         if any(f[0] == "relink" for f in fixes):
@@ -230,6 +258,8 @@ class GcReport:
 async def gc(lake: Lake, *, dry_run: bool = False, grace: float = 0.0,
              on_shard: Callable[[], None] | None = None) -> GcReport:
     report = GcReport(dry_run=dry_run)
+    if lake.sm is not None:  # never delete on the word of metadata that cannot be read whole
+        await trio.to_thread.run_sync(lake.sm.verify)
     # 1. the delete queue
     queue = await lake.meta.delete_queue(1 << 30)
     report.queued_chunks = len(queue)

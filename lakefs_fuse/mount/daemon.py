@@ -3,31 +3,46 @@
 ``lakefs-fuse mount`` (without ``-f``) starts this module's :func:`serve` in a child process
 and returns once the child reports the mount live (or prints the child's reason and fails).
 SIGTERM/SIGINT to the daemon flush every buffered write and unmount.
+
+The kernel sees the mount as mount(8) tools expect: its source is the lake (the data directory,
+or ``meta:HOST:PORT,...``, as an fstab line names it), a read-only mount is ``ro``, and
+:func:`remount` switches ``ro``/``rw`` of a live mount (a plain MS_REMOUNT keeps the FUSE session;
+SIGUSR2 then tells the daemon to follow the kernel's flag). A read-only mount's ``.prefetch`` cannot
+be opened for writing, so the daemon also takes read plans on a Unix socket (:func:`_plan_socket`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import faulthandler
+import functools
 import hashlib
 import json
 import logging
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyfuse3
 import trio
 
-from ..config import MountConfig, runtime_dir
-from ..errors import UserError
+from ..config import PEER_REFRESH_SECONDS, UMOUNT_BUSY_WAIT, MountConfig, runtime_dir
+from ..errors import LakeError, UserError
 from ..metrics import Heartbeat, MetricsServer
 from . import maintenance
 from .lake import Lake
 from .observe import MountObserver
 from .operations import Operations
+from .planner import Credentials
 from .vfs import VFS
 
 log = logging.getLogger(__name__)
@@ -44,6 +59,29 @@ def mounts() -> list[tuple[str, str, str]]:
                 dec = [p.encode().decode("unicode_escape") for p in parts[:3]]
                 out.append((dec[0], dec[1], dec[2]))
     return out
+
+
+def lake_source(cfg: MountConfig) -> str:
+    """The mount's source in /proc/mounts: the lake, named as an fstab line names it, so
+    ``findmnt -S DATA_DIR`` finds its mounts and two lakes' mounts can be told apart."""
+    return "meta:" + ",".join(cfg.meta) if cfg.meta else str(Path(cfg.data_dir).resolve())
+
+
+def _escape_option(value: str) -> str:
+    """A value inside libfuse's comma-separated -o list (it takes a backslash as an escape)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def mount_options(path: Path) -> list[str] | None:
+    """The per-mount options (``ro``/``rw``, ``nosuid``...) of the mount at ``path``, from
+    /proc/self/mountinfo (reading it asks nothing of the daemon); None if nothing is mounted there."""
+    p, found = str(Path(path).resolve()), None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 5 and fields[4].encode().decode("unicode_escape") == p:
+                found = fields[5].split(",")  # the last one listed is the one on top
+    return found
 
 
 def is_mounted(path: Path) -> str | None:
@@ -73,6 +111,10 @@ def check_mountpoint(path: Path) -> Path:
     except (FileNotFoundError, RuntimeError):
         raise UserError(f"mountpoint {path} does not exist") from None
     except OSError as exc:
+        if exc.errno == errno.ENOTCONN:  # a FUSE mount whose daemon is gone (or stuck)
+            how = f"lakefs-fuse umount {path}" if is_mounted(path) == FSTYPE else f"fusermount3 -u {path}"
+            raise UserError(f"mountpoint {path}: {exc.strerror} (a mount whose daemon is gone: unmount it "
+                            f"with '{how}')") from None
         raise UserError(f"mountpoint {path}: {exc.strerror}") from None
     if is_mounted(path):
         raise UserError(f"{path} is already a mountpoint ({is_mounted(path)})")
@@ -81,6 +123,59 @@ def check_mountpoint(path: Path) -> Path:
     if any(path.iterdir()):
         raise UserError(f"mountpoint {path} is not empty")
     return path
+
+
+def _is_daemon(pid: object) -> bool:
+    """``pid`` is a running lakefs-fuse process (not a zombie, not a reused pid)."""
+    try:
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            return b"lakefs" in f.read()
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def _statfs_errno(path: Path, timeout: float = 5.0) -> int | None:
+    """The errno of a statfs of ``path`` (0 if it answered), or None if no answer came in time.
+    statfs always reaches a FUSE daemon (the kernel caches no answer), so a dead one shows here."""
+    result: list[int] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(path)
+            result.append(0)
+        except OSError as exc:
+            result.append(exc.errno or errno.EIO)
+
+    thread = threading.Thread(target=probe, name="statfs-probe", daemon=True)  # a stuck mount must not hang us
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else None
+
+
+def clear_dead_mount(path: Path) -> bool:
+    """Unmount a lakefs-fuse mount at ``path`` whose daemon has exited (a crash, SIGKILL): every
+    access to it fails with "Transport endpoint is not connected", and mounting there again would
+    fail the same way. Nothing is lost by unmounting it: a dead mount holds no data. True if one
+    was cleared."""
+    try:
+        mnt = Path(path).resolve()
+    except OSError:
+        mnt = Path(path).absolute()
+    if is_mounted(mnt) != FSTYPE:
+        return False
+    reg = read_registry(mnt)
+    if reg and _is_daemon(reg.get("pid")):
+        return False  # its daemon runs: a live mount, or a stuck one that is not ours to drop
+    if _statfs_errno(mnt) != errno.ENOTCONN:
+        return False
+    res = subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        err = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"status {res.returncode}"
+        raise UserError(f"{mnt} is a mount whose daemon has exited and it cannot be unmounted ({err}); "
+                        f"try 'lakefs-fuse umount --lazy {mnt}'")
+    registry_file(mnt).unlink(missing_ok=True)
+    log.info("unmounted the dead mount at %s (its daemon had exited)", mnt)
+    return True
 
 
 def registry_file(mountpoint: Path) -> Path:
@@ -133,6 +228,17 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     except UserError as exc:
         report(f"error: {exc}")
         raise
+    if not cfg.meta:
+        # An embedded lake's metadata is read whole once (~0.2 s per million keys): a damaged
+        # block refuses the mount here, instead of failing lookups with EIO once it is live.
+        t = time.monotonic()
+        try:
+            keys = lake.sm.verify()
+        except LakeError as exc:
+            lake.close()
+            report(f"error: {exc}")
+            raise UserError(str(exc)) from None
+        log.info("metadata checked: %d keys in %.2f s", keys, time.monotonic() - t)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     if cfg.dataset and lake.sm is not None:
         # Dataset mode reads its metadata locally and never changes it: read it once, in order,
@@ -160,18 +266,19 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
             lake.close()
             report(f"error: {exc}")
             raise
-    options = set(pyfuse3.default_options) | {"fsname=lakefs", "subtype=lakefs"}
+    options = set(pyfuse3.default_options) | {"fsname=" + _escape_option(lake_source(cfg)), "subtype=lakefs"}
     if cfg.allow_other:
         options.add("allow_other")
+    if cfg.read_only:
+        options.add("ro")  # the kernel refuses changes itself, and /proc/mounts says ro
     options.update(cfg.extra_fuse_options)
-    try:
-        pyfuse3.init(ops, str(mountpoint), options)
-    except Exception as exc:
+    failure = _fuse_init(ops, mountpoint, options)
+    if failure is not None:
         lake.close()
         if metrics_server is not None:
             metrics_server.close()
-        report(f"error: cannot mount {mountpoint}: {exc}")
-        raise UserError(f"cannot mount {mountpoint}: {exc}") from None
+        report(f"error: cannot mount {mountpoint}: {failure}")
+        raise UserError(f"cannot mount {mountpoint}: {failure}")
     reg = registry_file(mountpoint)
     reg.parent.mkdir(parents=True, exist_ok=True)
     reg.write_text(json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint),
@@ -224,13 +331,48 @@ def _open_disk_cache(cfg: MountConfig, lake: Lake):
     return cache
 
 
+def _fuse_init(ops: Operations, mountpoint: Path, options: set[str]) -> str | None:
+    """``pyfuse3.init``; None once mounted, else why not. pyfuse3's exception says only
+    "fuse_session_mount failed": the cause is what libfuse (or the fusermount3 it runs) prints on
+    stderr, e.g. "fuse: failed to open /dev/fuse: Permission denied". That is captured here, copied
+    to our stderr (the log) and returned."""
+    failure: Exception | None = None
+    with tempfile.TemporaryFile() as said:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(said.fileno(), 2)
+        try:
+            pyfuse3.init(ops, str(mountpoint), options)
+        except Exception as exc:
+            failure = exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        said.seek(0)
+        text = said.read().decode(errors="replace")
+    if text:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    if failure is None:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    cause = lines[-1].removeprefix("fuse: ") if lines else str(failure) or type(failure).__name__
+    if "/dev/fuse" in cause and "Permission denied" in cause:
+        cause += " (mount as root, or give this user read-write access to /dev/fuse)"
+    return cause
+
+
 async def _main(vfs: VFS, cfg: MountConfig, mountpoint: Path, report, lake: Lake, heartbeat: Heartbeat,
                 live: dict, repair_tally: dict) -> None:
     async with trio.open_nursery() as nursery:
         await vfs.start(nursery)
         nursery.start_soon(heartbeat.run)
         nursery.start_soon(_signals)
+        nursery.start_soon(_follow_remounts, vfs, mountpoint)
+        await nursery.start(_plan_socket, vfs, registry_file(mountpoint).with_suffix(".sock"), cfg.allow_other)
         nursery.start_soon(_repair_loop, lake, vfs, cfg.repair_delay, repair_tally)
+        if cfg.meta and not cfg.dataset:  # an embedded lake's peers change only while unmounted
+            nursery.start_soon(_follow_peers, lake)
         nursery.start_soon(_become_ready, cfg, mountpoint, report, live)
         await pyfuse3.main()
         log.info("FUSE session ended; flushing")
@@ -245,6 +387,9 @@ async def _repair_loop(lake: Lake, vfs: VFS, delay: float, tally: dict) -> None:
         await trio.sleep(tick)
         try:
             report = await maintenance.repair_pending(lake, delay=delay, forget_layout=vfs.forget_layout)
+        except LakeError as exc:  # e.g. no metadata majority: one line, the next round tries again
+            log.warning("background repair failed: %s", exc)
+            continue
         except Exception:  # repair is best effort; the next round tries again
             log.exception("background repair failed")
             continue
@@ -255,12 +400,90 @@ async def _repair_loop(lake: Lake, vfs: VFS, delay: float, tally: dict) -> None:
         r["lost_chunks"] = len(report.lost)  # as of the last pass: more bad shards than parity
 
 
+async def _follow_peers(lake: Lake) -> None:
+    """Re-read a cluster lake's peer records every few seconds, so ``peer add``, ``peer remove``
+    and ``peer weight`` run elsewhere reach this mount's placement without a remount."""
+    warned = -1e9
+    while True:
+        await trio.sleep(PEER_REFRESH_SECONDS)
+        try:
+            await lake.refresh_peers()
+        except LakeError as exc:  # e.g. no metadata majority: the next round tries again
+            if trio.current_time() - warned >= 60:
+                warned = trio.current_time()
+                log.warning("cannot re-read the peer records: %s", exc)
+
+
 async def _signals() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal %d: unmounting", signum)
             pyfuse3.terminate()
             return
+
+
+async def _follow_remounts(vfs: VFS, mountpoint: Path) -> None:
+    """SIGUSR2 (sent by :func:`remount`): take the kernel's read-only flag as the daemon's own."""
+    with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+        async for _ in signals:
+            options = mount_options(mountpoint)
+            if options is not None:
+                now = vfs.set_read_only("ro" in options)
+                log.info("remounted %s", "read-only" if now else "read-write")
+
+
+#: A plan client that says nothing for this long is dropped.
+PLAN_CLIENT_TIMEOUT = 60.0
+
+
+async def _plan_socket(vfs: VFS, path: Path, allow_other: bool, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Take read plans on a Unix socket: the way in on a read-only mount, where the kernel refuses
+    to open ``.prefetch`` for writing. A client sends the same lines it would write to the file,
+    closes its side, and gets its plan's report back. The peer's credentials (SO_PEERCRED) stand in
+    for a FUSE request's; without --allow-other only root and the daemon's user may send, as only
+    they may use the mount. A path too long for a socket address only costs read-only mounts their
+    plans (logged)."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        path.unlink(missing_ok=True)
+        await sock.bind(str(path))
+        os.chmod(path, 0o666 if allow_other else 0o600)
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        log.warning("no plan socket at %s (%s): a read-only mount takes no read plans", path, exc)
+        task_status.started()
+        return
+    vfs.plan_socket = str(path)
+    task_status.started()
+    try:
+        await trio.serve_listeners(functools.partial(_take_plan, vfs, allow_other), [trio.SocketListener(sock)])
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def _take_plan(vfs: VFS, allow_other: bool, stream: trio.SocketStream) -> None:
+    try:
+        with trio.move_on_after(PLAN_CLIENT_TIMEOUT):
+            creds = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, gid = struct.unpack("3i", creds)
+            if not allow_other and uid not in (0, os.geteuid()):
+                return
+            cred = Credentials.of_process(uid, gid, pid)
+            pending = b""
+            while data := await stream.receive_some(1 << 16):
+                complete, _, pending = (pending + data).rpartition(b"\n")
+                if complete:
+                    vfs.take_plan(cred, complete.decode("utf-8", errors="surrogateescape"))
+            if pending:
+                vfs.take_plan(cred, pending.decode("utf-8", errors="surrogateescape"))
+            await stream.send_all(vfs.plan_report(cred))
+    except (OSError, trio.BrokenResourceError) as exc:  # one client's trouble is its own
+        log.debug("plan socket client: %s", exc)
+    except Exception:  # a plan is advice: nothing a client sends may stop the daemon
+        log.exception("plan socket client failed")
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 async def _become_ready(cfg: MountConfig, mountpoint: Path, report, live: dict) -> None:
@@ -277,7 +500,8 @@ def spawn(cfg_args: list[str], mountpoint: Path, log_path: Path, timeout: float 
     """Start ``lakefs-fuse mount -f`` as a daemon; return once it reports the mount live."""
     rfd, wfd = os.pipe()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as logf:
+    # The log names files and paths: owner-only, like the lake's metadata.
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lakefs_fuse.cli", "mount", "-f", "--ready-fd", str(wfd), *cfg_args],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(wfd,), start_new_session=True,
@@ -312,7 +536,30 @@ def spawn(cfg_args: list[str], mountpoint: Path, log_path: Path, timeout: float 
     raise UserError(f"mount daemon exited (status {proc.poll()}); see {log_path}")
 
 
-def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 60.0) -> None:
+def _sync_before_unmount(mnt: Path) -> None:
+    """Store every buffered write first (fsync of the root commits them all): bytes that cannot
+    be stored (full peers, too many down) keep the mount up instead of being lost with it."""
+    try:
+        fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return  # e.g. a dead mount: nothing of it can be flushed any more
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+            raise UserError(f"{mnt}: written data cannot be stored yet ({exc.strerror}); it is kept and "
+                            "retried: make room on the lake's peers (or bring them back) and unmount "
+                            "again, or 'lakefs-fuse umount --force' to unmount and lose it") from None
+    finally:
+        os.close(fd)
+
+
+def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 60.0, force: bool = False,
+            busy_wait: float = UMOUNT_BUSY_WAIT, notify: Callable[[str], None] | None = None) -> None:
+    """Unmount and wait for the daemon to finish. A busy mount is retried for ``busy_wait``
+    seconds first (``notify`` is told who holds it): what holds a mount is usually about to let go
+    -- a job or shell ending, or (kernels before 4.x pinned the mount for each release still in
+    flight) files whose RELEASE the daemon has not answered yet, e.g. right after deleting many."""
     mnt = Path(mountpoint).absolute()
     try:
         mnt = mnt.resolve()
@@ -324,12 +571,26 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 60.0) -> None
     if fstype != FSTYPE:
         raise UserError(f"{mnt} is not a lakefs-fuse mount (it is {fstype})")
     reg = read_registry(mnt)
-    res = subprocess.run(["fusermount3", "-u", *(["-z"] if lazy else []), str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        err = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"status {res.returncode}"
+    if not force:
+        _sync_before_unmount(mnt)
+    def fusermount() -> str | None:  # the error, or None once unmounted
+        res = subprocess.run(["fusermount3", "-u", *(["-z"] if lazy else []), str(mnt)],
+                             capture_output=True, text=True)
+        if res.returncode == 0:
+            return None
+        return res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"status {res.returncode}"
+
+    err = fusermount()
+    if err is not None and "busy" in err.lower() and busy_wait > 0:
+        if notify is not None:
+            notify(f"{mnt} is busy ({_holders_text(mnt)}); waiting up to {busy_wait:.0f}s for it")
+        deadline = time.monotonic() + busy_wait
+        while err is not None and "busy" in err.lower() and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling a deadline: the kernel has no "mount released" event
+            err = fusermount()
+    if err is not None:
         if "busy" in err.lower():
-            raise UserError(f"{mnt} is busy (files open or a process inside it); close them or use --lazy")
+            raise UserError(f"{mnt} is busy ({_holders_text(mnt)}); close them or use --lazy")
         raise UserError(f"cannot unmount {mnt}: {err}")
     if reg and not lazy:
         pid, deadline = reg["pid"], time.monotonic() + timeout
@@ -342,3 +603,87 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 60.0) -> None
                 return
             time.sleep(0.05)
         raise UserError(f"unmounted {mnt}, but its daemon (pid {pid}) is still flushing after {timeout:.0f}s")
+
+
+def mount_users(mnt: Path) -> list[str]:
+    """``PID (COMMAND)`` of every process whose working directory, root or an open file is inside
+    ``mnt`` (read from /proc, which asks nothing of the daemon)."""
+    inside = str(mnt).rstrip("/")
+    users = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        base = f"/proc/{entry.name}"
+        links = [f"{base}/cwd", f"{base}/root"]
+        try:
+            links += [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
+        except OSError:
+            pass  # gone, or not ours to look at
+        for link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            if target == inside or target.startswith(inside + "/"):
+                try:
+                    command = Path(f"{base}/comm").read_text().strip()
+                except OSError:
+                    command = "?"
+                users.append(f"{entry.name} ({command})")
+                break
+    return users
+
+
+def _holders_text(mnt: Path) -> str:
+    users = mount_users(mnt)
+    if not users:
+        return "no process holds it: the kernel is still releasing its files"
+    return "held by pid " + ", ".join(users[:8]) + (" ..." if len(users) > 8 else "")
+
+
+#: Per-mount flags a remount must give again, or the kernel clears them (mount(2)'s MS_* values).
+_KEPT_FLAGS = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
+_MS_RDONLY, _MS_REMOUNT = 1, 32
+
+
+def remount(mountpoint: Path, read_only: bool, timeout: float = 10.0) -> None:
+    """``mount -o remount,ro|rw`` of a live mount: switch the kernel's read-only flag with a plain
+    MS_REMOUNT (FUSE keeps its session and every open file; the kernel then refuses or allows
+    changes itself), tell the daemon (SIGUSR2) and wait until it follows. Going read-only fails
+    while files are open for writing; a dataset mount stays read-only (its caches assume that
+    nothing changes)."""
+    mnt = Path(mountpoint).resolve()
+    if is_mounted(mnt) != FSTYPE:
+        raise UserError(f"{mnt} is not a lakefs-fuse mount")
+
+    def daemon_view() -> dict:  # the daemon's own settings, live
+        try:
+            return json.loads((mnt / ".config").read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{mnt}: cannot read its .config: {exc}") from None
+
+    if not read_only and daemon_view().get("dataset"):
+        raise UserError(f"{mnt} is a dataset mount, which stays read-only: unmount it and mount it without dataset")
+    reg = read_registry(mnt)
+    if reg is None:
+        raise UserError(f"no lakefs-fuse daemon is registered for {mnt} (in {runtime_dir()})")
+    flags = _MS_REMOUNT | (_MS_RDONLY if read_only else 0)
+    for option in mount_options(mnt) or ():
+        flags |= _KEPT_FLAGS.get(option, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    if libc.mount(None, str(mnt).encode(), None, flags, None) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EBUSY and read_only:
+            raise UserError(f"cannot remount {mnt} read-only: files are open for writing")
+        raise UserError(f"cannot remount {mnt}: {os.strerror(err)}")
+    try:
+        os.kill(reg["pid"], signal.SIGUSR2)
+    except ProcessLookupError:
+        raise UserError(f"remounted {mnt}, but its daemon (pid {reg['pid']}) is gone") from None
+    deadline = time.monotonic() + timeout
+    while daemon_view().get("read_only") != read_only:
+        if time.monotonic() > deadline:
+            raise UserError(f"remounted {mnt}, but its daemon (pid {reg['pid']}) did not follow within "
+                            f"{timeout:.0f}s")
+        time.sleep(0.05)  # polling a deadline: the daemon answers the signal on its own schedule

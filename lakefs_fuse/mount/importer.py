@@ -7,6 +7,10 @@ the writer packs whatever arrives together into shared chunks (the pack delay is
 grouping window). At the end every buffer is sealed and the shards and metadata are synced, so a
 finished import is durable. An interrupted one leaves whole files only: each file is committed
 as a unit, and a rerun skips files that are already there with the same size.
+
+Symbolic links are copied as links (the link and its target text, never what it points to: a
+link to a directory does not become a copy of that directory). What a lake cannot hold -- sockets,
+FIFOs, devices -- and what cannot be read is not copied, and the report lists each one.
 """
 
 from __future__ import annotations
@@ -33,32 +37,60 @@ class ImportReport:
     files: int = 0
     bytes: int = 0
     dirs: int = 0
-    skipped: int = 0
+    symlinks: int = 0
+    skipped: int = 0        # already there (same size; a link with the same target)
     failed: list[tuple[str, str]] | None = None
+    not_copied: list[tuple[str, str]] | None = None  # sockets, devices, unreadable directories...
 
     def to_json(self) -> dict:
-        return {"files": self.files, "bytes": self.bytes, "dirs": self.dirs, "skipped": self.skipped,
-                "failed": [list(f) for f in (self.failed or [])]}
+        return {"files": self.files, "bytes": self.bytes, "dirs": self.dirs, "symlinks": self.symlinks,
+                "skipped": self.skipped, "failed": [list(f) for f in (self.failed or [])],
+                "not_copied": [list(f) for f in (self.not_copied or [])]}
 
 
-def scan(src: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
-    """Directories (parents first) and regular files with their sizes under ``src``."""
-    dirs: list[Path] = []
-    files: list[tuple[Path, int]] = []
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames.sort()
+@dataclass
+class SourceTree:
+    """What :func:`scan` found under a source directory, paths relative to it."""
+
+    dirs: list[Path]                    # parents first
+    files: list[tuple[Path, int]]       # regular files, with their sizes
+    symlinks: list[Path]                # to files, to directories, dangling: all copied as links
+    not_copied: list[tuple[str, str]]   # (path, why): what a lake cannot hold or could not be read
+
+
+_NOT_COPIED = {st.S_IFSOCK: "a socket", st.S_IFIFO: "a FIFO", st.S_IFCHR: "a character device",
+               st.S_IFBLK: "a block device"}
+
+
+def scan(src: Path) -> SourceTree:
+    """Everything under ``src``, sorted by what the import does with it."""
+    tree = SourceTree([], [], [], [])
+
+    def unlistable(exc: OSError) -> None:
+        where = Path(exc.filename).relative_to(src) if exc.filename else Path()
+        tree.not_copied.append((str(where), f"cannot list this directory: {exc.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(src, onerror=unlistable):
         base = Path(dirpath)
+        # os.walk counts a link to a directory as a directory (and does not enter it)
+        links = {d for d in dirnames if (base / d).is_symlink()}
+        dirnames[:] = sorted(d for d in dirnames if d not in links)
         for d in dirnames:
-            dirs.append((base / d).relative_to(src))
-        for f in sorted(filenames):
+            tree.dirs.append((base / d).relative_to(src))
+        for f in sorted([*filenames, *links]):
             p = base / f
             try:
                 s = p.lstat()
-            except OSError:
+            except OSError as exc:
+                tree.not_copied.append((str(p.relative_to(src)), exc.strerror or str(exc)))
                 continue
             if st.S_ISREG(s.st_mode):
-                files.append((p.relative_to(src), s.st_size))
-    return dirs, files
+                tree.files.append((p.relative_to(src), s.st_size))
+            elif st.S_ISLNK(s.st_mode):
+                tree.symlinks.append(p.relative_to(src))
+            else:
+                tree.not_copied.append((str(p.relative_to(src)), _NOT_COPIED.get(st.S_IFMT(s.st_mode), "not a file")))
+    return tree
 
 
 async def _mkdirs(vfs: VFS, parent: int, rel: Path, ctx: Ctx) -> int:
@@ -80,13 +112,16 @@ async def import_tree(vfs: VFS, src: Path, dest: str, *, jobs: int = 8, overwrit
                       on_file: Callable[[int], None] | None = None) -> ImportReport:
     """Copy ``src`` (a local directory) to ``dest`` (a path inside the lake, created if missing)."""
     ctx = Ctx(os.getuid(), os.getgid(), os.getpid(), 0o022)
-    report = ImportReport(failed=[])
-    dirs, files = await trio.to_thread.run_sync(scan, src)
+    tree = await trio.to_thread.run_sync(scan, src)
+    report = ImportReport(failed=[], not_copied=tree.not_copied)
+    files = tree.files
     top = await _mkdirs(vfs, ROOT_INO, Path(dest.strip("/")) if dest.strip("/") else Path(), ctx)
     inos: dict[Path, int] = {Path(): top}
-    for rel in dirs:
+    for rel in tree.dirs:
         inos[rel] = await _mkdirs(vfs, inos[rel.parent], Path(rel.name), ctx)
         report.dirs += 1
+    for rel in tree.symlinks:
+        await _symlink(vfs, src, rel, inos[rel.parent], ctx, report)
 
     async def one(rel: Path, size: int) -> None:
         parent, name = inos[rel.parent], os.fsencode(rel.name)
@@ -135,6 +170,29 @@ async def import_tree(vfs: VFS, src: Path, dest: str, *, jobs: int = 8, overwrit
             for item in files:
                 await send.send(item)
     return report
+
+
+async def _symlink(vfs: VFS, src: Path, rel: Path, parent: int, ctx: Ctx, report: ImportReport) -> None:
+    """Copy the link ``src/rel`` as a link; one with the same target already there is kept."""
+    name = os.fsencode(rel.name)
+    try:
+        target = os.fsencode(os.readlink(src / rel))
+        try:
+            existing = await vfs.meta.lookup(parent, name)
+        except E.NotFound:
+            existing = None
+        if existing is not None:
+            if existing.is_lnk and await vfs.meta.readlink(existing.ino) == target:
+                report.skipped += 1
+                return
+            if existing.is_dir:
+                raise E.Exists("exists and is a directory")
+            await vfs.unlink(parent, name, ctx)
+        inode = await vfs.symlink(parent, name, target, ctx)
+        await vfs.forget([(inode.ino, 1)])  # symlink counted a kernel reference
+        report.symlinks += 1
+    except (E.LakeError, OSError) as exc:
+        report.failed.append((str(rel), str(exc) or os.strerror(getattr(exc, "errno", errno.EIO))))
 
 
 # ---------------------------------------------------------------------------- restripe

@@ -18,6 +18,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -35,16 +36,21 @@ from ..chunks.client import ChunkClient
 from ..chunks.layout import ChunkLayout
 from ..chunks.netstore import NetStore
 from ..chunks.s3store import S3Address, S3Store, is_s3_address
-from ..chunks.store import LocalDirStore, PeerUnavailable
-from ..config import LakeConfig
+from ..chunks.store import OWNER_FILE, ForeignLake, LocalDirStore, PeerUnavailable, read_owner, write_owner
+from ..config import DEFAULT_PEER_WEIGHT, LakeConfig
 from ..errors import UserError
 from ..errors import LakeError
 from ..meta.client import LocalMeta
 from ..meta.remote import MetaService, RemoteMeta
 from ..meta.schema import ChunkRecord, PeerRecord
 from ..meta.state import StateMachine
+from ..private import make_private, owner_only_umask
+
+log = logging.getLogger(__name__)
 
 MARKER = "lake.json"
+#: Files of a data directory only its owner may read (``meta/`` is made private by StateMachine).
+PRIVATE_FILES = (MARKER, "secret", "lock", "mount.log")
 FORMAT_NAME = "lakefs-fuse-lake"
 FORMAT_VERSION = 1
 DEFAULT_PEERS = 6
@@ -117,12 +123,19 @@ def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None 
             raise UserError("peer addresses must be distinct")
         config.validate(len(nets))
         check_s3_peers(nets)
+        ssl_context = None
         if tls_ca is not None:
             try:
-                wire.client_tls_context(str(tls_ca))
+                ssl_context = wire.client_tls_context(str(tls_ca))
             except (OSError, ValueError, ssl.SSLError) as exc:
                 raise UserError(f"TLS CA file {tls_ca}: {exc}") from None
-        _create(data_dir, config, [], nets, secret_file, tls_ca)
+        lake_id = str(uuid.uuid4())
+        secret = wire.load_secret(secret_file) if secret_file is not None else None
+        if secret is None and any(kind == "net" for kind, _, _ in nets):
+            raise UserError("a lake on peer servers needs --secret-file (the secret the peers were started with)")
+        claim_net_peers(nets, secret or b"", lake_id, ssl_context, dry=True)
+        _create(data_dir, config, [], nets, secret_file, tls_ca, lake_id)
+        claim_net_peers(nets, secret or b"", lake_id, ssl_context)
         return
     if peer_dirs:
         dirs = [Path(p).resolve() for p in peer_dirs]
@@ -131,15 +144,48 @@ def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None 
     else:
         dirs = [data_dir.resolve() / "peers" / f"p{i}" for i in range(max(DEFAULT_PEERS, config.ec_k + config.ec_m))]
     config.validate(len(dirs))
-    _create(data_dir, config, dirs, [], secret_file, None)
+    _create(data_dir, config, dirs, [], secret_file, None, str(uuid.uuid4()))
+
+
+def claim_net_peers(nets: list[tuple[str, str, str]], secret: bytes, lake_id: str, ssl_context=None,
+                    *, dry: bool = False) -> None:
+    """Contact every peer server: reachable, sharing our secret, and holding no other lake's
+    shards -- or one line per peer that is not (format never writes a lake onto bad peers).
+    Unless ``dry``, each peer then belongs to ``lake_id``."""
+    addresses = [address for kind, address, _ in nets if kind == "net"]
+    problems: dict[str, str] = {}
+
+    async def one(address: str) -> None:
+        store = NetStore(-1, address, secret, call_timeout=5, connect_timeout=5, ssl_context=ssl_context,
+                         lake_id=lake_id)
+        try:
+            await store.claim(dry=dry)
+        except ForeignLake:
+            problems[address] = "holds the shards of another lake (give this lake peers of its own)"
+        except PeerUnavailable as exc:
+            text = str(exc)
+            problems[address] = ("refused our secret (the peer was started with another --secret-file)"
+                                 if "authentication" in text else text.replace(f"peer {address}: ", ""))
+        finally:
+            await store.aclose()
+
+    async def probe() -> None:
+        async with trio.open_nursery() as nursery:
+            for address in addresses:
+                nursery.start_soon(one, address)
+    if addresses:
+        trio.run(probe)
+    if problems:
+        raise UserError("\n".join(f"peer {a}: {why}" for a, why in sorted(problems.items())))
 
 
 def _create(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tuple[str, str, str]],
-            secret_file: Path | None, tls_ca: Path | None) -> None:
+            secret_file: Path | None, tls_ca: Path | None, lake_id: str) -> None:
     created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(data_dir, ())  # metadata, the secret and the log: owner-only
     try:
-        _format_into(data_dir, config, dirs, nets, secret_file, tls_ca)
+        _format_into(data_dir, config, dirs, nets, secret_file, tls_ca, lake_id)
     except BaseException:
         if created:  # leave nothing half-formatted behind
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -149,32 +195,43 @@ def _create(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tup
 
 
 def _format_into(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tuple[str, str, str]],
-                 secret_file: Path | None, tls_ca: Path | None) -> None:
+                 secret_file: Path | None, tls_ca: Path | None, lake_id: str) -> None:
+    here = data_dir.resolve()
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
         if any(x for x in d.iterdir() if x.name != "tmp"):
-            raise UserError(f"peer directory {d} is not empty")
+            owner = read_owner(str(d)) if (d / OWNER_FILE).exists() else None
+            raise UserError(f"peer directory {d} is not empty" + (f" (it holds the shards of lake {owner})"
+                                                                 if owner else ""))
+        write_owner(str(d), lake_id)
     sm = StateMachine(str(data_dir / "meta"), create=True)
     try:
         now = time.time_ns()
         sm.apply(["format", asdict(config), now, os.getuid(), os.getgid()], sync=True)
         for i, d in enumerate(dirs):
-            # Placement weight follows capacity (TB of the peer's file system), so a bigger disk
-            # takes proportionally more shards.
-            stv = os.statvfs(d)
-            weight = round(max(0.001, stv.f_blocks * stv.f_frsize / 1e12), 3)
-            sm.apply(["register_peer", i, ["dir", str(d), "", weight, "up", {}]], sync=True)
+            # One rule for every peer (format and 'peer add'): the default weight, so each takes an
+            # equal share; 'peer weight' changes it. (Weighing by disk size gave a small disk
+            # 0.001, and so nothing.)
+            weight = DEFAULT_PEER_WEIGHT
+            # Peers inside the data directory are recorded relative to it: a copy of the whole
+            # directory is then a lake with storage of its own, not a second writer of ours.
+            address = os.path.relpath(d, here) if d.is_relative_to(here) else str(d)
+            sm.apply(["register_peer", i, ["dir", address, "", weight, "up", {}]], sync=True)
         for i, (kind, address, zone) in enumerate(nets):
-            sm.apply(["register_peer", i, [kind, address, zone, 1.0, "up", {}]], sync=True)
+            sm.apply(["register_peer", i, [kind, address, zone, DEFAULT_PEER_WEIGHT, "up", {}]], sync=True)
     finally:
         sm.close()
-    write_marker(data_dir, secret_file, {"tls_ca": str(Path(tls_ca).resolve())} if tls_ca is not None else {})
+    write_marker(data_dir, secret_file, {"tls_ca": str(Path(tls_ca).resolve())} if tls_ca is not None else {},
+                 lake_id=lake_id)
 
 
-def write_marker(data_dir: Path, secret_file: Path | None, extra: dict) -> None:
-    """The lake's marker file (a new uuid), written last: a directory is a lake once it exists.
-    The cluster secret is ``secret_file`` (recorded) or a new random ``<data>/secret``."""
-    marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uuid": str(uuid.uuid4()), **extra}
+def write_marker(data_dir: Path, secret_file: Path | None, extra: dict, lake_id: str | None = None) -> None:
+    """The lake's marker file, written last: a directory is a lake once it exists. It holds the
+    lake's identity (``uuid``, its shards' owner) and where it was made (``path``: a copy is told
+    from a move by the original still being there). The cluster secret is ``secret_file``
+    (recorded) or a new random ``<data>/secret``."""
+    marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uuid": lake_id or str(uuid.uuid4()),
+              "path": str(Path(data_dir).resolve()), **extra}
     if secret_file is not None:
         marker["secret_file"] = str(Path(secret_file).resolve())
     else:
@@ -182,7 +239,8 @@ def write_marker(data_dir: Path, secret_file: Path | None, extra: dict) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
     tmp = data_dir / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=1) + "\n")
+    with owner_only_umask():
+        tmp.write_text(json.dumps(marker, indent=1) + "\n")
     os.replace(tmp, data_dir / MARKER)
 
 
@@ -241,12 +299,20 @@ def format_remote(addresses: list[str], config: LakeConfig, net_peers: list[str]
         raise UserError("peer addresses must be distinct")
     config.validate(len(nets))
     check_s3_peers(nets)
+    lake_id = str(uuid.uuid4())
+    ssl_context = None
+    if tls_ca is not None:
+        try:
+            ssl_context = wire.client_tls_context(str(tls_ca))
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise UserError(f"TLS CA file {tls_ca}: {exc}") from None
+    claim_net_peers(nets, secret, lake_id, ssl_context, dry=True)
 
     async def run() -> None:
         service = MetaService(addresses, secret, op_timeout=15.0)
         meta = RemoteMeta(service, sessions=1)
         try:
-            record = {**asdict(config), "secret_fp": wire.fingerprint(secret), "uuid": str(uuid.uuid4())}
+            record = {**asdict(config), "secret_fp": wire.fingerprint(secret), "uuid": lake_id}
             try:
                 await meta.apply(["format", record, time.time_ns(), os.getuid(), os.getgid()])
             except LakeError as exc:
@@ -254,11 +320,85 @@ def format_remote(addresses: list[str], config: LakeConfig, net_peers: list[str]
                     raise UserError(f"the metadata servers {','.join(addresses)} already hold a lake") from None
                 raise UserError(f"metadata servers {','.join(addresses)}: {exc}") from None
             for i, (kind, address, zone) in enumerate(nets):
-                await meta.apply(["register_peer", i, [kind, address, zone, 1.0, "up", {}]])
+                await meta.apply(["register_peer", i, [kind, address, zone, DEFAULT_PEER_WEIGHT, "up", {}]])
         finally:
             await service.aclose()
 
     trio.run(run)
+    claim_net_peers(nets, secret, lake_id, ssl_context)
+
+
+def peer_root(data_dir: Path | None, address: str) -> str:
+    """A local peer directory's path: recorded relative to the data directory (the default peers
+    inside it) or absolute (``--peer DIR`` elsewhere)."""
+    if data_dir is None or os.path.isabs(address):
+        return address
+    return str(Path(data_dir).resolve() / address)
+
+
+def _settle_identity(data_dir: Path, marker: dict, peers: list[PeerRecord]) -> tuple[dict, dict[int, str]]:
+    """Make sure this lake writes only to storage that is its own; returns the (updated) marker
+    and where each local peer directory is now.
+
+    A data directory remembers where it was made (``path``). Found elsewhere while a lake with
+    the same id is still there, it is a *copy*: it takes a new id, and its peer directories
+    inside it (copies too) become its own; storage outside it is the original's, so the copy
+    refuses to open (one line). Found elsewhere with the original gone, it was *moved*: it keeps
+    its id. Every local peer directory must belong to this lake (``lake-owner.json``); one
+    that belongs to another lake is refused, an unclaimed one (a lake made before owners were
+    recorded) is claimed. Peer paths recorded absolute inside the old place follow the lake.
+    """
+    here = data_dir.resolve()
+    recorded = Path(marker["path"]) if marker.get("path") else None
+    moved_from = recorded if recorded is not None and recorded != here else None
+    original = None
+    if moved_from is not None:
+        try:
+            other = json.loads((moved_from / MARKER).read_text())
+        except (OSError, ValueError):
+            other = None
+        if other is not None and other.get("uuid") == marker.get("uuid"):
+            original = moved_from
+    roots: dict[int, str] = {}
+    for p in peers:
+        if p.kind in ("net", "s3"):
+            if original is not None:
+                raise UserError(f"{here} is a copy of the lake in {original} and shares its peer {p.address}: "
+                                "writing here would change that lake's files; mount the original, or give "
+                                "the copy storage of its own (format a new lake and copy the files in)")
+            continue
+        root = peer_root(data_dir, p.address)
+        if moved_from is not None and Path(root).is_relative_to(moved_from):
+            root = str(here / Path(root).relative_to(moved_from))  # a legacy absolute path inside the lake
+        roots[p.peer_id] = root
+    outside = [r for r in roots.values() if not Path(r).is_relative_to(here)]
+    if original is not None and outside:
+        raise UserError(f"{here} is a copy of the lake in {original} and shares its peer directory {outside[0]}: "
+                        "writing here would change that lake's files; mount the original, or give the copy "
+                        "storage of its own (format a new lake and copy the files in)")
+    lake_id = str(uuid.uuid4()) if original is not None else marker["uuid"]
+    for root in roots.values():
+        if not os.path.isdir(root):
+            continue  # a lost peer: reads go degraded
+        try:
+            owner = read_owner(root)
+        except PeerUnavailable as exc:
+            raise UserError(str(exc)) from None
+        if owner == lake_id:
+            continue
+        if owner is not None and not (original is not None and owner == marker["uuid"]):
+            raise UserError(f"peer directory {root} holds the shards of another lake ({owner}); "
+                            f"this lake is {lake_id}")
+        write_owner(root, lake_id)
+    if original is not None or moved_from is not None or recorded is None:
+        if original is not None:
+            log.warning("%s is a copy of the lake in %s: it is a lake of its own now (id %s)",
+                        here, original, lake_id)
+        marker = {**marker, "uuid": lake_id, "path": str(here)}
+        tmp = data_dir / (MARKER + ".tmp")
+        tmp.write_text(json.dumps(marker, indent=1) + "\n")
+        os.replace(tmp, data_dir / MARKER)
+    return marker, roots
 
 
 def _take_lock(data_dir: Path) -> int:
@@ -306,13 +446,15 @@ class Lake:
 
     def __init__(self, data_dir: Path | None, sm: StateMachine | None, config: LakeConfig,
                  peers: list[PeerRecord], *, io_threads: int = 16, secret: bytes | None = None,
-                 tls_ca: str | None = None, meta=None, meta_addresses: list[str] | None = None):
+                 tls_ca: str | None = None, meta=None, meta_addresses: list[str] | None = None,
+                 lake_id: str | None = None, peer_roots: dict[int, str] | None = None):
         self.data_dir = data_dir
         self.sm = sm
         self.meta = meta if meta is not None else LocalMeta(sm)
         self.meta_addresses = meta_addresses
-        #: Identifies the lake (chunk ids are only unique within one): names its disk cache.
-        self.uuid: str | None = None
+        #: Identifies the lake (chunk ids are only unique within one): names its disk cache and
+        #: owns its peers' shards.
+        self.uuid: str | None = lake_id
         self.config = config
         self.peer_records = peers
         self.secret = secret
@@ -332,10 +474,12 @@ class Lake:
             if p.kind == "net":
                 if secret is None:
                     raise UserError(f"{data_dir or 'the lake'}: the lake has network peers but no cluster secret")
-                stores[p.peer_id] = NetStore(p.peer_id, p.address, secret, ssl_context=ssl_context)
+                stores[p.peer_id] = NetStore(p.peer_id, p.address, secret, ssl_context=ssl_context,
+                                             lake_id=lake_id)
                 continue
             try:
-                stores[p.peer_id] = LocalDirStore(p.peer_id, p.address, limiter=limiter)
+                root = (peer_roots or {}).get(p.peer_id) or peer_root(data_dir, p.address)
+                stores[p.peer_id] = LocalDirStore(p.peer_id, root, limiter=limiter)
             except PeerUnavailable:
                 pass  # a missing peer directory is a lost peer: reads go degraded
         self.chunks = ChunkClient(stores, k=config.ec_k, m=config.ec_m, min_shard=config.min_shard,
@@ -360,6 +504,7 @@ class Lake:
         if marker.get("format") != FORMAT_NAME or marker.get("version") != FORMAT_VERSION:
             raise UserError(f"{data_dir} holds an unsupported lake format {marker.get('format')} "
                             f"v{marker.get('version')}")
+        make_private(data_dir, PRIVATE_FILES)  # a lake made before they were owner-only
         lock_fd = _take_lock(data_dir) if lock else None
         try:
             sm = StateMachine(str(data_dir / "meta"), read_only=read_only)
@@ -379,16 +524,18 @@ class Lake:
                 os.close(lock_fd)
             raise UserError(f"{data_dir}: metadata is corrupt or not formatted: {exc}") from None
         try:
+            roots: dict[int, str] = {}
+            if not read_only:
+                marker, roots = _settle_identity(data_dir, marker, peers)
             secret = _load_lake_secret(data_dir, marker)
             lake = cls(data_dir, sm, config, peers, io_threads=io_threads, secret=secret,
-                       tls_ca=marker.get("tls_ca"))
+                       tls_ca=marker.get("tls_ca"), lake_id=marker.get("uuid"), peer_roots=roots)
         except BaseException:
             sm.close()
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
         lake._lock_fd = lock_fd
-        lake.uuid = marker.get("uuid")
         return lake
 
     @classmethod
@@ -408,10 +555,11 @@ class Lake:
         if snapshot_to is not None:
             sm = trio.run(snapshot_remote, addresses, secret, Path(snapshot_to))
         meta = LocalMeta(sm) if sm is not None else RemoteMeta(MetaService(addresses, secret, op_timeout=op_timeout))
+        lake_id = fmt.get("uuid") or hashlib.sha256(",".join(sorted(addresses)).encode()).hexdigest()[:32]
         lake = cls(None, sm, lake_config(fmt), peers, io_threads=io_threads, secret=secret,
-                   tls_ca=str(tls_ca) if tls_ca else None, meta=meta, meta_addresses=list(addresses))
+                   tls_ca=str(tls_ca) if tls_ca else None, meta=meta, meta_addresses=list(addresses),
+                   lake_id=lake_id)
         lake._snapshot_dir = Path(snapshot_to) if snapshot_to is not None else None
-        lake.uuid = fmt.get("uuid") or hashlib.sha256(",".join(sorted(addresses)).encode()).hexdigest()[:32]
         return lake
 
     def close(self) -> None:
@@ -425,6 +573,43 @@ class Lake:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def peer_address(self, p: PeerRecord) -> str:
+        """Where a peer is, for people: a local peer directory's full path (records keep the
+        default ones relative to the data directory), else its recorded address."""
+        if p.kind != "dir":
+            return p.address
+        store = self.chunks.stores.get(p.peer_id)
+        return getattr(store, "root", None) or peer_root(self.data_dir, p.address)
+
     @staticmethod
     def layout_of(rec: ChunkRecord) -> ChunkLayout:
         return ChunkLayout.from_wire(rec.to_wire())
+
+    async def refresh_peers(self) -> bool:
+        """Follow ``peer add/remove/weight`` made while this lake is open (a cluster lake's peer
+        records live in the replicated metadata): a new peer server or bucket gets a store, and
+        weights and states decide where new shards go from now on. Returns whether anything
+        changed. (An embedded lake's peers change only while it is unmounted.)"""
+        records = await self.meta.peers()
+        if records == self.peer_records:
+            return False
+        added = {}
+        for p in records:
+            if p.peer_id in self.chunks.stores:
+                continue
+            if p.kind == "s3":
+                added[p.peer_id] = S3Store(p.peer_id, p.address)
+            elif p.kind == "net" and self.secret is not None:
+                added[p.peer_id] = NetStore(p.peer_id, p.address, self.secret, ssl_context=self.tls_context,
+                                            lake_id=self.uuid)
+            else:
+                log.warning("peer %d (%s %s) was added while the lake is open; a remount uses it",
+                            p.peer_id, p.kind, p.address)
+        old = {p.peer_id: p for p in self.peer_records}
+        for p in records:
+            if old.get(p.peer_id) != p:
+                log.info("peer %d (%s) is now %s, weight %s", p.peer_id, p.address, p.state, p.weight)
+        self.chunks.set_peers(added, zones={p.peer_id: p.zone for p in records},
+                              weights={p.peer_id: p.weight for p in records if p.state == "up"})
+        self.peer_records = records
+        return True

@@ -6,8 +6,9 @@
   peer that holds no other shard of the chunk (placement order, zone spread, skipping peers
   that are down or removed) and records the move with one ``move_shard`` command. A chunk
   with more than m bad shards is reported as lost; nothing is written for it.
-* **status** counts shards per peer from the chunk records and lists chunks with shards on
-  peers that are down (degraded), without reading shards.
+* **status** counts shards per peer from the chunk records and lists the chunks with a shard on
+  a peer that is down or missing from its peer's listing (degraded), without reading shards: a
+  shard that is there but corrupt is found only by scrub, which reads every byte.
 
 All three walk the chunk records in id order in pages; ``start_after`` resumes a run that was
 stopped (the CLI prints the cursor). Repair is idempotent: a second run finds nothing to do.
@@ -28,6 +29,10 @@ from .lake import Lake
 
 log = logging.getLogger(__name__)
 PAGE = 256
+#: A scrub report names at most this many bad shards and this many files they belong to (the
+#: counts in ``bad`` are always complete).
+BAD_SHARDS_LISTED = 1000
+FILES_LISTED = 100
 
 
 @dataclass
@@ -39,10 +44,13 @@ class Report:
     lost: list[int] = field(default_factory=list)           # chunk ids with > m bad shards
     failed: list[tuple[int, str]] = field(default_factory=list)
     cursor: int = -1                                        # last chunk id done
+    bad_shards: list[list] = field(default_factory=list)    # [chunk, index, peer, health], bounded
+    files: list[dict] = field(default_factory=list)         # {"path", "chunks"} using bad shards, bounded
 
     def to_json(self) -> dict:
         return {"chunks": self.chunks, "shards": self.shards, "bad": self.bad, "repaired": self.repaired,
-                "lost": self.lost, "failed": [list(f) for f in self.failed], "cursor": self.cursor}
+                "lost": self.lost, "failed": [list(f) for f in self.failed], "cursor": self.cursor,
+                "bad_shards": self.bad_shards, "files": self.files}
 
 
 async def _layouts(lake: Lake, start_after: int):
@@ -64,15 +72,18 @@ async def scrub(lake: Lake, *, start_after: int = -1, on_chunk: Callable[[int], 
                 repair: bool = False) -> Report:
     report = Report(cursor=start_after)
     limiter = trio.CapacityLimiter(4)  # chunks checked at once
+    if repair and lake.sm is not None:  # repair records moves: only in metadata readable whole
+        await trio.to_thread.run_sync(lake.sm.verify)
 
     async def one(layout: ChunkLayout) -> None:
         async with limiter:
             health = await lake.chunks.verify(layout)
             bad = [i for i, h in enumerate(health) if h != "ok"]
             report.shards += len(health)
-            for h in health:
-                if h != "ok":
-                    report.bad[h] = report.bad.get(h, 0) + 1
+            for i in bad:
+                report.bad[health[i]] = report.bad.get(health[i], 0) + 1
+                if len(report.bad_shards) < BAD_SHARDS_LISTED:
+                    report.bad_shards.append([layout.chunk_id, i, layout.peers[i], health[i]])
             if bad and len(bad) > layout.m:
                 report.lost.append(layout.chunk_id)
             elif bad and repair:
@@ -92,7 +103,18 @@ async def scrub(lake: Lake, *, start_after: int = -1, on_chunk: Callable[[int], 
         await _run_batch(one, batch)
         report.cursor = batch[-1].chunk_id
     report.lost.sort()
+    report.bad_shards.sort()
+    if report.bad_shards:
+        report.files = await _files_using(lake, {b[0] for b in report.bad_shards})
     return report
+
+
+async def _files_using(lake: Lake, chunk_ids: set[int]) -> list[dict]:
+    """The files (paths) whose data lies in ``chunk_ids``: one pass over the extents and the
+    directory entries (a cluster lake's from a snapshot), only when a scrub found bad shards."""
+    from .check import MetadataView, files_of_chunks
+    async with MetadataView(lake) as sm:
+        return await trio.to_thread.run_sync(files_of_chunks, sm, chunk_ids, FILES_LISTED)
 
 
 async def _run_batch(fn, batch: list[ChunkLayout]) -> None:
@@ -122,12 +144,16 @@ def _targets(lake: Lake, layout: ChunkLayout, bad: list[int]) -> dict[int, int]:
 async def _repair_chunk(lake: Lake, layout: ChunkLayout, bad: list[int], report: Report) -> None:
     try:
         targets = _targets(lake, layout, bad)
-        await lake.chunks.rebuild(layout, bad, targets)
+        placed, unplaced = await lake.chunks.rebuild(layout, bad, targets)
     except (LakeError, DataUnavailable) as exc:
         report.failed.append((layout.chunk_id, str(exc)))
         log.warning("repair of chunk %d failed: %s", layout.chunk_id, exc)
         return
-    for index, peer in targets.items():
+    if unplaced:  # one finding per chunk, naming every shard left out
+        why = "; ".join(f"shard {index}: {reason}" for index, reason in sorted(unplaced.items()))
+        report.failed.append((layout.chunk_id, why))
+        log.warning("repair of chunk %d incomplete: %s", layout.chunk_id, why)
+    for index, peer in placed.items():
         old = layout.peers[index]
         moved = await lake.meta.apply(["move_shard", layout.chunk_id, index, old, peer], sync=True)
         if moved:
@@ -160,28 +186,60 @@ async def status(lake: Lake) -> dict:
         return out
 
     live = await liveness()
+    present = await _listings(lake, [pid for pid, row in live.items() if row.get("reachable")])
     shard_counts: dict[int, int] = {}
+    missing_counts: dict[int, int] = {}
     degraded, lost, chunks = [], [], 0
     async for layout in _layouts(lake, -1):
         chunks += 1
-        down = 0
-        for pid in layout.peers:
+        bad = 0
+        for index, pid in enumerate(layout.peers):
             shard_counts[pid] = shard_counts.get(pid, 0) + 1
             if not live.get(pid, {}).get("reachable"):
-                down += 1
-        if down > layout.m:
+                bad += 1
+            elif pid in present and layout.chunk_id * 256 + index not in present[pid]:
+                bad += 1
+                missing_counts[pid] = missing_counts.get(pid, 0) + 1
+        if bad > layout.m:
             lost.append(layout.chunk_id)
-        elif down:
+        elif bad:
             degraded.append(layout.chunk_id)
     peers = []
     for p in lake.peer_records:
-        row = {"id": p.peer_id, "kind": p.kind, "address": p.address, "zone": p.zone, "weight": p.weight,
-               "state": p.state, "shards": shard_counts.get(p.peer_id, 0)}
+        row = {"id": p.peer_id, "kind": p.kind, "address": lake.peer_address(p), "zone": p.zone,
+               "weight": p.weight, "state": p.state, "shards": shard_counts.get(p.peer_id, 0),
+               "missing": missing_counts.get(p.peer_id, 0)}
         row.update(live.get(p.peer_id, {"reachable": False}))
         peers.append(row)
+    usage = await lake.meta.sparse_chunks(0.0, 0)  # totals only: bytes in chunks vs used by files
     return {"peers": peers, "chunks": chunks, "degraded": degraded, "unreadable": lost,
+            "missing_shards": sum(missing_counts.values()),
+            "chunk_bytes": usage["chunk_bytes"], "live_bytes": usage["live_bytes"],
             "delete_queue": len(await lake.meta.delete_queue(100000)),
             "ec": f"{lake.config.ec_k}+{lake.config.ec_m}"}
+
+
+async def _listings(lake: Lake, peer_ids: list[int]) -> dict[int, set[int]]:
+    """The shards each peer holds (``chunk_id * 256 + index``), from its listing; a peer that
+    cannot be listed is left out (its shards count as present)."""
+    out: dict[int, set[int]] = {}
+
+    async def one(pid: int) -> None:
+        store, found, after = lake.chunks.stores[pid], set(), (-1, -1)
+        try:
+            while page := await store.list(after, 10000):
+                found.update(chunk * 256 + index for chunk, index, _size in page)
+                after = tuple(page[-1][:2])
+        except Exception as exc:  # a status listing reports, it does not fail
+            log.warning("status: cannot list the shards of peer %d: %s", pid, exc)
+            return
+        out[pid] = found
+
+    async with trio.open_nursery() as nursery:
+        for pid in peer_ids:
+            if hasattr(lake.chunks.stores.get(pid), "list"):
+                nursery.start_soon(one, pid)
+    return out
 
 
 async def repair_pending(lake: Lake, *, delay: float, forget_layout: Callable[[int], None] | None = None) -> Report:

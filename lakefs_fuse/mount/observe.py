@@ -78,7 +78,7 @@ class MountObserver:
         yield labelled(GaugeMetricFamily, "lakefs_cache_capacity_bytes", "Capacity by tier", ["tier"],
                        [([t[0]], t[5]) for t in tiers])
 
-        plan = vfs.plan.stats
+        plan = vfs.plan_totals()
         yield counter("lakefs_plan_paths", "Paths handed to the read plan (.prefetch)", plan.received)
         yield counter("lakefs_plan_prefetched_files", "Files fetched ahead of the loader", plan.prefetched)
         yield counter("lakefs_plan_prefetched_bytes", "Bytes fetched ahead of the loader", plan.prefetched_bytes)
@@ -99,6 +99,10 @@ class MountObserver:
                     rep["lost_chunks"])
         yield gauge("lakefs_peers_down", "Peers this mount treats as down now",
                     sum(1 for s in list(chunks.stores.values()) if getattr(s, "down", False)))
+        yield gauge("lakefs_peers_slow", "Peers left out of reads until they answer a probe (a read waited too long)",
+                    sum(1 for s in list(chunks.stores.values()) if getattr(s, "slow", False)))
+        yield gauge("lakefs_peers_full", "Peers that refused a shard for lack of space and took none since",
+                    chunks.full_count())
         peers = sorted(list(chunks.peer_stats.items()))
         rows = [(str(pid), ps) for pid, ps in peers]
         yield labelled(CounterMetricFamily, "lakefs_peer_requests", "Shard requests by peer and op",

@@ -2,7 +2,9 @@
 
 Every handler goes through :func:`fuse_errors`: a :class:`LakeError` becomes its errno; any
 other exception is logged with its traceback and answered with EIO, because an exception
-other than ``FUSEError`` escaping a handler ends ``pyfuse3.main`` and kills the mount.
+other than ``FUSEError`` escaping a handler ends ``pyfuse3.main`` and kills the mount. It also
+opens the request's metadata budget: all metadata calls of one request share one
+``--meta-timeout`` of waiting (``meta/budget.py``).
 In-process tests set ``LAKEFS_FUSE_STRICT=1`` to re-raise instead.
 """
 
@@ -18,6 +20,7 @@ import pyfuse3
 
 from ..errors import LakeError, NotFound
 from ..metrics import FuseRecorder
+from ..meta.budget import metadata_budget
 from ..meta.schema import Inode
 from .vfs import VFS, Ctx
 
@@ -37,7 +40,8 @@ def fuse_errors(fn):
         t0 = time.perf_counter()
         err = 0
         try:
-            return await fn(self, *args, **kwargs)
+            with metadata_budget():
+                return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError as exc:
             err = exc.errno
             raise
@@ -97,7 +101,7 @@ class Operations(pyfuse3.Operations):
         e.st_rdev = inode.rdev
         e.st_size = inode.size
         e.st_blksize = 1 << 20
-        e.st_blocks = (inode.size + 511) // 512
+        e.st_blocks = inode.blocks
         e.st_atime_ns = inode.atime_ns
         e.st_mtime_ns = inode.mtime_ns
         e.st_ctime_ns = inode.ctime_ns

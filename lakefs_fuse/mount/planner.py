@@ -14,12 +14,21 @@ the cursor, with a cache of directory lookups. A path that does not resolve (a t
 is skipped. Prefetch errors are logged at debug level and never reach a reader: a read of a file
 whose prefetch failed simply fetches it itself.
 
+With ``--allow-other`` the control file is open to every local user, so a plan is the *writer's*:
+each user (uid) has a plan of their own, and its paths are resolved with the writer's
+:class:`Credentials` -- search permission on every directory on the way, read permission on the
+file -- exactly as the kernel would check an ``open``. A path the writer may not reach counts as
+unresolved, like one that does not exist, and is never fetched; ``cat .prefetch`` shows the
+reader's own plan only. Otherwise the plan's counters would tell any user which names exist inside
+a 0700 directory, and the daemon would fetch files for users who may not read them.
+
 The plan holds only strings and small ints; a million-file epoch costs tens of MB of daemon memory.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
@@ -59,6 +68,42 @@ class AheadBudget:
             callback()
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Who wrote a plan: the uid, gid and supplementary groups permission checks use."""
+
+    uid: int
+    gid: int
+    groups: frozenset[int] = frozenset()
+
+    @classmethod
+    def of_process(cls, uid: int, gid: int, pid: int) -> Credentials:
+        """The credentials of a FUSE request or socket peer: FUSE gives uid, gid and pid only, so
+        the supplementary groups are read from /proc (none if the process is already gone)."""
+        groups: frozenset[int] = frozenset()
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("Groups:"):
+                        groups = frozenset(int(g) for g in line.split()[1:])
+                        break
+        except (OSError, ValueError):
+            pass
+        return cls(uid, gid, groups)
+
+    def may(self, inode: Inode, mask: int) -> bool:
+        """POSIX permission check of ``mask`` (os.R_OK | os.W_OK | os.X_OK bits) on ``inode``."""
+        if self.uid == 0:  # root: everything, but execute only where some x bit is set
+            return not mask & os.X_OK or inode.is_dir or bool(inode.mode & 0o111)
+        if self.uid == inode.uid:
+            bits = inode.mode >> 6
+        elif self.gid == inode.gid or inode.gid in self.groups:
+            bits = inode.mode >> 3
+        else:
+            bits = inode.mode
+        return bits & mask == mask
+
+
 @dataclass(slots=True)
 class PlanStats:
     received: int = 0       # paths handed to us (all plans)
@@ -78,8 +123,12 @@ class ReadPlan:
     def __init__(self, lookup: Callable[[int, bytes], Awaitable[Inode]],
                  fetch: Callable[[int], Awaitable[int]], *, files_ahead: int = 64,
                  bytes_ahead: int = 64 << 20, parallel: int = 8, resolve_ahead: int = 1024,
-                 budget: AheadBudget | None = None):
+                 budget: AheadBudget | None = None, cred: Credentials | None = None,
+                 stat: Callable[[int], Awaitable[Inode]] | None = None):
         self._lookup = lookup    # (parent ino, name) -> Inode, from metadata
+        #: Whose plan this is (None: no permission checks); ``stat`` fetches the root's mode.
+        self.cred = cred
+        self._stat = stat
         self._fetch = fetch      # ino -> bytes fetched (whole file into the memory cache)
         self._budget = budget    # shared with sequential read-ahead (None: the window alone bounds it)
         if budget is not None:
@@ -95,7 +144,8 @@ class ReadPlan:
         self._started: set[int] = set()                # positions whose fetch began
         self._forgotten_to = -1                        # positions <= this are dropped
         self.cursor = -1
-        self._dirs: dict[tuple[int, bytes], int] = {}  # (parent, name) -> directory ino
+        self._dirs: dict[tuple[int, bytes], Inode] = {}  # (parent, name) -> directory, for this plan
+        self._root: Inode | None = None
         self._wake = trio.Event()
         self._waiting_for_room = False
         self._generation = 0
@@ -124,6 +174,8 @@ class ReadPlan:
         self._resolved_to = -1
         self._forgotten_to = -1
         self.cursor = -1
+        self._dirs.clear()  # directory modes are looked at afresh for every plan (every epoch)
+        self._root = None
         self._generation += 1  # fetches of the old plan finish, but are no longer counted
         self.stats.resets += 1
 
@@ -187,19 +239,31 @@ class ReadPlan:
         parts = [p.encode(errors="surrogateescape") for p in path.split("/") if p and p != "."]
         if not parts:
             return None
-        parent = ROOT_INO
         try:
+            if self.cred is not None and self._root is None:
+                self._root = await self._stat(ROOT_INO)
+            parent, parent_ino = self._root, ROOT_INO
             for name in parts[:-1]:
-                ino = self._dirs.get((parent, name))
-                if ino is None:
-                    d = await self._lookup(parent, name)
+                # No lookup in a directory the writer may not search: a name there that exists
+                # and one that does not must look alike.
+                if not self._may(parent, os.X_OK):
+                    return None
+                d = self._dirs.get((parent_ino, name))
+                if d is None:
+                    d = await self._lookup(parent_ino, name)
                     if not d.is_dir:
                         return None
-                    ino = self._dirs[(parent, name)] = d.ino
-                parent = ino
-            return await self._lookup(parent, parts[-1])
+                    self._dirs[(parent_ino, name)] = d
+                parent, parent_ino = d, d.ino
+            if not self._may(parent, os.X_OK):
+                return None
+            inode = await self._lookup(parent_ino, parts[-1])
+            return inode if self._may(inode, os.R_OK) else None
         except E.LakeError:
             return None
+
+    def _may(self, inode: Inode | None, mask: int) -> bool:
+        return self.cred is None or (inode is not None and self.cred.may(inode, mask))
 
     def _start_fetches(self, nursery: trio.Nursery) -> None:
         ahead_bytes = 0

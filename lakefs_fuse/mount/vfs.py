@@ -11,6 +11,7 @@ Where an ``await`` sits inside a multi-step mutation, a comment says what may in
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -20,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import trio
 
@@ -34,8 +35,9 @@ from ..config import MountConfig
 from ..meta.client import MetaClient
 from ..meta.schema import ROOT_INO, Extent, Inode
 from ..meta.state import NAME_MAX
+from .compact import Compactor
 from .pagecache import PageCachePusher
-from .planner import CONTROL_INO, CONTROL_NAME, AheadBudget, ReadPlan
+from .planner import CONTROL_INO, CONTROL_NAME, AheadBudget, Credentials, PlanStats, ReadPlan
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class ControlHandle:
     ino: int = CONTROL_INO
     pending: str = ""
     report: bytes = b""  # what a read from offset 0 saw; later offsets read the same snapshot
+    cred: Credentials | None = None  # .prefetch: whose plan this handle writes and shows
 
 
 def _covers(exts: list[Extent], size: int) -> bool:
@@ -95,6 +98,12 @@ def _covers(exts: list[Extent], size: int) -> bool:
 STATS_INO, CONFIG_INO = (1 << 63) - 3, (1 << 63) - 4
 CONTROL_FILES = {CONTROL_NAME: (CONTROL_INO, 0o666), b".stats": (STATS_INO, 0o444), b".config": (CONFIG_INO, 0o444)}
 CONTROL_INOS = {ino: mode for ino, mode in CONTROL_FILES.values()}
+
+
+#: POSIX ACLs are refused (EOPNOTSUPP) rather than stored without effect: honouring them needs the
+#: kernel's FUSE_POSIX_ACL mode plus inheritance and mask <-> group-bit rules done here. An ACL a
+#: lake stored before is neither shown nor listed (it never had an effect); it can be removed.
+POSIX_ACL_XATTRS = frozenset({b"system.posix_acl_access", b"system.posix_acl_default"})
 
 
 def _control_inode(ino: int) -> Inode:
@@ -135,6 +144,8 @@ class VFS:
         self.writer = Writer(meta, chunks, chunk_size=chunk_size, budget=config.dirty_budget,
                              pack_delay=config.pack_delay)
         self.cache = RangeCache(config.memory_cache)
+        self.compactor = Compactor(meta, chunks, self.writer.next_chunk_id, chunk_size=chunk_size,
+                                   interval=config.compact_interval)
         self.lookups: dict[int, int] = {}
         self.opens: dict[int, int] = {}
         self.handles: dict[int, Handle | DirHandle | ControlHandle] = {}
@@ -147,6 +158,11 @@ class VFS:
         self._kernel_has: set[int] = set()
         #: Inodes whose link count this mount brought to 0, freed at their last forget/close.
         self._unlinked: set[int] = set()
+        self._resolving = 0  # lookups and listings waiting for the metadata
+        self._deferred: set[int] = set()  # releases waiting for them (_maybe_release)
+        #: Shared lakes: unlinked inodes to free when their grace ends (monotonic time).
+        self._release_at: dict[int, float] = {}
+        self.shared_grace = config.entry_timeout + 5.0
         self._nursery: trio.Nursery | None = None
         self._ahead_limiter = trio.CapacityLimiter(8)
         #: Bytes being fetched ahead of readers: sequential read-ahead and the read plan share it.
@@ -154,15 +170,18 @@ class VFS:
         # Local peers answer in microseconds and the daemon is CPU-bound on them: two fetches in
         # flight keep the disk busy; peer servers have network latency to hide, so eight.
         local = all(isinstance(s, LocalDirStore) for s in chunks.stores.values())
-        self.plan = ReadPlan(self.meta.lookup, self._fetch_file, files_ahead=config.prefetch_files,
-                             bytes_ahead=config.prefetch_bytes, parallel=2 if local else 8,
-                             budget=self.ahead)
+        self._plan_parallel = 2 if local else 8
+        #: Read plans (.prefetch), one per user, each resolved with its writer's permissions.
+        self.plans: dict[int, ReadPlan] = {}
+        #: Where a read-only mount takes plans (the daemon's socket; the kernel refuses to open
+        #: .prefetch for writing there). Shown in `cat .prefetch`.
+        self.plan_socket: str | None = None
         self.stats = Stats()
         #: What `cat .stats` and `cat .config` show (the daemon plugs in its metrics; these are
         #: the fallbacks for a VFS without one, e.g. in-process tests).
         self.stats_source: Callable[[], bytes] = lambda: json.dumps(asdict(self.stats), indent=1).encode() + b"\n"
         self.config_source: Callable[[], bytes] = lambda: json.dumps({"mountpoint": str(config.mountpoint)}).encode() + b"\n"
-        self._usable_free: int | None = None  # bytes of file data the peers can still take
+        self._nospace_logged = self._statfs_logged = -1e9
         #: Told (pid, bytes, extents from a cache, extents fetched) after every read (metrics, `top`).
         self.on_read: Callable[[int, int, int, int], None] | None = None
 
@@ -171,19 +190,25 @@ class VFS:
     async def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self.writer.start(nursery)
-        nursery.start_soon(self.plan.run)
+        for plan in self.plans.values():
+            nursery.start_soon(plan.run)
         if not self.shared:
             # After a restart nothing can reference an orphan: free what a crash left behind.
             # (On a shared lake another mount may still have it open.)
             for ino in await self.meta.orphans():
                 await self.meta.apply(["release", ino, time.time_ns()])
+        if not self.cfg.read_only and await self.meta.stored_data() is None:
+            await self.meta.apply(["init_usage"])  # a lake from before `df` counted its own data
         nursery.start_soon(self._gc_loop)
-        nursery.start_soon(self._watch_space)
+        if self.shared:
+            nursery.start_soon(self._release_loop)
+        if not self.cfg.read_only and self.cfg.compact_interval > 0:
+            nursery.start_soon(self.compactor.run)
 
     async def shutdown(self) -> None:
         if self.pusher is not None:
             await trio.to_thread.run_sync(self.pusher.close)
-        await self.writer.flush_all()
+        await self.writer.shutdown()
         for ino, count in list(self.lookups.items()):
             if count:
                 self.lookups[ino] = 0
@@ -200,6 +225,7 @@ class VFS:
     def _overlay_attr(self, inode: Inode) -> Inode:
         if self.writer.has_data(inode.ino):
             inode.size = max(inode.size, self.writer.end(inode.ino))
+            inode.buffered = self.writer.buffered_bytes(inode.ino)
             mt = self.writer.mtime(inode.ino)
             if mt > inode.mtime_ns:
                 inode.mtime_ns = inode.ctime_ns = mt
@@ -209,9 +235,19 @@ class VFS:
         self.lookups[inode.ino] = self.lookups.get(inode.ino, 0) + 1
         return self._overlay_attr(inode)
 
-    async def _maybe_release(self, ino: int) -> None:
-        """Free an unlinked inode once neither the kernel nor a handle references it."""
+    async def _maybe_release(self, ino: int, *, due: bool = False) -> None:
+        """Free an unlinked inode once neither the kernel nor a handle references it.
+
+        Not while a lookup or listing is waiting for the metadata: its answer may name this
+        inode, and the kernel would then open a freed inode (ENOENT for a file that was only
+        replaced by a rename); the release waits for those answers. On a shared lake other
+        mounts may have just looked the inode up, so it is freed only ``shared_grace`` seconds
+        after this mount saw its link count reach 0 (``due``: that time has come).
+        """
         if self.lookups.get(ino, 0) > 0 or self.opens.get(ino, 0) > 0 or ino == ROOT_INO:
+            return
+        if self._resolving:
+            self._deferred.add(ino)
             return
         self.lookups.pop(ino, None)
         self._cached_attrs.pop(ino, None)
@@ -221,11 +257,45 @@ class VFS:
             inode = await self.meta.getattr(ino)
         except E.NotFound:
             self._unlinked.discard(ino)
+            self._release_at.pop(ino, None)
             return
         if inode.nlink == 0:
+            if self.shared and not due:
+                self._release_at.setdefault(ino, time.monotonic() + self.shared_grace)
+                return
+            if self.lookups.get(ino, 0) > 0 or self.opens.get(ino, 0) > 0:
+                return  # looked up again while we asked
+            self._release_at.pop(ino, None)
             self.writer.discard(ino)
             await self.meta.apply(["release", ino, time.time_ns()])
             self._unlinked.discard(ino)
+
+    @contextlib.contextmanager
+    def _resolving_names(self):
+        """Around a lookup or listing: inodes it may return are not freed meanwhile."""
+        self._resolving += 1
+        try:
+            yield
+        finally:
+            self._resolving -= 1
+            if not self._resolving and self._deferred and self._nursery is not None:
+                deferred, self._deferred = self._deferred, set()
+                for ino in deferred:  # runs after the caller has taken its references
+                    self._nursery.start_soon(self._release_quietly, ino, False)
+
+    async def _release_quietly(self, ino: int, due: bool) -> None:
+        try:
+            await self._maybe_release(ino, due=due)
+        except E.LakeError as exc:  # metadata unreachable: the orphan stays until reclaimed
+            log.warning("inode %d: could not release it: %s", ino, exc)
+
+    async def _release_loop(self) -> None:
+        """Shared lakes: free unlinked inodes whose grace has passed (see _maybe_release)."""
+        while True:
+            await trio.sleep(1.0)
+            now = time.monotonic()
+            for ino in [i for i, at in self._release_at.items() if at <= now]:
+                await self._release_quietly(ino, True)
 
     @staticmethod
     def _now() -> int:
@@ -237,12 +307,13 @@ class VFS:
         self._check_name(name)
         if parent == ROOT_INO and name in CONTROL_FILES:
             return _control_inode(CONTROL_FILES[name][0])
-        if name == b".":
-            return self._ref(await self.meta.getattr(parent))
-        if name == b"..":
-            pinode = await self.meta.getattr(parent)
-            return self._ref(await self.meta.getattr(pinode.parent or ROOT_INO))
-        return self._ref(await self.meta.lookup(parent, name))
+        with self._resolving_names():
+            if name == b".":
+                return self._ref(await self.meta.getattr(parent))
+            if name == b"..":
+                pinode = await self.meta.getattr(parent)
+                return self._ref(await self.meta.getattr(pinode.parent or ROOT_INO))
+            return self._ref(await self.meta.lookup(parent, name))
 
     async def forget(self, items: list[tuple[int, int]]) -> None:
         unused = []
@@ -277,10 +348,15 @@ class VFS:
             raise E.NotPermitted("the mount's status files are read-only")
         if self.cfg.read_only:
             raise E.LakeError("read-only mount", err=errno.EROFS)
+        touch = False  # a truncate that changes the size readers see sets mtime (and ctime)
         if "size" in changes or "mtime_ns" in changes:
             # Commit buffered writes first so the truncate/utimens applies after them.
             if self.writer.has_data(ino):
                 if "size" in changes:
+                    # Decided before the flush: buffered bytes count in the size readers saw, and
+                    # once committed, the metadata's size may already be the new one.
+                    seen = self._overlay_attr(await self.meta.getattr(ino)).size
+                    touch = "mtime_ns" not in changes and seen != changes["size"]
                     self.writer.truncate(ino, changes["size"])
                 await self.writer.flush(ino)
         inode = await self.meta.getattr(ino)
@@ -292,7 +368,10 @@ class VFS:
             if inode.mode & st.S_IXGRP:
                 mode &= ~st.S_ISGID
             changes["mode"] = mode & 0o7777
-        await self.meta.apply(["setattr", ino, changes, self._now()])
+        now = self._now()
+        if touch:
+            changes["mtime_ns"] = now
+        await self.meta.apply(["setattr", ino, changes, now])
         if "size" in changes:
             self._cached_attrs.pop(ino, None)
         return self._overlay_attr(await self.meta.getattr(ino))
@@ -374,9 +453,11 @@ class VFS:
         if ino in CONTROL_INOS:
             if ino != CONTROL_INO and (flags & O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
                 raise E.LakeError("the mount's status files are read-only", err=errno.EACCES)
-            return self._new_handle(ControlHandle(ino)), False, True
-        if self.plan.active:
-            self.plan.opened(ino)
+            cred = Credentials.of_process(ctx.uid, ctx.gid, ctx.pid) if ino == CONTROL_INO else None
+            return self._new_handle(ControlHandle(ino, cred=cred)), False, True
+        plan = self.plans.get(ctx.uid)
+        if plan is not None and plan.active:
+            plan.opened(ino)
         if flags & O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             self._writable()
         inode = self._overlay_attr(await self.meta.getattr(ino))  # buffered bytes count too
@@ -418,36 +499,40 @@ class VFS:
                 text = h.pending + bytes(data).decode("utf-8", errors="surrogateescape")
                 complete, _, h.pending = text.rpartition("\n")
                 if complete:
-                    self.plan.take(complete)
+                    self.take_plan(h.cred, complete)
                 return len(data)
             h = self._handle(fh)  # raises EBADF
         if h.flags & O_ACCMODE == os.O_RDONLY:
             raise E.LakeError("not open for writing", err=errno.EBADF)
         if off + len(data) > (1 << 62):
             raise E.LakeError("file too large", err=errno.EFBIG)
-        err = self.writer.errors.get(h.ino)
-        if err is not None:  # an earlier write-back of this file failed: say so now
-            del self.writer.errors[h.ino]
+        err = self.writer.take_error(h.ino)
+        if err is not None:  # an earlier write-back of this file failed (or is failing): say so now
             raise err
-        if self._usable_free is not None and self.writer.buffered + len(data) > self._usable_free:
-            # Refuse up front rather than accept bytes no peer can store.
-            raise E.NoSpace("the lake's peers are full")
-        need = self.chunks.min_writable_peers()
-        if self.chunks.writable_peers() < need:
-            # A chunk is committed with at least k+1 shards on distinct peers; accepting bytes
-            # that cannot be placed would only lose them after close() has returned.
-            raise E.NoSpace(f"only {self.chunks.writable_peers()} peers are up; writes need {need}")
-        h.wrote = True
-        self.stats.writes += 1
-        self.stats.write_bytes += len(data)
-        await self.writer.write(h.ino, off, data, h.profile)
+        try:
+            need = self.chunks.min_writable_peers()
+            if self.chunks.writable_peers() < need:
+                # A chunk is committed with at least k+1 shards on distinct peers; accepting bytes
+                # that cannot be placed would only lose them after close() has returned.
+                raise E.NoSpace(f"only {self.chunks.writable_peers()} peers are up; writes need {need} "
+                                f"({self.chunks.down_reasons()})")
+            h.wrote = True
+            self.stats.writes += 1
+            self.stats.write_bytes += len(data)
+            await self.writer.write(h.ino, off, data, h.profile)  # admission: ENOSPC before accepting
+        except E.NoSpace as exc:
+            now = time.monotonic()
+            if now - self._nospace_logged >= 10:  # one line per 10 s, not one per write
+                self._nospace_logged = now
+                log.warning("writes refused with ENOSPC: %s", exc)
+            raise
         return len(data)
 
     async def flush(self, fh: int) -> None:
         h = self.handles.get(fh)
         if isinstance(h, ControlHandle):
             if h.pending:
-                self.plan.take(h.pending)
+                self.take_plan(h.cred, h.pending)
                 h.pending = ""
             return
         if self.cfg.read_only:
@@ -455,7 +540,8 @@ class VFS:
             # rest of the mount: one request less at every close (the control file's last
             # unterminated line is then taken at release).
             raise E.LakeError("flush not needed on a read-only mount", err=errno.ENOSYS)
-        if isinstance(h, Handle) and (self.writer.has_data(h.ino) or h.ino in self.writer.errors):
+        if isinstance(h, Handle) and h.flags & O_ACCMODE != os.O_RDONLY \
+                and (self.writer.has_data(h.ino) or self.writer.has_error(h.ino)):
             await self.writer.close(h.ino)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -483,7 +569,7 @@ class VFS:
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
         if isinstance(h, ControlHandle) and h.pending:
-            self.plan.take(h.pending)
+            self.take_plan(h.cred, h.pending)
         if not isinstance(h, Handle):
             return
         n = self.opens.get(h.ino, 1) - 1
@@ -494,8 +580,8 @@ class VFS:
         if h.wrote:
             try:
                 await self.writer.close(h.ino)
-            except E.LakeError as exc:
-                log.error("inode %d: data written before close was lost: %s", h.ino, exc)
+            except E.LakeError as exc:  # the bytes stay buffered and retried (writer docstring)
+                log.error("inode %d: data written before close is not stored yet: %s", h.ino, exc)
             try:
                 inode = await self.meta.getattr(h.ino)
                 self._cached_attrs[h.ino] = (inode.size, inode.mtime_ns)
@@ -598,7 +684,7 @@ class VFS:
                 # One snapshot per read from the start: a reader needing several requests must not
                 # get the head of one report and the tail of a longer, newer one.
                 if off == 0 or not h.report:
-                    h.report = self._control_report(h.ino)
+                    h.report = self._control_report(h)
                 return h.report[off:off + size]
             h = self._handle(fh)  # raises EBADF
         inode = self._overlay_attr(await self.meta.getattr(h.ino))
@@ -630,17 +716,59 @@ class VFS:
             self._kernel_has.add(h.ino)  # a small file read whole: its pages are in the kernel now
         return data
 
-    def _control_report(self, ino: int) -> bytes:
-        if ino == STATS_INO:
+    def _control_report(self, h: ControlHandle) -> bytes:
+        if h.ino == STATS_INO:
             return self.stats_source()
-        if ino == CONFIG_INO:
+        if h.ino == CONFIG_INO:
             return self.config_source()
-        # .prefetch: the plan's progress (JSON), e.g. `cat .prefetch`
-        status = self.plan.report()
-        status["read_requests"] = self.stats.reads  # READs that reached the daemon
-        if self.pusher is not None:
-            status["page_cache"] = asdict(self.pusher.stats)
+        return self.plan_report(h.cred)  # .prefetch, e.g. `cat .prefetch`
+
+    # ------------------------------------------------------------- read plans
+
+    def _plan_of(self, cred: Credentials) -> ReadPlan:
+        """``cred``'s user's read plan, made on first use (its task runs in the VFS nursery)."""
+        plan = self.plans.get(cred.uid)
+        if plan is None:
+            plan = self.plans[cred.uid] = ReadPlan(
+                self.meta.lookup, self._fetch_file, files_ahead=self.cfg.prefetch_files,
+                bytes_ahead=self.cfg.prefetch_bytes, parallel=self._plan_parallel, budget=self.ahead,
+                cred=cred, stat=self.meta.getattr)
+            if self._nursery is not None:
+                self._nursery.start_soon(plan.run)
+        return plan
+
+    def take_plan(self, cred: Credentials, text: str) -> None:
+        """Lines of a read plan written by ``cred`` (to .prefetch, or to the daemon's socket)."""
+        plan = self._plan_of(cred)
+        plan.cred = cred  # the user's groups as of their latest write
+        plan.take(text)
+
+    def plan_report(self, cred: Credentials) -> bytes:
+        """The progress of the caller's own plan (JSON). The mount-wide counters, which move with
+        every user's reads and plans, only for root and the daemon's own user."""
+        status = self._plan_of(cred).report()
+        status["plan_socket"] = self.plan_socket
+        if cred.uid in (0, os.geteuid()):
+            status["read_requests"] = self.stats.reads  # READs that reached the daemon
+            if self.pusher is not None:
+                status["page_cache"] = asdict(self.pusher.stats)
         return json.dumps(status, indent=1).encode() + b"\n"
+
+    def plan_totals(self) -> PlanStats:
+        """Every user's plan counters summed (metrics)."""
+        total = PlanStats()
+        for plan in self.plans.values():
+            for f in fields(PlanStats):
+                setattr(total, f.name, getattr(total, f.name) + getattr(plan.stats, f.name))
+        return total
+
+    def set_read_only(self, read_only: bool) -> bool:
+        """Follow the kernel's read-only flag after ``mount -o remount,ro|rw``; returns the new state.
+        A dataset mount stays read-only: its caches hold attributes and listings for an hour."""
+        read_only = read_only or self.cfg.dataset
+        if read_only != self.cfg.read_only:
+            self.cfg = replace(self.cfg, read_only=read_only)
+        return read_only
 
     def _read_ahead(self, h: Handle, off: int, size: int, file_size: int) -> None:
         """Per-handle sequential read-ahead: the window doubles while reads stay sequential."""
@@ -728,13 +856,14 @@ class VFS:
         if not isinstance(h, DirHandle):
             raise E.LakeError("bad directory handle", err=errno.EBADF)
         out: list[tuple[bytes, Inode, int]] = []
-        if start < 1:
-            out.append((b".", await self.meta.getattr(h.ino), 1))
-        if start < 2:
-            me = await self.meta.getattr(h.ino)
-            out.append((b"..", await self.meta.getattr(me.parent or ROOT_INO), 2))
-        for name, inode, cookie in await self._readdir_page(h.ino, max(0, start - 2), limit):
-            out.append((name, self._overlay_attr(inode), cookie + 2))
+        with self._resolving_names():  # the caller takes its references before any release runs
+            if start < 1:
+                out.append((b".", await self.meta.getattr(h.ino), 1))
+            if start < 2:
+                me = await self.meta.getattr(h.ino)
+                out.append((b"..", await self.meta.getattr(me.parent or ROOT_INO), 2))
+            for name, inode, cookie in await self._readdir_page(h.ino, max(0, start - 2), limit):
+                out.append((name, self._overlay_attr(inode), cookie + 2))
         return out
 
     async def _readdir_page(self, ino: int, after: int, limit: int) -> list[tuple[bytes, Inode, int]]:
@@ -767,17 +896,19 @@ class VFS:
         self._writable()
         if ino in CONTROL_INOS:
             raise E.NotPermitted("the mount's control files have no extended attributes")
+        if name in POSIX_ACL_XATTRS:
+            raise E.LakeError("POSIX ACLs are not supported", err=errno.EOPNOTSUPP)
         await self.meta.apply(["setxattr", ino, name, value, 0, self._now()])
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        if ino in CONTROL_INOS:
-            raise E.NoData()
+        if ino in CONTROL_INOS or name in POSIX_ACL_XATTRS:
+            raise E.NoData()  # getfacl then shows the mode, which is what the kernel enforces
         return await self.meta.getxattr(ino, name)
 
     async def listxattr(self, ino: int) -> list[bytes]:
         if ino in CONTROL_INOS:
             return []
-        return await self.meta.listxattr(ino)
+        return [n for n in await self.meta.listxattr(ino) if n not in POSIX_ACL_XATTRS]
 
     async def removexattr(self, ino: int, name: bytes, ctx: Ctx) -> None:
         self._writable()
@@ -798,30 +929,29 @@ class VFS:
         return (bits & mode) == mode
 
     async def statfs(self) -> dict:
-        total, avail = await self.chunks.capacity()
+        """The lake's own data as used, what the peers can still take (net of parity and of
+        bytes this mount has buffered) as available: not the host disks' other usage."""
         k, m = self.chunks.k, self.chunks.m
+        free = self.writer.free_space()
+        if free is None:
+            _total, free = await self.chunks.capacity()
+        if self.chunks.unanswered and time.monotonic() - self._statfs_logged >= 60:
+            self._statfs_logged = time.monotonic()  # df leaves them out: say which and why, once a minute
+            log.warning("statfs: %d of %d peers did not report their free space: %s", len(self.chunks.unanswered),
+                        len(self.chunks.stores), self.chunks.down_reasons())
+        avail = max(0, free) * k // (k + m)
+        used = (await self.meta.stored_data() or 0) + self.writer.buffered
         bsize = 4096
         used_inodes = await self.meta.count_inodes()
         files = max(1 << 32, used_inodes * 2)
         return {
             "f_bsize": 1 << 20, "f_frsize": bsize,
-            "f_blocks": total * k // (k + m) // bsize,
-            "f_bfree": avail * k // (k + m) // bsize,
-            "f_bavail": avail * k // (k + m) // bsize,
+            "f_blocks": -(-(used + avail) // bsize),
+            "f_bfree": avail // bsize,
+            "f_bavail": avail // bsize,
             "f_files": files, "f_ffree": files - used_inodes, "f_favail": files - used_inodes,
             "f_namemax": NAME_MAX,
         }
-
-    async def _watch_space(self) -> None:
-        """Keep a recent figure of usable free space for the write path's ENOSPC check."""
-        while True:
-            try:
-                _total, avail = await self.chunks.capacity()
-                k, m = self.chunks.k, self.chunks.m
-                self._usable_free = avail * k // (k + m)
-            except OSError as exc:
-                log.warning("cannot read peer capacity: %s", exc)
-            await trio.sleep(1.0)
 
     # ------------------------------------------------------------------ GC
 
@@ -830,6 +960,8 @@ class VFS:
             await trio.sleep(max(1.0, self.gc_grace / 3))
             try:
                 await self.collect_garbage()
+            except E.LakeError as exc:  # e.g. no metadata majority: one line a pass, the next one retries
+                log.warning("garbage collection pass failed: %s", exc)
             except Exception:
                 log.exception("garbage collection pass failed")
 
