@@ -64,6 +64,7 @@ class _Full:
     until: float  # trio time: no new shards before (unless its free space says there is room)
     backoff: float
     needed: int  # bytes of the refused shard: a free-space figure this big lets it take shards
+    since: float = 0.0  # trio time of the refusal: only a put started after it ends the episode
 
 
 class _Flight:
@@ -107,6 +108,7 @@ class ChunkClient:
         self._inflight: dict[tuple[int, int, int], _Flight] = {}
         self.hedge_after = hedge_after
         self._full: dict[int, _Full] = {}
+        self._full_warned: dict[int, float] = {}  # peer -> trio time of its last "is full" warning
         self.peer_stats: dict[int, PeerStats] = {pid: PeerStats() for pid in self.stores}
         #: Peers that did not answer the last capacity() call, and why.
         self.unanswered: dict[int, str] = {}
@@ -220,11 +222,17 @@ class ChunkClient:
         now = trio.current_time()
         mark = self._full.get(peer_id)
         if mark is None:
-            self._full[peer_id] = _Full(now + FULL_BACKOFF_MIN, FULL_BACKOFF_MIN, size)
+            self._full[peer_id] = _Full(now + FULL_BACKOFF_MIN, FULL_BACKOFF_MIN, size, now)
             name, why = self._name(peer_id), str(exc)
             why = why[len(name) + 2:] if why.startswith(name + ": ") else why
-            log.warning("%s is full and refused a shard (%s): it gets no new shards until it reports room "
-                        "again", name, why)
+            # A peer at the edge (room for a small shard, not a big one) starts episodes often:
+            # one warning a minute, the rest at DEBUG.
+            quiet = now - self._full_warned.get(peer_id, -1e9) < 60
+            if not quiet:
+                self._full_warned[peer_id] = now
+            log.log(logging.DEBUG if quiet else logging.WARNING,
+                    "%s is full and refused a shard (%s): it gets no new shards until it reports room again",
+                    name, why)
             return
         if now >= mark.until:  # refused again after its mark ran out (puts in flight do not count)
             mark.backoff = min(mark.backoff * 2, FULL_BACKOFF_MAX)
@@ -335,9 +343,12 @@ class ChunkClient:
             await store.get_into(layout.chunk_id, index, offset, length, out)
 
     async def _put(self, peer_id: int, chunk_id: int, index: int, payload) -> None:
+        started = trio.current_time()
         with self._counted(peer_id, "put"):
             await self.stores[peer_id].put(chunk_id, index, payload)
-        if self._full.pop(peer_id, None) is not None:
+        mark = self._full.get(peer_id)
+        if mark is not None and started >= mark.since:  # (a put already in flight at the refusal
+            del self._full[peer_id]                      # says nothing about room now)
             log.info("%s takes shards again", self._name(peer_id))
 
     @contextlib.contextmanager
