@@ -208,3 +208,33 @@ def test_a_mount_whose_peers_refuse_its_secret_says_so(tmp_path):
         lake.teardown()
         for p in peers:
             p.stop()
+
+
+@needs_fuse
+def test_mount_refuses_when_a_peer_server_belongs_to_another_lake(tmp_path):
+    secret = write_secret(tmp_path / "secret")
+    peers = _peers(tmp_path, 3, secret)
+    lake = LiveLake(tmp_path / "lake", format_args=None)
+    try:
+        for p in peers:
+            p.start()
+        net = sum((["--net-peer", p.address] for p in peers), [])
+        cli("format", "--data", str(lake.data), "--ec", "2+1", "--secret-file", str(secret), *net,
+            env=lake.env, check=True)
+        owner = peers[1].dir / "shards" / "lake-owner.json"
+        assert json.loads(owner.read_text())["lake"] == json.loads((lake.data / "lake.json").read_text())["uuid"]
+        peers[1].stop()  # the server is handed to another lake (its owner record says so)
+        owner.write_text(json.dumps({"lake": "someone-else"}) + "\n")
+        peers[1].start()
+        res = cli("mount", str(lake.mnt), "--data", str(lake.data), env=lake.env)
+        assert res.returncode == 1 and not is_mountpoint(lake.mnt), res.stdout + res.stderr
+        assert "holds the shards of another lake" in res.stderr and peers[1].address in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        owner.write_text(json.dumps({"lake": json.loads((lake.data / "lake.json").read_text())["uuid"]}) + "\n")
+        peers[1].stop()
+        peers[1].start()
+        lake.mount()  # its own again: mounts
+    finally:
+        lake.teardown()
+        for p in peers:
+            p.stop()

@@ -127,8 +127,13 @@ def test_bad_store_input_is_one_clear_error(tmp_path):
             assert res.returncode != 0, urls
             assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
             assert not data.exists()  # nothing half-formatted left behind
+        # The first lake owns the bucket prefixes it was formatted on: a second lake there would
+        # reuse its chunk ids and overwrite its shards (issue 11) -- refused, one line.
         res, data = fmt(good, store.url("good", "y"))
-        assert res.returncode == 0
+        assert res.returncode == 1 and "another lake" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and not data.exists()
+        res, data = fmt(store.url("good", "w"), store.url("good", "y"))
+        assert res.returncode == 0, res.stderr
         res = cli("peer", "add", store.url("missing"), "--data", str(data), env=s3_env())
         assert res.returncode != 0 and "the bucket does not exist" in res.stderr
         res = cli("peer", "add", store.url("good", "z"), "--data", str(data), env=s3_env())

@@ -23,6 +23,7 @@ reads around a store that is slow to answer): its late bytes land in a buffer no
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -35,7 +36,7 @@ import xxhash
 from ..errors import UserError
 from .health import PeerHealth
 from .shardfile import BLOCK, ShardCorrupt, ShardMissing, encode_header, parse_header
-from .store import PeerUnavailable
+from .store import OWNER_FILE, ForeignLake, PeerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,34 @@ class S3Store(PeerHealth):
 
     async def sync(self) -> None:
         return None  # an acknowledged PUT is durable
+
+    async def claim(self, lake_id: str, *, dry: bool = False) -> None:
+        """Like a peer server's claim: the bucket prefix holds one lake's shards, named in
+        ``PREFIX/lake-owner.json``; another lake's -> :class:`ForeignLake`; none yet -> ours
+        (unless ``dry``). Checked when a lake is formatted or opened, not at every put."""
+        key = f"{self.s3.prefix}{OWNER_FILE}"
+
+        def read_owner() -> str | None:
+            try:
+                body = self.client.get_object(Bucket=self.s3.bucket, Key=key)["Body"].read()
+            except Exception as exc:
+                if _classify(exc)[0] == "missing":
+                    return None
+                raise
+            try:
+                return str(json.loads(body)["lake"])
+            except (ValueError, KeyError, TypeError):
+                raise PeerUnavailable(f"{self.s3.where}: {OWNER_FILE} is damaged") from None
+
+        owner = await self._call("read the lake owner", read_owner)
+        if owner == lake_id:
+            return
+        if owner is not None:
+            raise ForeignLake(f"{self.s3.where} holds the shards of another lake ({owner})")
+        if not dry:
+            body = json.dumps({"lake": lake_id}).encode() + b"\n"
+            await self._call("record the lake owner",
+                             lambda: self.client.put_object(Bucket=self.s3.bucket, Key=key, Body=body))
 
     async def capacity(self) -> tuple[int, int]:
         if self.s3.capacity is not None:

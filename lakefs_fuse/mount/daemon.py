@@ -225,6 +225,12 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
                                     op_timeout=cfg.meta_timeout, snapshot_to=snapshot)
         else:
             lake = Lake.open(cfg.data_dir, io_threads=cfg.io_threads, lock=True)
+        if not cfg.read_only:
+            try:  # a lake never writes into storage that holds another lake's shards
+                lake.check_remote_owners()
+            except UserError:
+                lake.close()
+                raise
     except UserError as exc:
         report(f"error: {exc}")
         raise

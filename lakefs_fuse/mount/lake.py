@@ -149,34 +149,64 @@ def format_lake(data_dir: Path, config: LakeConfig, peer_dirs: list[str] | None 
 
 def claim_net_peers(nets: list[tuple[str, str, str]], secret: bytes, lake_id: str, ssl_context=None,
                     *, dry: bool = False) -> None:
-    """Contact every peer server: reachable, sharing our secret, and holding no other lake's
-    shards -- or one line per peer that is not (format never writes a lake onto bad peers).
-    Unless ``dry``, each peer then belongs to ``lake_id``."""
-    addresses = [address for kind, address, _ in nets if kind == "net"]
+    """Contact every peer server and bucket: reachable, sharing our secret (servers), and holding
+    no other lake's shards -- or one line per peer that is not (format never writes a lake onto
+    bad peers). Unless ``dry``, each peer then belongs to ``lake_id``."""
+    problems = _remote_owner_problems(nets, secret, lake_id, ssl_context, dry=dry, timeout=5.0)
+    if problems:
+        raise UserError("\n".join(f"peer {a}: {why}" for a, why in sorted(problems.items())))
+
+
+def _remote_owner_problems(nets: list[tuple[str, str, str]], secret: bytes, lake_id: str, ssl_context=None,
+                           *, dry: bool, timeout: float) -> dict[str, str]:
+    """address -> what is wrong, for the peer servers and buckets among ``nets``."""
     problems: dict[str, str] = {}
 
-    async def one(address: str) -> None:
-        store = NetStore(-1, address, secret, call_timeout=5, connect_timeout=5, ssl_context=ssl_context,
-                         lake_id=lake_id)
+    async def one(kind: str, address: str) -> None:
+        if kind == "net":
+            store = NetStore(-1, address, secret, call_timeout=timeout, connect_timeout=timeout,
+                             ssl_context=ssl_context, lake_id=lake_id)
+        else:
+            store = S3Store(-1, address)
         try:
-            await store.claim(dry=dry)
+            with trio.fail_after(timeout + 1):
+                if kind == "net":
+                    await store.claim(dry=dry)
+                else:
+                    await store.claim(lake_id, dry=dry)
         except ForeignLake:
             problems[address] = "holds the shards of another lake (give this lake peers of its own)"
         except PeerUnavailable as exc:
             text = str(exc)
             problems[address] = ("refused our secret (the peer was started with another --secret-file)"
                                  if "authentication" in text else text.replace(f"peer {address}: ", ""))
+        except trio.TooSlowError:
+            problems[address] = f"did not answer within {timeout:.0f}s"
         finally:
             await store.aclose()
 
     async def probe() -> None:
         async with trio.open_nursery() as nursery:
-            for address in addresses:
-                nursery.start_soon(one, address)
-    if addresses:
+            for kind, address, _zone in nets:
+                if kind in ("net", "s3"):
+                    nursery.start_soon(one, kind, address)
+    if any(kind in ("net", "s3") for kind, _, _ in nets):
         trio.run(probe)
-    if problems:
-        raise UserError("\n".join(f"peer {a}: {why}" for a, why in sorted(problems.items())))
+    return problems
+
+
+def check_remote_owners(peers: list[PeerRecord], secret: bytes | None, lake_id: str, ssl_context=None) -> None:
+    """At a writable open: refuse (one line) if a peer server or bucket holds another lake's shards,
+    and claim the ones nobody owns yet (lakes formatted before owners were recorded). A peer that
+    does not answer now is not held against the lake (reads go degraded, writes elsewhere)."""
+    nets = [(p.kind, p.address, p.zone) for p in peers if p.kind in ("net", "s3") and p.state == "up"]
+    problems = _remote_owner_problems(nets, secret or b"", lake_id, ssl_context, dry=False, timeout=3.0)
+    foreign = sorted(a for a, why in problems.items() if "another lake" in why)
+    if foreign:
+        raise UserError(f"peer {foreign[0]} holds the shards of another lake, not of this one ({lake_id})"
+                        + (f"; so do {len(foreign) - 1} more" if len(foreign) > 1 else ""))
+    for address, why in sorted(problems.items()):
+        log.warning("peer %s: %s", address, why)
 
 
 def _create(data_dir: Path, config: LakeConfig, dirs: list[Path], nets: list[tuple[str, str, str]],
@@ -572,6 +602,11 @@ class Lake:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def check_remote_owners(self) -> None:
+        """See :func:`check_remote_owners` (the mount calls this before it goes live)."""
+        if self.uuid is not None:
+            check_remote_owners(self.peer_records, self.secret, self.uuid, self.tls_context)
 
     def peer_address(self, p: PeerRecord) -> str:
         """Where a peer is, for people: a local peer directory's full path (records keep the
