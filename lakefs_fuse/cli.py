@@ -18,8 +18,15 @@ from pathlib import Path
 import click
 import trio
 
-from .config import (DEFAULT_PEER_WEIGHT, UMOUNT_BUSY_WAIT, LakeConfig, MountConfig, default_data_dir,
-                     parse_ec, parse_size)
+from .config import (
+    DEFAULT_PEER_WEIGHT,
+    UMOUNT_BUSY_WAIT,
+    LakeConfig,
+    MountConfig,
+    default_data_dir,
+    parse_ec,
+    parse_size,
+)
 from .errors import LakeError, UserError
 
 
@@ -330,9 +337,9 @@ def _resolve(path: Path, data_dir: Path | None):
         raise UserError(f"{path}: {exc.strerror}") from None
     best = None
     for _src, mnt, fstype in daemon.mounts():
-        if fstype == daemon.FSTYPE and (str(p) == mnt or str(p).startswith(mnt.rstrip("/") + "/")):
-            if best is None or len(mnt) > len(best):
-                best = mnt
+        inside = str(p) == mnt or str(p).startswith(mnt.rstrip("/") + "/")
+        if fstype == daemon.FSTYPE and inside and (best is None or len(mnt) > len(best)):
+            best = mnt
     if best is None:
         raise UserError(f"{path} is not inside a lakefs-fuse mount (give --data DIR and a path in the lake)")
     reg = daemon.read_registry(Path(best))
@@ -391,7 +398,8 @@ async def _file_info(lake, ino: int, *, shards: bool) -> dict:
             item["ec"] = f"{rec.k}+{rec.m}"
             item["chunk_length"] = rec.length
             if shards:
-                item["shards"] = [{"index": i, "peer": pid, "address": lake.peer_address(peers[pid]) if pid in peers else "?",
+                item["shards"] = [{"index": i, "peer": pid,
+                                   "address": lake.peer_address(peers[pid]) if pid in peers else "?",
                                    "health": health[e.chunk_id][i]} for i, pid in enumerate(rec.peers)]
         else:
             item["ec"] = "missing chunk record"
@@ -481,7 +489,7 @@ def ls_cmd(path: Path, data_dir: Path | None, long: bool, as_json: bool) -> None
         return
     for r in rows:
         line = f"{r['type']:<8} {r['size']:>12} {r['name']}"
-        if long or True:
+        if True:
             line = f"{r['type']:<8} {r['mode']} {r['size']:>12} chunks={r.get('chunks', 0):<4} ec={r['ec'] or '-':<5}"
             if long:
                 line += f" health={r.get('health', '-')}"
@@ -992,7 +1000,8 @@ def peer() -> None:
 @click.option("--zone", default="", help="Failure zone (rack, host, disk) reported to lakes.")
 @click.option("--secret-file", type=click.Path(path_type=Path), required=True,
               help="The cluster secret (the lake's DATA/secret).")
-@click.option("--tls-cert", type=click.Path(path_type=Path), default=None, help="Serve TLS with this certificate (PEM).")
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None,
+              help="Serve TLS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="The certificate's private key (PEM).")
 @click.option("--metrics", default=None, metavar="[HOST:]PORT",
               help="Serve Prometheus /metrics, /healthz and /readyz here (a bare PORT binds 127.0.0.1).")
@@ -1348,7 +1357,7 @@ async def _raft_status(service) -> list[dict]:
                     service.addresses.append(address)
     seen.update(await service.call_each("status"))
     rows, leader_last = [], None
-    for address, res in seen.items():
+    for res in seen.values():
         if isinstance(res, dict) and res.get("role") == "leader":
             leader_last = res
     for address, res in sorted(seen.items()):

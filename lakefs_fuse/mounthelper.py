@@ -3,7 +3,7 @@
     mount -t fuse.lakefs /var/lib/lakefs/lake /mnt/lake -o dataset,metrics=9100
     # /etc/fstab
     /var/lib/lakefs/lake   /mnt/lake  fuse.lakefs  _netdev,dataset,metrics=9100                    0 0
-    meta:10.0.0.1:7200,10.0.0.2:7200,10.0.0.3:7200  /mnt/lake  fuse.lakefs  _netdev,secret_file=/etc/lakefs-fuse/secret  0 0
+    meta:10.0.0.1:7200,10.0.0.2:7200,10.0.0.3:7200  /mnt/lake  fuse.lakefs  _netdev,secret_file=/etc/lf/secret  0 0
 
 SOURCE is an embedded lake's data directory, ``meta:HOST:PORT,...`` for a cluster lake, or
 ``lakefs`` for the default lake; /proc/mounts then shows the lake as the mount's source (the data

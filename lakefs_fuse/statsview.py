@@ -70,13 +70,15 @@ def mount_summary(a: Sample, b: Sample) -> dict:
     """Rates over the interval between two samples, and totals as of the second."""
     dt = max(b.at - a.at, 1e-9)
     ops = {}
-    counts_a, counts_b = a.by("lakefs_fuse_request_seconds_count", "op"), b.by("lakefs_fuse_request_seconds_count", "op")
+    counts_a = a.by("lakefs_fuse_request_seconds_count", "op")
+    counts_b = b.by("lakefs_fuse_request_seconds_count", "op")
     sums_a, sums_b = a.by("lakefs_fuse_request_seconds_sum", "op"), b.by("lakefs_fuse_request_seconds_sum", "op")
     for op, total in counts_b.items():
         n = total - counts_a.get(op, 0.0)
         secs = sums_b.get(op, 0.0) - sums_a.get(op, 0.0)
         ops[op] = {"total": int(total), "per_s": n / dt, "mean_ms": secs / n * 1e3 if n else 0.0}
-    errors = {f"{labels.get('op')}:{labels.get('errno')}": int(v) for labels, v in b.rows("lakefs_fuse_request_errors_total")}
+    errors = {f"{labels.get('op')}:{labels.get('errno')}": int(v)
+              for labels, v in b.rows("lakefs_fuse_request_errors_total")}
     cache = {}
     for tier in b.by("lakefs_cache_hits_total", "tier"):
         hits = b.get("lakefs_cache_hits_total", tier=tier) - a.get("lakefs_cache_hits_total", tier=tier)
@@ -88,7 +90,8 @@ def mount_summary(a: Sample, b: Sample) -> dict:
                        "capacity_bytes": int(b.get("lakefs_cache_capacity_bytes", tier=tier))}
     peers = {}
     for peer, up in sorted(b.by("lakefs_peer_up", "peer").items(), key=lambda kv: int(kv[0] or 0)):
-        n = b.get("lakefs_peer_requests_total", peer=peer, op="get") - a.get("lakefs_peer_requests_total", peer=peer, op="get")
+        n = (b.get("lakefs_peer_requests_total", peer=peer, op="get")
+             - a.get("lakefs_peer_requests_total", peer=peer, op="get"))
         secs = (b.get("lakefs_peer_request_seconds_total", peer=peer, op="get")
                 - a.get("lakefs_peer_request_seconds_total", peer=peer, op="get"))
         peers[peer] = {"up": bool(up), "gets_per_s": n / dt, "get_mean_ms": secs / n * 1e3 if n else 0.0,

@@ -389,10 +389,8 @@ async def server_handshake(fs: FramedStream, secret: bytes, *, timeout: float = 
             raise AuthError(f"client sent {auth.get('op')!r} instead of a valid auth frame")
         if not hmac.compare_digest(proof, _mac(secret, b"client", challenge, nonce)):
             # Telling the client lets it report "wrong secret" rather than a bare disconnect.
-            try:
+            with contextlib.suppress(ConnectionLost, OSError):
                 await fs.send({"v": PROTOCOL_VERSION, "op": "denied"})
-            except (ConnectionLost, OSError):
-                pass
             raise AuthError("client does not hold our cluster secret")
         await fs.send({"v": PROTOCOL_VERSION, "op": "welcome",
                        "mac": _mac(secret, b"server", nonce, challenge)})

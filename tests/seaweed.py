@@ -64,7 +64,7 @@ class WeedS3:
         self.root = root
         self.buckets = buckets
         self.proc: subprocess.Popen | None = None
-        self.ports = dict(zip(NAMES, _pick_ports(len(NAMES))))
+        self.ports = dict(zip(NAMES, _pick_ports(len(NAMES)), strict=False))
 
     @property
     def endpoint(self) -> str:

@@ -8,11 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import LiveLake, cli, needs_fuse, take_down, wait_for, write_synced_file
 
 from lakefs_fuse.meta import schema as S
 from lakefs_fuse.meta.schema import ROOT_INO, Inode
 from lakefs_fuse.meta.state import StateMachine
+
+from conftest import LiveLake, cli, needs_fuse, take_down, wait_for, write_synced_file
 
 
 def shard_files(lake: LiveLake, chunk_id: int) -> list[Path]:

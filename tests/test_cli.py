@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -67,11 +68,8 @@ def test_mount_errors(tmp_path):
         other = tmp_path / "other"
         other.mkdir()
         one_line_error(cli("mount", str(other), "--data", str(lake.data), env=env), "already mounted")
-        f = open(lake.mnt / "held", "w")
-        try:
+        with open(lake.mnt / "held", "w"):
             one_line_error(cli("umount", str(lake.mnt), "--wait", "0", env=env), "busy")
-        finally:
-            f.close()
         lake.umount()
     finally:
         lake.teardown()
@@ -90,10 +88,8 @@ def test_sigterm_flushes_and_unmounts(tmp_path):
         os.kill(lake.pid(), signal.SIGTERM)  # handle still open: the daemon must flush it
         wait_for(lambda: not is_mountpoint(lake.mnt), 60, "SIGTERM to unmount")
         wait_for(lambda: lake.pid() is None, 60, "daemon to exit")
-        try:
-            os.close(fd)  # the file system is gone: the close may report that
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # the file system is gone: the close may report that
+            os.close(fd)
         lake.mount()
         assert (lake.mnt / "f").read_bytes() == data
         lake.umount()

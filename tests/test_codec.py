@@ -266,7 +266,8 @@ def test_bytes_like_inputs_and_validation():
     mixed = [bytearray(data[0]), memoryview(data[1]), np.frombuffer(data[2], dtype=np.uint8), data[3]]
     assert codec.encode(mixed) == parity
     assert MatrixCodec(k, m).encode(mixed) == parity
-    got = codec.decode({0: bytearray(data[0]), 2: memoryview(data[2]), 4: parity[0], 5: np.frombuffer(parity[1], np.uint8)})
+    got = codec.decode({0: bytearray(data[0]), 2: memoryview(data[2]), 4: parity[0],
+                        5: np.frombuffer(parity[1], np.uint8)})
     assert got == dict(enumerate(data))
     assert all(type(v) is bytes for v in got.values())
 

@@ -88,7 +88,7 @@ def test_two_bad_shards_per_chunk_are_tolerated_and_reported(live):
     assert all(h == "ok" for h in health(info).values())
     # chunk 1: two data shards; chunk 2: a data and a parity shard
     victims = {}
-    for (cid, c), picks in zip(sorted(chunks.items()), ((0, 1), (3, 5))):
+    for (cid, c), picks in zip(sorted(chunks.items()), ((0, 1), (3, 5)), strict=False):
         for index in picks:
             _i, path, _h = c["shards"][index]
             flip_payload(path, rng)
@@ -141,9 +141,8 @@ def test_three_bad_shards_fail_with_eio_and_the_daemon_survives(live):
         flip_payload(first["shards"][index][1], rng)
 
     live.mount()
-    with open(live.mnt / "c", "rb") as f:
-        with pytest.raises(OSError) as exc:
-            f.read()
+    with open(live.mnt / "c", "rb") as f, pytest.raises(OSError) as exc:
+        f.read()
     assert exc.value.errno == errno.EIO, exc.value
 
     fd = os.open(live.mnt / "c", os.O_RDONLY | os.O_DIRECT)

@@ -20,6 +20,7 @@ What a daemon crash (the process, not the machine) must leave behind:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,8 +30,9 @@ import sys
 
 import pytest
 
-from conftest import _alive, cli, needs_fuse, wait_for, write_synced_file
 from lakefs_fuse.mount.lake import Lake
+
+from conftest import _alive, cli, needs_fuse, wait_for, write_synced_file
 
 MiB = 1 << 20
 
@@ -155,7 +157,7 @@ def test_kill9_during_large_copy(live, tmp_path):
     for name, row in rows.items():
         assert row["health"] == "ok", f"{name}: {row['health']}"
     assert rows["fresh"]["size"] == len(fresh)
-    for name, digest in digests.items():
+    for name in digests:
         assert rows[name]["size"] == len((synced | closed)[name])
 
     live.mount()
@@ -189,10 +191,8 @@ def test_kill9_with_unflushed_writes_then_orphans(live):
         live.kill9()
     finally:
         for fd in (fd_doomed, fd_dirty):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
     live.mount()
     assert (live.mnt / "keep").read_bytes() == keep
     assert "doomed" not in os.listdir(live.mnt)

@@ -196,9 +196,8 @@ def test_a_mount_whose_peers_refuse_its_secret_says_so(tmp_path):
         assert res.stdout.count("authentication failed") == 3, res.stdout
         lake.mount()
         os.statvfs(lake.mnt)  # df
-        with pytest.raises(OSError) as err:
-            with open(lake.mnt / "f", "wb") as f:
-                f.write(b"x" * 1000)
+        with pytest.raises(OSError) as err, open(lake.mnt / "f", "wb") as f:
+            f.write(b"x" * 1000)
         assert err.value.errno == 28
         log = lake.log()
         assert "statfs: 3 of 3 peers did not report" in log and "authentication failed" in log, log

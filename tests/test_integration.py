@@ -11,8 +11,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import HELPER, REPO, LiveLake, cli, is_mountpoint, needs_fuse, take_down
 
+from conftest import REPO, LiveLake, cli, is_mountpoint, needs_fuse, take_down
 
 
 def config_of(mnt: Path) -> dict:
@@ -40,7 +40,8 @@ def test_mount_t_fuse_lakefs_and_an_fstab_line(helper, tmp_path):
         lake.umount()
 
         fstab = tmp_path / "fstab"
-        fstab.write_text(f"# a test fstab\n{lake.data}  {lake.mnt}  fuse.lakefs  _netdev,nofail,ro,x-systemd.automount  0 0\n")
+        fstab.write_text(f"# a test fstab\n"
+                         f"{lake.data}  {lake.mnt}  fuse.lakefs  _netdev,nofail,ro,x-systemd.automount  0 0\n")
         res = subprocess.run(["mount", "-T", str(fstab), str(lake.mnt)], env=env, capture_output=True, text=True,
                              timeout=90)
         assert res.returncode == 0, res.stderr

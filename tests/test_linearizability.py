@@ -12,6 +12,7 @@ import random
 import threading
 
 import pytest
+
 from linearizability import UNKNOWN, CheckResult, History, Op, RegisterModel, check_history, check_key
 
 

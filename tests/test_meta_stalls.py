@@ -27,9 +27,10 @@ from functools import partial
 import pytest
 import trio
 
-from conftest import needs_fuse, wait_for
 from lakefs_fuse import wire
 from lakefs_fuse.meta.remote import MetaService, Unavailable
+
+from conftest import needs_fuse, wait_for
 from linearizability import History, RegisterModel, check_history
 from test_metacluster import _storm_worker, meta_cluster, read_or_none
 
@@ -147,10 +148,9 @@ class HalfOpenRelay:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 
-        async with down, await trio.open_tcp_stream(*self.target) as up:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump, down, up)
-                nursery.start_soon(pump, up, down)
+        async with down, await trio.open_tcp_stream(*self.target) as up, trio.open_nursery() as nursery:
+            nursery.start_soon(pump, down, up)
+            nursery.start_soon(pump, up, down)
 
 
 @pytest.mark.timeout(60)

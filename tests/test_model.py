@@ -102,7 +102,7 @@ def read_all(path: str) -> bytes:
 
 
 def first_difference(a: bytes, b: bytes) -> str:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return f"first differing byte at {i} (mount {x:#04x}, local {y:#04x})"
     return f"lengths differ: mount {len(a)}, local {len(b)}"
@@ -518,7 +518,7 @@ def test_read_racing_a_commit_sees_written_bytes(make_live):
             os.close(fd)
         if got != bytes(expect):
             bad.append(f"iteration {it}: {first_difference(got, bytes(expect))}, "
-                       f"{sum(1 for a, b in zip(got, expect) if a != b)} bytes differ")
+                       f"{sum(1 for a, b in zip(got, expect, strict=False) if a != b)} bytes differ")
         assert path.read_bytes() == bytes(expect), "wrong bytes even after close (committed)"
     assert not bad, "reads racing a commit returned zeros for written bytes:\n" + "\n".join(bad)
 

@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import CLI, HELPER, REPO, LiveLake, cli, is_mountpoint, needs_fuse, take_down, wait_for
+
+from conftest import CLI, REPO, LiveLake, is_mountpoint, needs_fuse, take_down, wait_for
 
 NOBODY = 65534
 

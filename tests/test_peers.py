@@ -224,10 +224,8 @@ def _write(path: Path, data: bytes) -> int:
     except OSError as exc:
         return exc.errno
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     return 0
 
 
@@ -413,19 +411,15 @@ class FaultProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def partition(self) -> None:
         self.partitioned.set()
         with self.lock:
             for s in self.conns:
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
             self.conns.clear()
 
     def heal(self) -> None:
@@ -589,7 +583,7 @@ def test_tls_between_mount_and_peers(tmp_path):
             try:
                 while s.recv(4096):
                     pass
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 pass
         assert peers[0].proc.poll() is None
     finally:

@@ -249,8 +249,9 @@ def test_small_files_written_together_are_packed(live):
             os.close(fd)
     for i in range(20):
         assert (m / f"s{i}").read_bytes() == bytes([i]) * 50_000
-    from conftest import cli
     import json
+
+    from conftest import cli
     r = cli("ls", str(m), "--json", env=live.env, check=True)
     rows = json.loads(r.stdout)
     assert len(rows) == 20

@@ -17,7 +17,6 @@ import time
 import pytest
 import trio
 
-from conftest import needs_fuse
 from lakefs_fuse import errors as E
 from lakefs_fuse.config import LakeConfig, MountConfig
 from lakefs_fuse.meta import schema as S
@@ -25,6 +24,8 @@ from lakefs_fuse.meta.schema import ROOT_INO, Inode
 from lakefs_fuse.meta.state import StateMachine
 from lakefs_fuse.mount.lake import Lake, format_lake
 from lakefs_fuse.mount.vfs import VFS, Ctx
+
+from conftest import needs_fuse
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -7,6 +7,7 @@ directory) in ``finally``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -86,10 +87,8 @@ def stop_cluster(directory: Path, env: dict) -> None:
     if directory.exists():
         cluster("stop", str(directory), env=env, timeout=90)
     for pid in processes_under(directory):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     wait_for(lambda: not [p for p in processes_under(directory) if _alive(p)], 30, f"servers under {directory} to exit")
 
 
@@ -211,7 +210,7 @@ def test_cluster_stop_unmounts_every_mount_of_the_lake(tmp_path):
             assert not is_mountpoint(mnt), f"{mnt} left mounted"
         assert not [p for p in pids if p and _alive(p)]
     finally:
-        for mnt, pid in zip(mounts, pids + [None] * len(mounts)):
+        for mnt, pid in zip(mounts, pids + [None] * len(mounts), strict=False):
             take_down(mnt, pid)
         stop_cluster(d, env)
 

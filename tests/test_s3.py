@@ -9,6 +9,7 @@ import os
 import random
 
 import pytest
+
 from conftest import LiveLake, cli, needs_fuse
 from seaweed import SECRET_KEY, WeedS3, s3_env, weed_binary
 

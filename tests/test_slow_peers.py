@@ -30,14 +30,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import LiveLake, cli, needs_fuse, wait_for, write_synced_file
-from test_peers import Peer, peer_cluster, write_secret
-
 from lakefs_fuse.chunks.client import ChunkClient
 from lakefs_fuse.chunks.netstore import NetStore
 from lakefs_fuse.chunks.peer_server import PeerServer
 from lakefs_fuse.chunks.placement import place
 from lakefs_fuse.chunks.store import LocalDirStore, PeerFull
+
+from conftest import LiveLake, cli, needs_fuse, wait_for, write_synced_file
+from test_peers import Peer, peer_cluster, write_secret
 
 KiB, MiB = 1 << 10, 1 << 20
 SECRET = b"slow peers are not dead peers 11"

@@ -15,10 +15,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import needs_fuse
 
 import lakefs_fuse.torch as lt
 from lakefs_fuse.torch import PrefetchUnavailable, mount_root, prefetch
+
+from conftest import needs_fuse
 
 # --- without a mount -----------------------------------------------------------------------------
 

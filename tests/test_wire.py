@@ -6,6 +6,7 @@ Every test runs its own ``trio.run`` under a ``trio.fail_after`` deadline; netwo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
@@ -106,10 +107,8 @@ async def read_until_closed(stream: trio.SocketStream, within: float = 5.0) -> N
 
 
 async def send_raw(stream: trio.SocketStream, data: bytes) -> None:
-    try:
+    with contextlib.suppress(trio.BrokenResourceError):  # the server may already have hung up on us
         await stream.send_all(data)
-    except trio.BrokenResourceError:  # the server may already have hung up on us
-        pass
 
 
 async def authenticated_raw(port: int) -> trio.SocketStream:

@@ -50,7 +50,7 @@ import functools
 import operator
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import reedsolo
@@ -88,7 +88,7 @@ ISAL_EC_TYPE = "isa_l_rs_cauchy"
 #: to the matrix codec rather than mis-slicing.
 SHARD_ALIGN = 64
 
-BytesLike = Union[bytes, bytearray, memoryview, Any]
+BytesLike = bytes | bytearray | memoryview | Any
 
 
 class NotEnoughShards(ValueError):
@@ -159,7 +159,7 @@ def _gf_invert_matrix(rows: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], .
         for r in range(n):
             f = aug[r][col]
             if r != col and f:
-                aug[r] = [v ^ _gf_mul(f, pv) for v, pv in zip(aug[r], prow)]
+                aug[r] = [v ^ _gf_mul(f, pv) for v, pv in zip(aug[r], prow, strict=False)]
     return tuple(tuple(r[n:]) for r in aug)
 
 
@@ -221,7 +221,7 @@ def _as_u8(buf: BytesLike) -> np.ndarray:
 
 def _combine(coeffs: Sequence[int], srcs: Sequence[np.ndarray], size: int) -> bytes:
     """Return sum_i coeffs[i] * srcs[i] (GF(2^8), element-wise) as bytes."""
-    terms = [(c, s) for c, s in zip(coeffs, srcs) if c]
+    terms = [(c, s) for c, s in zip(coeffs, srcs, strict=False) if c]
     if not terms:
         return bytes(size)
     if len(terms) == 1 and terms[0][0] == 1:
@@ -348,7 +348,7 @@ class MatrixCodec:
         sources = tuple(sorted(arrs)[:k])
         rows = _decode_rows(k, self.m, sources, tuple(missing))
         src_arrs = [arrs[i] for i in sources]
-        for w, row in zip(missing, rows):
+        for w, row in zip(missing, rows, strict=False):
             out[w] = _combine(row, src_arrs, size)
         return {w: out[w] for w in want}
 
@@ -442,11 +442,11 @@ class IsalCodec:
         return self._matrix.decode(available, want)
 
 
-_codecs: dict[tuple[int, int], Union[MatrixCodec, IsalCodec]] = {}
+_codecs: dict[tuple[int, int], MatrixCodec | IsalCodec] = {}
 _codecs_lock = threading.Lock()
 
 
-def get_codec(k: int, m: int) -> Union[MatrixCodec, IsalCodec]:
+def get_codec(k: int, m: int) -> MatrixCodec | IsalCodec:
     """Shared codec for RS(k, m): ISA-L encode when usable, else MatrixCodec."""
     k, m = _check_km(k, m)
     key = (k, m)

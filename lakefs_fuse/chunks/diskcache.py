@@ -69,6 +69,7 @@ Imports only :mod:`.cache` and :mod:`lakefs_fuse.errors`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import os
@@ -420,7 +421,5 @@ def _write_file(path: str, parts: list[bytes | memoryview], durable: bool) -> No
 
 
 def _unlink(path: str | Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # gone already, or cannot be deleted: the index no longer counts it
         os.unlink(path)
-    except OSError:
-        pass  # gone already, or cannot be deleted: either way the index no longer counts it

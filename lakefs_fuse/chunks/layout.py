@@ -44,7 +44,7 @@ class ChunkLayout:
         return [self.chunk_id, self.length, self.k, self.m, self.shard_len, list(self.peers), list(self.checksums)]
 
     @classmethod
-    def from_wire(cls, w: list) -> "ChunkLayout":
+    def from_wire(cls, w: list) -> ChunkLayout:
         return cls(w[0], w[1], w[2], w[3], w[4], list(w[5]), list(w[6]))
 
     @property

@@ -13,6 +13,7 @@ Remote errnos map back to the shard exceptions the chunk client understands: ENO
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 
@@ -226,8 +227,6 @@ def _from_remote(name: str, exc: wire.RemoteError) -> Exception:
 
 
 async def _close_quietly(client: wire.RpcClient) -> None:
-    with trio.move_on_after(1):
-        try:
-            await client.aclose()
-        except Exception:  # closing a broken connection may fail; it is gone either way
-            pass
+    # Closing a broken connection may fail; it is gone either way.
+    with trio.move_on_after(1), contextlib.suppress(Exception):
+        await client.aclose()

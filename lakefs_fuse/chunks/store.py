@@ -8,6 +8,7 @@ worker threads; network peers (``netstore``) implement the same methods over the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -172,10 +173,8 @@ class ShardDir:
         return "ok" if xxhash.xxh3_64_intdigest(data) == checksum else "corrupt"
 
     def delete(self, chunk_id: int, index: int) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(chunk_id, index))
-        except FileNotFoundError:
-            pass
 
     def sync(self) -> None:
         """Make the names of shards written so far durable (fsync their directories).

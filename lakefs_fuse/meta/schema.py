@@ -188,7 +188,7 @@ class Inode:
         return (self.ec >> 8, self.ec & 0xFF) if self.ec else None
 
     @classmethod
-    def from_bytes(cls, ino: int, data: bytes) -> "Inode":
+    def from_bytes(cls, ino: int, data: bytes) -> Inode:
         fields = unpack(data)
         inode = cls(ino, *fields)
         if len(fields) < 12:
@@ -257,14 +257,14 @@ class ChunkRecord:
         return pack([self.length, self.k, self.m, self.shard_len, self.peers, self.checksums, self.refs])
 
     @classmethod
-    def from_bytes(cls, chunk_id: int, data: bytes) -> "ChunkRecord":
+    def from_bytes(cls, chunk_id: int, data: bytes) -> ChunkRecord:
         return cls(chunk_id, *unpack(data))
 
     def to_wire(self) -> list:
         return [self.chunk_id, self.length, self.k, self.m, self.shard_len, self.peers, self.checksums]
 
     @classmethod
-    def from_wire(cls, w: list) -> "ChunkRecord":
+    def from_wire(cls, w: list) -> ChunkRecord:
         return cls(*w)
 
 
@@ -284,5 +284,5 @@ class PeerRecord:
         return pack([self.kind, self.address, self.zone, self.weight, self.state, self.extra])
 
     @classmethod
-    def from_bytes(cls, peer_id: int, data: bytes) -> "PeerRecord":
+    def from_bytes(cls, peer_id: int, data: bytes) -> PeerRecord:
         return cls(peer_id, *unpack(data))

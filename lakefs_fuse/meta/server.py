@@ -42,6 +42,7 @@ be restarted under another identity, and a peer list that does not match the clu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -221,10 +222,8 @@ class WireTransport(Transport):
             raise E.Invalid(f"undecodable raft message: {exc}") from None
         if not isinstance(message, dict):
             raise E.Invalid("a raft message must be a map")
-        try:
+        with contextlib.suppress(trio.WouldBlock):  # Raft retransmits; a full inbox: we are behind anyway
             self._incoming_send.send_nowait(message)
-        except trio.WouldBlock:
-            pass  # Raft retransmits; a full inbox means we are behind anyway
 
     async def aclose(self) -> None:
         for client in list(self._clients.values()):

@@ -13,6 +13,7 @@ be opened for writing, so the daemon also takes read plans on a Unix socket (:fu
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import faulthandler
@@ -98,9 +99,9 @@ def lakefs_mount_of(path: Path) -> str | None:
     p = str(Path(path).resolve())
     best = None
     for _src, mnt, fstype in mounts():
-        if fstype == FSTYPE and (p == mnt or p.startswith(mnt.rstrip("/") + "/")):
-            if best is None or len(mnt) > len(best):
-                best = mnt
+        inside = p == mnt or p.startswith(mnt.rstrip("/") + "/")
+        if fstype == FSTYPE and inside and (best is None or len(mnt) > len(best)):
+            best = mnt
     return best
 
 
@@ -256,7 +257,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(cfg.meta),
               disk_cache=disk, page_store=pyfuse3.notify_store)
     observer = MountObserver(vfs, lake_info={
-        "uuid": lake.uuid, "kind": "cluster" if cfg.meta else "embedded", "ec": f"{lake.config.ec_k}+{lake.config.ec_m}",
+        "uuid": lake.uuid, "kind": "cluster" if cfg.meta else "embedded",
+        "ec": f"{lake.config.ec_k}+{lake.config.ec_m}",
         "chunk_size": lake.config.chunk_size, "peers": len(lake.chunks.stores)})
     vfs.stats_source, vfs.config_source = observer.stats_text, observer.config_text
     vfs.on_read = observer.recorder.read_done
@@ -308,10 +310,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         lake.close()
         if disk is not None:
             disk.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             reg.unlink()
-        except FileNotFoundError:
-            pass
         report("error: mount daemon stopped before the mount was live (see its log)")
         log.info("mount daemon for %s stopped", mountpoint)
     return status
@@ -567,10 +567,8 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 60.0, force: 
     -- a job or shell ending, or (kernels before 4.x pinned the mount for each release still in
     flight) files whose RELEASE the daemon has not answered yet, e.g. right after deleting many."""
     mnt = Path(mountpoint).absolute()
-    try:
+    with contextlib.suppress(OSError):
         mnt = mnt.resolve()
-    except OSError:
-        pass
     fstype = is_mounted(mnt)
     if fstype is None:
         raise UserError(f"{mnt} is not mounted")
@@ -621,10 +619,8 @@ def mount_users(mnt: Path) -> list[str]:
             continue
         base = f"/proc/{entry.name}"
         links = [f"{base}/cwd", f"{base}/root"]
-        try:
+        with contextlib.suppress(OSError):  # gone, or not ours to look at
             links += [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
-        except OSError:
-            pass  # gone, or not ours to look at
         for link in links:
             try:
                 target = os.readlink(link)

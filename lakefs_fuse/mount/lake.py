@@ -38,8 +38,7 @@ from ..chunks.netstore import NetStore
 from ..chunks.s3store import S3Address, S3Store, is_s3_address
 from ..chunks.store import OWNER_FILE, ForeignLake, LocalDirStore, PeerUnavailable, read_owner, write_owner
 from ..config import DEFAULT_PEER_WEIGHT, LakeConfig
-from ..errors import UserError
-from ..errors import LakeError
+from ..errors import LakeError, UserError
 from ..meta.client import LocalMeta
 from ..meta.remote import MetaService, RemoteMeta
 from ..meta.schema import ChunkRecord, PeerRecord
@@ -520,7 +519,7 @@ class Lake:
 
     @classmethod
     def open(cls, data_dir: Path, *, io_threads: int = 16, read_only: bool = False,
-             lock: bool = False) -> "Lake":
+             lock: bool = False) -> Lake:
         """Open a lake; ``lock`` takes its exclusive lock first (the mount daemon does)."""
         data_dir = Path(data_dir)
         if not data_dir.exists():
@@ -570,7 +569,7 @@ class Lake:
 
     @classmethod
     def open_remote(cls, addresses: list[str], secret_file: Path, *, tls_ca: Path | None = None,
-                    io_threads: int = 16, op_timeout: float = 30.0, snapshot_to: Path | None = None) -> "Lake":
+                    io_threads: int = 16, op_timeout: float = 30.0, snapshot_to: Path | None = None) -> Lake:
         """Open a lake whose metadata lives on metadata servers (``--meta``).
 
         With ``snapshot_to`` (dataset mode) the whole metadata is copied there once and read

@@ -138,7 +138,7 @@ def _targets(lake: Lake, layout: ChunkLayout, bad: list[int]) -> dict[int, int]:
                 spare.append(layout.peers[i])
     if len(spare) < len(bad):
         raise LakeError(f"chunk {layout.chunk_id}: no peer free to take {len(bad)} rebuilt shard(s)")
-    return dict(zip(bad, spare))
+    return dict(zip(bad, spare, strict=False))
 
 
 async def _repair_chunk(lake: Lake, layout: ChunkLayout, bad: list[int], report: Report) -> None:

@@ -106,13 +106,16 @@ class MountObserver:
         peers = sorted(list(chunks.peer_stats.items()))
         rows = [(str(pid), ps) for pid, ps in peers]
         yield labelled(CounterMetricFamily, "lakefs_peer_requests", "Shard requests by peer and op",
-                       ["peer", "op"], [([p, "get"], ps.gets) for p, ps in rows] + [([p, "put"], ps.puts) for p, ps in rows])
+                       ["peer", "op"], [([p, "get"], ps.gets) for p, ps in rows]
+                       + [([p, "put"], ps.puts) for p, ps in rows])
         yield labelled(CounterMetricFamily, "lakefs_peer_errors", "Failed shard requests by peer and op",
                        ["peer", "op"],
-                       [([p, "get"], ps.get_errors) for p, ps in rows] + [([p, "put"], ps.put_errors) for p, ps in rows])
+                       [([p, "get"], ps.get_errors) for p, ps in rows]
+                       + [([p, "put"], ps.put_errors) for p, ps in rows])
         yield labelled(CounterMetricFamily, "lakefs_peer_request_seconds", "Seconds spent in shard requests",
                        ["peer", "op"],
-                       [([p, "get"], ps.get_seconds) for p, ps in rows] + [([p, "put"], ps.put_seconds) for p, ps in rows])
+                       [([p, "get"], ps.get_seconds) for p, ps in rows]
+                       + [([p, "put"], ps.put_seconds) for p, ps in rows])
         yield labelled(GaugeMetricFamily, "lakefs_peer_up", "1 while the peer is reachable", ["peer"],
                        [([str(pid)], float(not getattr(store, "down", False)))
                         for pid, store in sorted(chunks.stores.items())])

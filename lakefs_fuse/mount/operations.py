@@ -10,6 +10,7 @@ In-process tests set ``LAKEFS_FUSE_STRICT=1`` to re-raise instead.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -19,9 +20,9 @@ import time
 import pyfuse3
 
 from ..errors import LakeError, NotFound
-from ..metrics import FuseRecorder
 from ..meta.budget import metadata_budget
 from ..meta.schema import Inode
+from ..metrics import FuseRecorder
 from .vfs import VFS, Ctx
 
 log = logging.getLogger(__name__)
@@ -187,10 +188,8 @@ class Operations(pyfuse3.Operations):
         if not keep and self.vfs.shared:
             # Another mount may have changed the file: drop the kernel's cached size so a read
             # past it asks us (attribute-only invalidation takes no inode lock, so it is safe here).
-            try:
+            with contextlib.suppress(OSError):  # ENOENT: the kernel has already forgotten the inode
                 pyfuse3.invalidate_inode(inode, attr_only=True)
-            except OSError:
-                pass  # ENOENT: the kernel has already forgotten the inode
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=direct)
 
     @fuse_errors

@@ -180,7 +180,8 @@ class VFS:
         #: What `cat .stats` and `cat .config` show (the daemon plugs in its metrics; these are
         #: the fallbacks for a VFS without one, e.g. in-process tests).
         self.stats_source: Callable[[], bytes] = lambda: json.dumps(asdict(self.stats), indent=1).encode() + b"\n"
-        self.config_source: Callable[[], bytes] = lambda: json.dumps({"mountpoint": str(config.mountpoint)}).encode() + b"\n"
+        self.config_source: Callable[[], bytes] = \
+            lambda: json.dumps({"mountpoint": str(config.mountpoint)}).encode() + b"\n"
         self._nospace_logged = self._statfs_logged = -1e9
         #: Told (pid, bytes, extents from a cache, extents fetched) after every read (metrics, `top`).
         self.on_read: Callable[[int, int, int, int], None] | None = None
@@ -349,16 +350,15 @@ class VFS:
         if self.cfg.read_only:
             raise E.LakeError("read-only mount", err=errno.EROFS)
         touch = False  # a truncate that changes the size readers see sets mtime (and ctime)
-        if "size" in changes or "mtime_ns" in changes:
-            # Commit buffered writes first so the truncate/utimens applies after them.
-            if self.writer.has_data(ino):
-                if "size" in changes:
-                    # Decided before the flush: buffered bytes count in the size readers saw, and
-                    # once committed, the metadata's size may already be the new one.
-                    seen = self._overlay_attr(await self.meta.getattr(ino)).size
-                    touch = "mtime_ns" not in changes and seen != changes["size"]
-                    self.writer.truncate(ino, changes["size"])
-                await self.writer.flush(ino)
+        # Commit buffered writes first so the truncate/utimens applies after them.
+        if ("size" in changes or "mtime_ns" in changes) and self.writer.has_data(ino):
+            if "size" in changes:
+                # Decided before the flush: buffered bytes count in the size readers saw, and
+                # once committed, the metadata's size may already be the new one.
+                seen = self._overlay_attr(await self.meta.getattr(ino)).size
+                touch = "mtime_ns" not in changes and seen != changes["size"]
+                self.writer.truncate(ino, changes["size"])
+            await self.writer.flush(ino)
         inode = await self.meta.getattr(ino)
         if "mode" in changes and ctx.uid != 0 and ctx.gid != inode.gid and not inode.is_dir:
             changes["mode"] &= ~st.S_ISGID  # unprivileged chmod cannot keep setgid of a foreign group

@@ -65,10 +65,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contextlib
+
 import embedded as E  # noqa: E402  (shared helpers: Lake, Daemon, Caches, DiskStats, syncfs, ...)
-from embedded import (BLOCK, GiB, MiB, POOL, REPO, STAMP, BenchError, Caches, Daemon, DiskStats,  # noqa: E402
-                      Lake, find_cli, fs_of, human, is_mountpoint, log, parse_size, self_cpu, set_subreaper,
-                      syncfs, system_cpu)
+from embedded import (  # noqa: E402
+    BLOCK,
+    POOL,
+    REPO,
+    STAMP,
+    BenchError,
+    Caches,
+    Daemon,
+    DiskStats,
+    GiB,
+    Lake,
+    MiB,
+    find_cli,
+    fs_of,
+    human,
+    is_mountpoint,
+    log,
+    parse_size,
+    self_cpu,
+    set_subreaper,
+    syncfs,
+    system_cpu,
+)
 
 GRPC_OFFSET = 10000          # weed's default http -> grpc port offset (weed mount relies on it for the filer)
 NPEERS, EC = 9, "6+3"
@@ -106,10 +128,8 @@ class Child:
         return self.d.alive()
 
     def send(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, sig: int = signal.SIGTERM, wait: float = 20.0) -> bool:
         """Send ``sig``, wait, escalate to SIGKILL. True if the process is gone."""

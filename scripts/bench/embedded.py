@@ -33,6 +33,7 @@ daemon's thread stacks dumped into DATA/mount.log (SIGUSR1) and is then aborted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime
 import json
@@ -364,10 +365,8 @@ class Lake:
         time.sleep(2)
         log(f"aborting the mount ({why}): SIGKILL daemon(s) {[d.pid for d in live]}, lazy unmount")
         for d in live:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(d.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True, timeout=30)
 
     def teardown(self) -> list[str]:
@@ -426,7 +425,7 @@ class Phase:
 
 
 class Watchdog(threading.Thread):
-    def __init__(self, bench: "Bench"):
+    def __init__(self, bench: Bench):
         super().__init__(daemon=True, name="watchdog")
         self.bench = bench
         self.lock = threading.Lock()

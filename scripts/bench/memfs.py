@@ -29,6 +29,7 @@ foreground; the daemonizing parent prints the child's line and exits 0), and, wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import logging
@@ -383,10 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         return 0
     print(f"memfs did not become ready ({'exited' if not buf else line!r}); see its log", file=sys.stderr)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     return 1
 
 

@@ -48,6 +48,7 @@ A system that fails is reported with the tails of its logs, and the next system 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime
 import json
@@ -102,10 +103,8 @@ def pid_alive(pid: int) -> bool:
 
 def reap(pid: int) -> None:
     """Collect a zombie that was reparented to us (we are a child subreaper); ignore others."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
@@ -490,10 +489,8 @@ class LakeBase(System):
         log(f"aborting the {self.key} mount: lazy unmount, SIGKILL {pids}")
         super().abort()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def teardown(self) -> list[str]:
         return self._unmount([*self.cli, "umount", str(self.mnt)], "lakefs-fuse umount", env=self.env)
@@ -552,7 +549,7 @@ class Raft(LakeBase):
         self.facts["peer servers"] = ", ".join(f"127.0.0.1:{p}" for p in pports)
         # readiness: every server listening, then a leader (meta status exits 3 while there is none)
         deadline = time.monotonic() + 60
-        pending = dict(zip(self.servers, ports))
+        pending = dict(zip(self.servers, ports, strict=False))
         while pending:
             for s, p in list(pending.items()):
                 if not s.alive():
@@ -669,10 +666,8 @@ class JuiceFS(System):
         log(f"aborting the juicefs mount: lazy unmount, SIGKILL {pids}")
         super().abort()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def teardown(self) -> list[str]:
         return self._unmount([self.exe, "umount", str(self.mnt)], "juicefs umount", env=self.env)

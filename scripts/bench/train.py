@@ -82,11 +82,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contextlib
+
 import embedded as E  # noqa: E402
 from cluster import GRPC_OFFSET, Child, Watchdog, listening_ports, pick_ports, read_ahead_of  # noqa: E402
-from embedded import (BLOCK, GiB, KiB, MiB, POOL, REPO, STAMP, BenchError, Caches, Daemon, DiskStats, Lake,  # noqa: E402
-                      find_cli, fs_of, human, is_mountpoint, log, parse_size, self_cpu, set_subreaper, syncfs,
-                      system_cpu)
+from embedded import (  # noqa: E402
+    BLOCK,
+    POOL,
+    REPO,
+    STAMP,
+    BenchError,
+    Caches,
+    Daemon,
+    DiskStats,
+    GiB,
+    KiB,
+    Lake,
+    MiB,
+    find_cli,
+    fs_of,
+    human,
+    is_mountpoint,
+    log,
+    parse_size,
+    self_cpu,
+    set_subreaper,
+    syncfs,
+    system_cpu,
+)
 
 ORDER = ("local", "memfs", "lakefs", "seaweedfs", "juicefs")
 LABEL = {"local": "local disk", "memfs": "memfs (RAM ceiling)", "lakefs": "lakefs-fuse (EC 6+3, 9 dirs)",
@@ -234,7 +257,7 @@ class System:
     key = "?"
     writes = True          # data is written through the mount (memfs loads local's copy instead)
 
-    def __init__(self, bench: "Bench"):
+    def __init__(self, bench: Bench):
         self.bench = bench
         self.root = bench.workdir / self.key
         self.mnt = self.root / "mnt"
@@ -298,7 +321,7 @@ class MemFS(System):
     key = "memfs"
     writes = False
 
-    def __init__(self, bench: "Bench"):
+    def __init__(self, bench: Bench):
         super().__init__(bench)
         self.src = bench.systems["local"].top
         self.log = self.root / "memfs.log"
@@ -379,7 +402,7 @@ class MemFS(System):
 class LakeFS(System):
     key = "lakefs"
 
-    def __init__(self, bench: "Bench"):
+    def __init__(self, bench: Bench):
         super().__init__(bench)
         a = bench.args
         data = self.root / "data"
@@ -491,7 +514,7 @@ class WeedServer:
 class SeaweedFS(System):
     key = "seaweedfs"
 
-    def __init__(self, bench: "Bench"):
+    def __init__(self, bench: Bench):
         super().__init__(bench)
         self.mini = WeedServer(self.root, bench.weed, noproxy_env(), "lake")
         self.cache = self.root / "cache"
@@ -575,7 +598,7 @@ class SeaweedFS(System):
 class JuiceFS(System):
     key = "juicefs"
 
-    def __init__(self, bench: "Bench"):
+    def __init__(self, bench: Bench):
         super().__init__(bench)
         self.key_id = "trainbench" + secrets.token_hex(4)
         self.secret = secrets.token_hex(16)
@@ -659,10 +682,8 @@ class JuiceFS(System):
         log(f"aborting juicefs ({why}): lazy unmount, SIGKILL {[d.pid for d in live]}")
         lazy_unmount(self.mnt)
         for d in live:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(d.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def teardown(self) -> list[str]:
         problems = []
@@ -756,10 +777,8 @@ def _p6_worker(conn, top: str, paths: list[str], ids: list[int], size: int) -> N
         ru = resource.getrusage(resource.RUSAGE_SELF)
         conn.send(("ok", n, nbytes, ru.ru_utime + ru.ru_stime, time.perf_counter() - t0))
     except BaseException as exc:  # noqa: BLE001 -- reported to the parent
-        try:
+        with contextlib.suppress(Exception):
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        except Exception:
-            pass
     finally:
         conn.close()
 
@@ -1257,7 +1276,7 @@ def make_chart(bench: Bench, path: Path) -> bool:
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n + (3 if have_p6 else 0), 4.6), squeeze=False,
                              gridspec_kw={"width_ratios": [1] * len(panels) + ([2.2] if have_p6 else [])})
     axes = axes[0]
-    for ax, (name, metric) in zip(axes, panels):
+    for ax, (name, metric) in zip(axes, panels, strict=False):
         vals = [bench.value(name, k, metric) or 0 for k in keys]
         bars = ax.bar(range(len(keys)), vals, color=[COLOR[k] for k in keys])
         ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
@@ -1266,7 +1285,7 @@ def make_chart(bench: Bench, path: Path) -> bool:
                  for k, o in [(bench.value(name, "lakefs", metric), bench.value(name, other, metric))] if k and o]
         ax.set_title(name + ("\n" + "\n".join(goals) if goals else ""), fontsize=9)
         ax.set_ylabel(metric)
-        for b, v in zip(bars, vals):
+        for b, v in zip(bars, vals, strict=False):
             ax.annotate(f"{v:,.0f}" if v else "-", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
     if have_p6:
         ax = axes[-1]
