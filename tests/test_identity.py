@@ -7,6 +7,7 @@ peer server and refuses bad ones (unreachable, wrong secret, another lake's) wit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -107,6 +108,25 @@ def _peers(tmp_path, n: int, secret):
     return [Peer(tmp_path, f"peer{i}", secret) for i in range(n)]
 
 
+@contextlib.contextmanager
+def _lake_on_peer_servers(tmp_path, n: int = 3):
+    """``n`` peer servers and an EC 2+1 lake formatted on them (not mounted); all torn down."""
+    secret = write_secret(tmp_path / "secret")
+    peers = _peers(tmp_path, n, secret)
+    lake = LiveLake(tmp_path / "lake", format_args=None)
+    try:
+        for p in peers:
+            p.start()
+        net = sum((["--net-peer", p.address] for p in peers), [])
+        cli("format", "--data", str(lake.data), "--ec", "2+1", "--secret-file", str(secret), *net,
+            env=lake.env, check=True)
+        yield lake, peers
+    finally:
+        lake.teardown()
+        for p in peers:
+            p.stop()
+
+
 def test_format_checks_every_peer_server_and_two_lakes_never_share_one(tmp_path):
     secret = write_secret(tmp_path / "secret")
     wrong = write_secret(tmp_path / "wrong", "f" * 32)
@@ -177,16 +197,8 @@ def test_peer_server_refuses_puts_of_another_lake(tmp_path):
 
 @needs_fuse
 def test_a_mount_whose_peers_refuse_its_secret_says_so(tmp_path):
-    secret = write_secret(tmp_path / "secret")
     other = write_secret(tmp_path / "other", "e" * 32)
-    peers = _peers(tmp_path, 3, secret)
-    lake = LiveLake(tmp_path / "lake", format_args=None)
-    try:
-        for p in peers:
-            p.start()
-        net = sum((["--net-peer", p.address] for p in peers), [])
-        cli("format", "--data", str(lake.data), "--ec", "2+1", "--secret-file", str(secret), *net,
-            env=lake.env, check=True)
+    with _lake_on_peer_servers(tmp_path) as (lake, peers):
         for p in peers:  # the peers come back with another secret (an operator's mistake)
             p.stop()
             p.secret = other
@@ -203,23 +215,11 @@ def test_a_mount_whose_peers_refuse_its_secret_says_so(tmp_path):
         assert "statfs: 3 of 3 peers did not report" in log and "authentication failed" in log, log
         refused = [line for line in log.splitlines() if "writes refused with ENOSPC" in line]
         assert refused and "authentication failed" in refused[0], log
-    finally:
-        lake.teardown()
-        for p in peers:
-            p.stop()
 
 
 @needs_fuse
 def test_mount_refuses_when_a_peer_server_belongs_to_another_lake(tmp_path):
-    secret = write_secret(tmp_path / "secret")
-    peers = _peers(tmp_path, 3, secret)
-    lake = LiveLake(tmp_path / "lake", format_args=None)
-    try:
-        for p in peers:
-            p.start()
-        net = sum((["--net-peer", p.address] for p in peers), [])
-        cli("format", "--data", str(lake.data), "--ec", "2+1", "--secret-file", str(secret), *net,
-            env=lake.env, check=True)
+    with _lake_on_peer_servers(tmp_path) as (lake, peers):
         owner = peers[1].dir / "shards" / "lake-owner.json"
         assert json.loads(owner.read_text())["lake"] == json.loads((lake.data / "lake.json").read_text())["uuid"]
         peers[1].stop()  # the server is handed to another lake (its owner record says so)
@@ -233,7 +233,3 @@ def test_mount_refuses_when_a_peer_server_belongs_to_another_lake(tmp_path):
         peers[1].stop()
         peers[1].start()
         lake.mount()  # its own again: mounts
-    finally:
-        lake.teardown()
-        for p in peers:
-            p.stop()

@@ -516,10 +516,10 @@ class VFS:
                 # that cannot be placed would only lose them after close() has returned.
                 raise E.NoSpace(f"only {self.chunks.writable_peers()} peers are up; writes need {need} "
                                 f"({self.chunks.down_reasons()})")
-            h.wrote = True
+            await self.writer.write(h.ino, off, data, h.profile)  # admission: ENOSPC before accepting
+            h.wrote = True  # (counted once accepted: a refused write stored nothing)
             self.stats.writes += 1
             self.stats.write_bytes += len(data)
-            await self.writer.write(h.ino, off, data, h.profile)  # admission: ENOSPC before accepting
         except E.NoSpace as exc:
             now = time.monotonic()
             if now - self._nospace_logged >= 10:  # one line per 10 s, not one per write
