@@ -20,7 +20,7 @@ The sampler runs in the main process (workers receive only indices), so this wor
 ``num_workers``. Outside a lakefs-fuse mount, or with a daemon that has no ``.prefetch`` file, it
 is a no-op that emits one :class:`PrefetchUnavailable` warning: prefetch never fails a job.
 
-Protocol (the daemon side is ``lakefs_fuse.mount.planner``): a mount has a hidden, write-only file
+Protocol (the daemon side is ``lakefs_fuse.mount.prefetch``): a mount has a hidden, write-only file
 ``.prefetch`` in its root. Text written to it is the upcoming read order, one path per line,
 relative to the mount root; a line ``--reset`` first drops the previous plan. A write returns once
 the daemon has queued its lines. The daemon skips paths that name nothing or that the writing user
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PrefetchSampler", "PrefetchUnavailable", "mount_root", "prefetch"]
 
-#: Mirrors ``lakefs_fuse.mount.planner`` (not imported: this module must not load the daemon's code).
+#: Mirrors ``lakefs_fuse.mount.prefetch`` (not imported: this module must not load the daemon's code).
 FSTYPE = "fuse.lakefs"
 CONTROL_NAME = ".prefetch"
 RESET = "--reset"

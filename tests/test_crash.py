@@ -30,7 +30,7 @@ import sys
 
 import pytest
 
-from lakefs_fuse.mount.lake import Lake
+from lakefs_fuse.lake.lake import Lake
 
 from conftest import _alive, cli, needs_fuse, wait_for, write_synced_file
 

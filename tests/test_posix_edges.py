@@ -19,10 +19,10 @@ import trio
 
 from lakefs_fuse import errors as E
 from lakefs_fuse.config import LakeConfig, MountConfig
+from lakefs_fuse.lake.lake import Lake, format_lake
 from lakefs_fuse.meta import schema as S
 from lakefs_fuse.meta.schema import ROOT_INO, Inode
 from lakefs_fuse.meta.state import StateMachine
-from lakefs_fuse.mount.lake import Lake, format_lake
 from lakefs_fuse.mount.vfs import VFS, Ctx
 
 from conftest import needs_fuse

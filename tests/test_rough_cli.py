@@ -277,7 +277,7 @@ def test_mount_without_access_to_dev_fuse_names_the_cause(tmp_path):
 
 def _lake_entry(data: Path, path: str):
     """(inode, symlink target or None) of a path in an unmounted embedded lake."""
-    from lakefs_fuse.mount.lake import Lake
+    from lakefs_fuse.lake.lake import Lake
     lake = Lake.open(data, read_only=True)
     try:
         ino = 1

@@ -12,8 +12,8 @@ import trio
 
 from lakefs_fuse import errors as E
 from lakefs_fuse.config import LakeConfig, MountConfig
+from lakefs_fuse.lake.lake import Lake, format_lake
 from lakefs_fuse.meta.schema import ROOT_INO
-from lakefs_fuse.mount.lake import Lake, format_lake
 from lakefs_fuse.mount.vfs import VFS, Ctx
 
 CTX = Ctx(0, 0, 1, 0o022)

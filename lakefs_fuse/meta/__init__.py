@@ -1,4 +1,4 @@
 """Metadata: key schema, the deterministic state machine, and the clients the mount uses.
 
-May import only the project's bottom layer (errors, config). Never ``chunks`` or ``mount``.
+May import only the base layer (errors, config, wire, metrics). Never ``chunks`` or anything above.
 """

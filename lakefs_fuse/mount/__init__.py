@@ -1,4 +1,6 @@
-"""The mount: POSIX semantics (``vfs``), the write and read paths, the pyfuse3 adapter
-(``operations``, the only module importing pyfuse3 besides ``daemon``), and lake opening
-(``lake``), which joins ``meta`` and ``chunks``.
+"""The mount, FUSE only: POSIX semantics (``vfs``), the write and read paths, the pyfuse3 adapter
+(``operations``; with ``daemon`` the only modules importing pyfuse3), control files, prefetch plans,
+observation, and the daemon's life cycle.
+
+Imports ``lake`` and below; never ``admin`` or ``cli``.
 """

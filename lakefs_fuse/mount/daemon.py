@@ -38,12 +38,12 @@ import trio
 
 from ..config import PEER_REFRESH_SECONDS, UMOUNT_BUSY_WAIT, MountConfig, runtime_dir
 from ..errors import LakeError, UserError
+from ..lake.lake import Lake
+from ..lake.repair import repair_pending
 from ..metrics import Heartbeat, MetricsServer
-from . import maintenance
-from .lake import Lake
 from .observe import MountObserver
 from .operations import Operations
-from .planner import Credentials
+from .prefetch import Credentials
 from .vfs import VFS
 
 log = logging.getLogger(__name__)
@@ -387,12 +387,12 @@ async def _main(vfs: VFS, cfg: MountConfig, mountpoint: Path, report, lake: Lake
 
 
 async def _repair_loop(lake: Lake, vfs: VFS, delay: float, tally: dict) -> None:
-    """Close redundancy gaps in the background: see :func:`maintenance.repair_pending`."""
+    """Close redundancy gaps in the background: see :func:`..lake.repair.repair_pending`."""
     tick = max(0.5, min(30.0, delay / 2))
     while True:
         await trio.sleep(tick)
         try:
-            report = await maintenance.repair_pending(lake, delay=delay, forget_layout=vfs.forget_layout)
+            report = await repair_pending(lake, delay=delay, forget_layout=vfs.forget_layout)
         except LakeError as exc:  # e.g. no metadata majority: one line, the next round tries again
             log.warning("background repair failed: %s", exc)
             continue

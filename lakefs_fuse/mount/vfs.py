@@ -32,12 +32,12 @@ from ..chunks.diskcache import DiskCache
 from ..chunks.layout import ChunkLayout
 from ..chunks.store import LocalDirStore
 from ..config import MountConfig
+from ..lake.compact import Compactor
 from ..meta.client import MetaClient
 from ..meta.schema import ROOT_INO, Extent, Inode
 from ..meta.state import NAME_MAX
-from .compact import Compactor
 from .pagecache import PageCachePusher
-from .planner import CONTROL_INO, CONTROL_NAME, AheadBudget, Credentials, PlanStats, ReadPlan
+from .prefetch import CONTROL_INO, CONTROL_NAME, AheadBudget, Credentials, PlanStats, ReadPlan
 from .writer import Writer
 
 log = logging.getLogger(__name__)

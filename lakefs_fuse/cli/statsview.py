@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .errors import UserError
+from ..errors import UserError
 
 MB = 1e6
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 import trio
 
-from .config import (
+from ..config import (
     DEFAULT_PEER_WEIGHT,
     UMOUNT_BUSY_WAIT,
     LakeConfig,
@@ -27,7 +27,7 @@ from .config import (
     parse_ec,
     parse_size,
 )
-from .errors import LakeError, UserError
+from ..errors import LakeError, UserError
 
 
 class LakeGroup(click.Group):
@@ -60,7 +60,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
     typed: LAKEFS_FUSE_MOUNT_CACHE_SIZE=20G, LAKEFS_FUSE_STATUS_DATA=DIR, LAKEFS_FUSE_LS_JSON=1) or from
     the configuration file; the command line wins.
     """
-    from . import cliconfig
+    from . import config_file as cliconfig
     warning = cliconfig.unknown_variables(dict(os.environ), ENVIRONMENT)
     if warning:
         click.echo(f"lakefs-fuse: {warning}", err=True)
@@ -87,7 +87,7 @@ def install_mount_helper(directory: Path, remove: bool) -> None:
         return
     if path.exists() and marker not in path.read_text(errors="replace"):
         raise UserError(f"{path} exists and was not installed by lakefs-fuse; leaving it")
-    text = f'#!/bin/sh\n{marker}\nexec {sys.executable} -m lakefs_fuse.mounthelper "$@"\n'
+    text = f'#!/bin/sh\n{marker}\nexec {sys.executable} -m lakefs_fuse.cli.mounthelper "$@"\n'
     try:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
@@ -106,7 +106,7 @@ def config_group() -> None:
 @config_group.command("example")
 def config_example() -> None:
     """Print a configuration file with every key of every command and its meaning (all commented out)."""
-    from . import cliconfig
+    from . import config_file as cliconfig
     click.echo(cliconfig.example(main), nl=False)
 
 
@@ -114,7 +114,7 @@ def config_example() -> None:
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
 def config_check(path: Path) -> None:
     """Check a configuration file: every table a command, every key one of its options."""
-    from . import cliconfig
+    from . import config_file as cliconfig
     loaded = cliconfig.load(path, main)
     n = sum(len(v) if not any(isinstance(x, dict) for x in v.values()) else sum(len(y) for y in v.values())
             for v in loaded.values())
@@ -143,7 +143,7 @@ def config_check(path: Path) -> None:
 def format(data_dir: Path | None, ec: str, chunk_size: str, peers: tuple[Path, ...], net_peers: tuple[str, ...],
            s3_peers: tuple[str, ...], secret_file: Path | None, tls_ca: Path | None, meta: str | None) -> None:
     """Create an empty lake (embedded in DATA, or on metadata servers with --meta)."""
-    from .mount.lake import format_lake, format_remote
+    from ..lake.lake import format_lake, format_remote
     for s3 in s3_peers:
         if not s3.startswith("s3://"):
             raise UserError(f"--s3-peer {s3!r}: expected s3://BUCKET[/PREFIX]")
@@ -215,9 +215,9 @@ def mount(ctx: click.Context, mountpoint: Path, data_dir: Path | None, foregroun
           meta_timeout: float, repair_delay: float, compact_interval: float, metrics: str | None,
           options: tuple[str, ...], ready_fd: int | None) -> None:
     """Mount a lake at MOUNTPOINT (daemonizes; returns once the mount is live)."""
-    from .config import runtime_dir
-    from .mount import daemon
-    from .mount.lake import Lake, format_lake, in_use, is_lake
+    from ..config import runtime_dir
+    from ..lake.lake import Lake, format_lake, in_use, is_lake
+    from ..mount import daemon
     addresses = _meta_list(meta) if meta is not None else []
     if addresses and data_dir is not None:
         raise UserError("give either --data (embedded lake) or --meta (cluster lake), not both")
@@ -231,7 +231,7 @@ def mount(ctx: click.Context, mountpoint: Path, data_dir: Path | None, foregroun
     if no_disk_cache:
         cache_dir = None
     elif cache_dir is None and addresses:
-        from .config import default_cache_dir
+        from ..config import default_cache_dir
         cache_dir = default_cache_dir()
     cfg = MountConfig(mountpoint=mountpoint, data_dir=data_dir, meta=tuple(addresses),
                       secret_file=Path(secret_file).resolve() if secret_file else None,
@@ -288,7 +288,7 @@ def _child_args(ctx: click.Context, mountpoint: Path, data_dir: Path | None) -> 
 
 
 def _meta_list(text: str) -> list[str]:
-    from . import wire
+    from .. import wire
     addresses = [a.strip() for a in text.split(",") if a.strip()]
     if not addresses:
         raise UserError("--meta needs at least one HOST:PORT")
@@ -309,7 +309,7 @@ def _meta_list(text: str) -> list[str]:
               help="Seconds to keep retrying a busy mount, naming the processes holding it (0: fail at once).")
 def umount(mountpoint: Path, lazy: bool, force: bool, busy_wait: float) -> None:
     """Flush and unmount a lakefs-fuse mount (refused while written data cannot be stored)."""
-    from .mount import daemon
+    from ..mount import daemon
     daemon.unmount(mountpoint, lazy=lazy, force=force, busy_wait=busy_wait,
                    notify=lambda msg: click.echo(f"lakefs-fuse: {msg}", err=True))
 
@@ -318,8 +318,8 @@ def umount(mountpoint: Path, lazy: bool, force: bool, busy_wait: float) -> None:
 
 def _resolve(path: Path, data_dir: Path | None):
     """(Lake opened read-only, inode number) for a path in a mount or, with --data, in a lake."""
-    from .mount import daemon
-    from .mount.lake import Lake
+    from ..lake.lake import Lake
+    from ..mount import daemon
     if data_dir is not None:
         lake = Lake.open(data_dir, read_only=True)
         ino = 1
@@ -367,7 +367,7 @@ def _kind(mode: int) -> str:
 
 
 async def _file_info(lake, ino: int, *, shards: bool) -> dict:
-    from .meta.schema import ChunkRecord
+    from ..meta.schema import ChunkRecord
     inode = await lake.meta.getattr(ino)
     info = {"inode": ino, "type": _kind(inode.mode), "mode": f"{st.S_IMODE(inode.mode):04o}",
             "size": inode.size, "nlink": inode.nlink, "uid": inode.uid, "gid": inode.gid,
@@ -520,7 +520,7 @@ def _open_lake(data_dir: Path | None, meta: str | None, secret_file: Path | None
     """Open the lake the options name. ``change`` (a verb) takes an embedded lake's lock first:
     an embedded lake is changed only while unmounted; a cluster lake's commands are
     compare-and-set, so they run beside its mounts."""
-    from .mount.lake import Lake, in_use
+    from ..lake.lake import Lake, in_use
     if meta is not None:
         if data_dir is not None:
             raise UserError("give either --data or --meta, not both")
@@ -542,7 +542,7 @@ def _run_on(lake, run):
 
 
 def _maintain(lake, *, repair: bool, start_after: int, as_json: bool) -> None:
-    from .mount import maintenance
+    from ..lake import repair as maintenance
 
     async def run():
         total = await maintenance.count_chunks(lake)
@@ -601,7 +601,7 @@ def repair(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bool)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def rebalance(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bool) -> None:
     """Move shards onto newly added peers and off removed ones (an embedded lake unmounted)."""
-    from .mount import maintenance
+    from ..lake import repair as maintenance
     lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="rebalance")
 
     async def run():
@@ -630,7 +630,8 @@ def fsck(data_dir, meta, secret_file, tls_ca, repair: bool, no_shards: bool, as_
     counts, unnamed inodes (relinked into /lost+found), extents whose chunk is gone (the range
     becomes a hole; the file is listed as damaged), wrong chunk reference counts, and every shard's
     checksum. Exit 3 if anything is wrong and was not repaired."""
-    from .mount import check, maintenance
+    from ..admin import check
+    from ..lake import repair as maintenance
     lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="repair it" if repair else None)
 
     async def run():
@@ -670,14 +671,14 @@ def fsck(data_dir, meta, secret_file, tls_ca, repair: bool, no_shards: bool, as_
 def gc(data_dir, meta, secret_file, tls_ca, dry_run: bool, grace: float | None, as_json: bool) -> None:
     """Delete what nothing references: chunks in the delete queue, and orphan shards (on a peer
     but in no chunk record, or where the record places that shard elsewhere)."""
-    from .mount import check
+    from ..lake.gc import gc as collect
     lake = _open_lake(data_dir, meta, secret_file, tls_ca, change=None if dry_run else "collect garbage")
     if grace is None:
         grace = 300.0 if meta else 0.0
 
     async def run():
         with click.progressbar(length=0, label="gc: listing shards", file=sys.stderr, show_pos=True) as bar:
-            return await check.gc(lake, dry_run=dry_run, grace=grace, on_shard=lambda: bar.update(1))
+            return await collect(lake, dry_run=dry_run, grace=grace, on_shard=lambda: bar.update(1))
     report = _run_on(lake, run)
     out = report.to_json()
     if as_json:
@@ -699,7 +700,7 @@ def gc(data_dir, meta, secret_file, tls_ca, dry_run: bool, grace: float | None, 
 def dump(path: Path, data_dir, meta, secret_file, tls_ca, as_json: bool) -> None:
     """Write the lake's whole metadata (not file data: shards stay on their peers) to PATH, for
     backup or to move the lake (works beside live mounts; a cluster lake's is a consistent copy)."""
-    from .mount import backup
+    from ..admin import backup
     lake = _open_lake(data_dir, meta, secret_file, tls_ca)
     info = _run_on(lake, partial(backup.dump, lake, path))
     if as_json:
@@ -723,7 +724,7 @@ def load(path: Path, data_dir: Path | None, meta: str | None, secret_file: Path 
     an embedded lake in DATA, or on metadata servers (--meta) that hold none yet (e.g. moving an
     embedded lake onto a cluster). Use it instead of the original from then on (both would hand
     out the same chunk ids)."""
-    from .mount import backup
+    from ..admin import backup
     if (data_dir is None) == (meta is None):
         raise UserError("give --data DIR (an embedded lake) or --meta HOST:PORT,... (metadata servers)")
     if meta is not None and secret_file is None:
@@ -808,7 +809,7 @@ def warmup(paths: tuple[Path, ...], jobs: int, as_json: bool) -> None:
     import concurrent.futures
     import threading
 
-    from .mount import daemon
+    from ..mount import daemon
     files: list[tuple[Path, int]] = []
     for p in paths:
         p = p.resolve()
@@ -874,8 +875,8 @@ def import_cmd(src: Path, dest: str, data_dir, meta, secret_file, tls_ca, jobs: 
     (or copy into its mount); a cluster lake can be imported into beside its mounts. Rerunning
     skips files already imported. Symlinks are copied as links; sockets, FIFOs and devices are
     not copied, and the summary counts them (each is listed on stderr)."""
-    from .mount.importer import import_tree, scan
-    from .mount.vfs import VFS
+    from ..admin.importer import import_tree, scan
+    from ..mount.vfs import VFS
     lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="import into it (or copy into the mount)")
     cfg = MountConfig(mountpoint=Path("/"), data_dir=data_dir, pack_delay=1.0)
 
@@ -918,8 +919,8 @@ def restripe(path: str, data_dir, meta, secret_file, tls_ca, as_json: bool) -> N
     """Rewrite the files under PATH (a path in the lake, default all of it) whose data is not in
     their EC profile -- after 'setfattr -n user.lakefs.ec -v 1+2 DIR' changed it -- so their chunks
     follow it; the old chunks are freed (gc). Same bytes and inodes."""
-    from .mount.importer import restripe as run_restripe
-    from .mount.vfs import VFS
+    from ..admin.importer import restripe as run_restripe
+    from ..mount.vfs import VFS
     lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="restripe it")
     cfg = MountConfig(mountpoint=Path("/"), data_dir=data_dir, pack_delay=0.0)
 
@@ -950,7 +951,7 @@ def restripe(path: str, data_dir, meta, secret_file, tls_ca, as_json: bool) -> N
 def status(data_dir, meta, secret_file, tls_ca, as_json: bool) -> None:
     """Peers (up/down, zone, capacity, shard count), degraded chunks, and (with --meta) each
     metadata server's Raft role, term, commit/applied index, lag and health."""
-    from .mount import maintenance
+    from ..lake import repair as maintenance
     lake = _open_lake(data_dir, meta, secret_file, tls_ca)
 
     async def run():
@@ -1011,8 +1012,8 @@ def peer_serve(data_dir: Path, listen: str, zone: str, secret_file: Path, tls_ce
     import signal
     import ssl
 
-    from . import wire
-    from .chunks.peer_server import PeerServer
+    from .. import wire
+    from ..chunks.peer_server import PeerServer
     try:
         host, port = wire.parse_address(listen)
         secret = wire.load_secret(secret_file)
@@ -1028,8 +1029,8 @@ def peer_serve(data_dir: Path, listen: str, zone: str, secret_file: Path, tls_ce
         raise UserError(f"{data_dir}: {exc}") from None
     endpoint = heartbeat = None
     if metrics:
-        from .chunks.peer_server import peer_families
-        from .metrics import start_endpoint
+        from ..chunks.peer_server import peer_families
+        from ..metrics import start_endpoint
         endpoint, heartbeat = start_endpoint(metrics, partial(peer_families, server), lambda: server.serving)
 
     async def run() -> None:
@@ -1079,9 +1080,9 @@ def peer_add(address: str, data_dir, meta, secret_file, tls_ca, zone: str | None
     """Add a running peer server, or a bucket on an S3-compatible store, to a lake (a server must
     answer with the lake's secret; a bucket must exist and take our credentials). A removed peer
     is added back under its old id. Running mounts of a cluster lake start using it within seconds."""
-    from .chunks.netstore import NetStore
-    from .chunks.s3store import S3Store
-    from .mount.lake import parse_net_peer
+    from ..chunks.netstore import NetStore
+    from ..chunks.s3store import S3Store
+    from ..lake.lake import parse_net_peer
     kind, address, given_zone = parse_net_peer(address)
     zone = zone if zone is not None else (given_zone or None)
     lake = _open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
@@ -1204,8 +1205,8 @@ def meta_group() -> None:
 
 def _run_service(addresses: list[str], secret_file: Path | None, fn):
     """Run ``await fn(service)`` against a metadata cluster; errors become one line."""
-    from .meta.remote import MetaService
-    from .mount.lake import cluster_secret
+    from ..lake.lake import cluster_secret
+    from ..meta.remote import MetaService
     secret = cluster_secret(secret_file)
 
     async def run():
@@ -1239,9 +1240,9 @@ def meta_serve(node_id: int, data_dir: Path, listen: str, peers: str | None, joi
     """Serve one replica of the lake's metadata (SIGTERM stops it; a restart recovers its log)."""
     import signal
 
-    from . import wire
-    from .meta.raft import RaftConfig
-    from .meta.server import MetaServer, parse_members
+    from .. import wire
+    from ..meta.raft import RaftConfig
+    from ..meta.server import MetaServer, parse_members
     if peers and join:
         raise UserError("give --peers (found a cluster) or --join (join one), not both")
     if node_id < 1:
@@ -1267,8 +1268,8 @@ def meta_serve(node_id: int, data_dir: Path, listen: str, peers: str | None, joi
         raise UserError(f"{data_dir}: cannot open the metadata store: {first}") from None
     endpoint = heartbeat = None
     if metrics:
-        from .meta.server import meta_families
-        from .metrics import start_endpoint
+        from ..meta.server import meta_families
+        from ..metrics import start_endpoint
         try:
             endpoint, heartbeat = start_endpoint(metrics, partial(meta_families, server),
                                                  lambda: server.node.leader_id is not None)
@@ -1334,8 +1335,8 @@ def meta_remove(meta: str, node_id: int, secret_file: Path) -> None:
 def meta_rebuild(data_dir: Path, meta: str, secret_file: Path) -> None:
     """Re-seed a stopped member whose storage is corrupt from the others: it is removed from the
     cluster, its storage is set aside, and its next 'meta serve' rejoins and copies the metadata."""
-    from .meta.server import rebuild_member
-    from .mount.lake import cluster_secret
+    from ..lake.lake import cluster_secret
+    from ..meta.server import rebuild_member
     info = trio.run(rebuild_member, data_dir, _meta_list(meta), cluster_secret(secret_file))
     click.echo(f"member {info['id']} removed from the cluster (members now: {_fmt_members(info['members'])}); "
                f"its old storage is in {info['set_aside']} (delete it once the member is back)")
@@ -1403,7 +1404,7 @@ def _print_raft(rows: list[dict], as_json: bool) -> None:
 
 
 def _name_environment() -> set[str]:
-    from . import cliconfig
+    from . import config_file as cliconfig
     return cliconfig.name_environment(main)
 
 

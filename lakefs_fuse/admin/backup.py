@@ -28,16 +28,16 @@ import msgpack
 import xxhash
 
 from ..errors import LakeError, UserError
+from ..lake.lake import Lake, is_lake, write_marker
 from ..meta import schema as S
 from ..meta.state import StateMachine
-from .lake import Lake, is_lake, write_marker
 
 DUMP_FORMAT = "lakefs-fuse-dump"
 DUMP_VERSION = 1
 
 
 async def dump(lake: Lake, path: Path) -> dict:
-    from .check import MetadataView
+    from ..lake.view import MetadataView
     async with MetadataView(lake) as sm:  # the lake's own RocksDB, or a snapshot of a cluster's
         body, count = sm.dump()
     source = "embedded" if lake.sm is not None else "cluster " + ",".join(lake.meta_addresses or [])
@@ -144,9 +144,9 @@ async def load_remote(path: Path, addresses: list[str], secret_file: Path, on_ke
     its peers must be peer servers or buckets every mount can reach. It keeps the lake's id: the
     peers' shards belong to it (peer_server docstring)."""
     from .. import wire
+    from ..lake.lake import cluster_secret
     from ..meta.remote import MetaService, RemoteMeta
     from ..meta.schema import PeerRecord
-    from .lake import cluster_secret
     header, pairs = read_dump(path)
     secret = cluster_secret(secret_file)
     local = [PeerRecord(int.from_bytes(k[1:], "big"), *S.unpack(v)) for k, v in pairs if k[:1] == b"P"]

@@ -27,7 +27,7 @@ import trio
 from .. import errors as E
 from ..meta.schema import ROOT_INO
 from ..meta.state import EC_XATTR
-from .vfs import VFS, Ctx
+from ..mount.vfs import VFS, Ctx
 
 PIECE = 1 << 20
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from lakefs_fuse import errors as E
 from lakefs_fuse.meta.schema import ROOT_INO, Inode
-from lakefs_fuse.mount.planner import AheadBudget, ReadPlan
+from lakefs_fuse.mount.prefetch import AheadBudget, ReadPlan
 
 DIR_MODE, FILE_MODE = 0o40755, 0o100644
 

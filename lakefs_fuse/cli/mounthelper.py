@@ -46,7 +46,7 @@ def translate(argv: list[str]) -> list[str] | None:
     """mount(8)'s helper arguments -> ``lakefs-fuse mount`` arguments (None: -f, a fake mount)."""
     from click import Option
 
-    from .cli import mount as mount_cmd
+    from .main import mount as mount_cmd
 
     positional, opts, fake = parse(argv)
     source, mountpoint = positional
@@ -122,7 +122,7 @@ def parse(argv: list[str]) -> tuple[list[str], list[str], bool]:
 
 def remount(argv: list[str]) -> None:
     """``-o remount,...``: only ro/rw can change on a live mount; the other options are ignored."""
-    from .mount import daemon
+    from ..mount import daemon
 
     positional, opts, fake = parse(argv)
     wanted = [o for o in opts if o in ("ro", "rw")]
@@ -132,7 +132,7 @@ def remount(argv: list[str]) -> None:
 
 
 def main() -> None:
-    from .errors import UserError
+    from ..errors import UserError
     try:
         if "remount" in parse(sys.argv[1:])[1]:
             remount(sys.argv[1:])

@@ -112,7 +112,8 @@ async def scrub(lake: Lake, *, start_after: int = -1, on_chunk: Callable[[int], 
 async def _files_using(lake: Lake, chunk_ids: set[int]) -> list[dict]:
     """The files (paths) whose data lies in ``chunk_ids``: one pass over the extents and the
     directory entries (a cluster lake's from a snapshot), only when a scrub found bad shards."""
-    from .check import MetadataView, files_of_chunks
+    from ..meta.fsck import files_of_chunks
+    from .view import MetadataView
     async with MetadataView(lake) as sm:
         return await trio.to_thread.run_sync(files_of_chunks, sm, chunk_ids, FILES_LISTED)
 

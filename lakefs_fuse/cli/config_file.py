@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from .errors import UserError
+from ..errors import UserError
 
 DEFAULT_PATH = Path("/etc/lakefs-fuse/config.toml")
 #: Options that only make sense on a command line (per invocation), never in a file.

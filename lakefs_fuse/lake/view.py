@@ -1,0 +1,29 @@
+"""A readable copy of a lake's whole metadata, for tools that scan it (fsck, repair reports, dump)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..meta.state import StateMachine
+from .lake import Lake, snapshot_remote
+
+
+class MetadataView:
+    """A readable StateMachine of the lake's metadata: its own (embedded) or a snapshot (cluster)."""
+
+    def __init__(self, lake: Lake):
+        self.lake = lake
+        self.sm: StateMachine | None = lake.sm
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    async def __aenter__(self) -> StateMachine:
+        if self.sm is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="lakefs-fsck.")
+            self.sm = await snapshot_remote(self.lake.meta_addresses, self.lake.secret, Path(self._tmp.name) / "meta")
+        return self.sm
+
+    async def __aexit__(self, *exc) -> None:
+        if self._tmp is not None:
+            self.sm.close()
+            self._tmp.cleanup()
