@@ -27,7 +27,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector, make_wsgi_app
@@ -70,7 +72,7 @@ class FamilyCollector:
         except Exception:  # a scrape must never take the process down, nor hide the other metrics
             log.exception("metrics collector failed")
 
-    def describe(self) -> list:
+    def describe(self) -> list[Metric]:
         return []  # unchecked: families are only known at scrape time
 
 
@@ -84,7 +86,7 @@ def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def labelled(kind: type, name: str, doc: str, labels: list[str],
+def labelled(kind: type[CounterMetricFamily | GaugeMetricFamily], name: str, doc: str, labels: list[str],
              rows: Iterable[tuple[list[str], float]]) -> Metric:
     fam = kind(name, doc, labels=labels)
     for values, value in rows:
@@ -118,7 +120,7 @@ class FuseRecorder:
                                  ["op"], buckets=LATENCY_BUCKETS, registry=registry)
         self.errors = Counter("lakefs_fuse_request_errors", "FUSE requests answered with an error, by op and errno",
                               ["op", "errno"], registry=registry)
-        self._by_op: dict[str, object] = {}
+        self._by_op: dict[str, Histogram] = {}
         self.procs: dict[int, ProcStats] = {}
 
     def record(self, op: str, seconds: float, err: int, pid: int) -> None:
@@ -237,7 +239,7 @@ class _Server6(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -262,9 +264,9 @@ class MetricsServer:
     def __init__(self, address: str, registry: CollectorRegistry, *, alive: Callable[[], bool],
                  ready: Callable[[], bool]):
         host, port = parse_listen(address)
-        metrics_app = make_wsgi_app(registry)
+        metrics_app: WSGIApplication = make_wsgi_app(registry)  # prometheus_client types it as a bare Callable
 
-        def app(environ, start_response):
+        def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
             if path in ("/metrics", "/"):
                 return metrics_app(environ, start_response)

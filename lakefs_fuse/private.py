@@ -33,7 +33,7 @@ def owner_only_umask() -> Iterator[None]:
         os.umask(old)
 
 
-def make_private(directory: str | os.PathLike, files: tuple[str, ...] | None = None) -> None:
+def make_private(directory: str | os.PathLike[str], files: tuple[str, ...] | None = None) -> None:
     """Make ``directory`` 0700 and its regular files 0600 (only ``files`` of them when given).
 
     Missing files are skipped; a directory this user may not change (a read-only look at someone

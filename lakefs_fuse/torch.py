@@ -61,7 +61,7 @@ class PrefetchUnavailable(UserWarning):
     """Prefetch could not be handed to any mount; training goes on without it."""
 
 
-PathLike = str | bytes | os.PathLike
+PathLike = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 def _unescape(field: str) -> str:
@@ -234,7 +234,8 @@ def _path_source(dataset: Any, paths: Callable[[int], PathLike] | None) -> Calla
 
     def from_samples(i: int) -> PathLike:
         sample = dataset.samples[i]
-        return sample[0] if isinstance(sample, tuple | list) else sample
+        path: PathLike = sample[0] if isinstance(sample, tuple | list) else sample
+        return path
 
     return from_samples
 

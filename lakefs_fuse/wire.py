@@ -1,8 +1,10 @@
-"""The wire protocol spoken between mounts, storage peers and metadata servers.
+"""The wire protocol spoken between mounts, storage peers and metadata servers: frames and trust.
 
-This module owns framing, the cluster-secret handshake, a pipelined RPC client and the server
-loop. It is the project's bottom layer: it imports only the standard library, trio and msgpack,
-and knows nothing about chunks or metadata — ops are plain strings, arguments plain dicts.
+This module owns the frame format, its limits and errors, the cluster secret (loading, its
+fingerprint, the HMAC handshake that proves both ends hold it), ``HOST:PORT`` addresses and TLS
+contexts. Calls over frames -- the pipelined client, the server loop and the connection owner
+-- live one floor up in :mod:`lakefs_fuse.rpc`. Both are the project's bottom layer: they import
+only the standard library, trio and msgpack, and know nothing about chunks or metadata.
 
 Frame layout::
 
@@ -22,37 +24,25 @@ Handshake (mutual HMAC-SHA256 over the cluster secret, nothing else accepted unt
 The "client"/"server" labels stop a peer from reflecting one side's proof back as the other's;
 fresh random C and N stop replays. Handshake frames must have empty payloads.
 
-RPC: a request header is {"v", "id", "op", "a": args}; the response reuses the id and carries
-either {"ok": True, "r": result} or {"ok": False, "err": message, "errno": n}. One connection
-carries many requests at once and answers may come back in any order. A request with "nr": true
-is one-way: the server answers nothing (Raft's messages, which carry their own replies).
-
 Failure policy: a malformed, oversized, truncated or unauthenticated frame ends that connection
-only. The server logs one line and keeps serving everyone else; the client fails every pending
-call with :class:`ConnectionLost`. Every network step runs under a timeout.
+only (:class:`ProtocolError`, :class:`AuthError`); a stream that broke mid-frame raises
+:class:`ConnectionLost`. Every network step runs under a timeout.
 
 Cancellation caveat: trio cannot tell how much of a cancelled ``send_all`` reached the socket.
 If a send is cancelled (or fails) after it started writing a frame, the byte stream is out of
-sync, so :class:`FramedStream` closes it. For :class:`RpcClient` this means a call whose timeout
-fires while its *request* is still being written (a large payload to a congested peer) takes
-the whole connection down; a timeout while waiting for the *answer* does not.
+sync, so :class:`FramedStream` closes it (see :mod:`lakefs_fuse.rpc` for what that means to a call).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno as errno_codes
 import hashlib
 import hmac
-import itertools
 import logging
 import os
 import secrets
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from functools import partial
 
 import msgpack
 import trio
@@ -76,9 +66,6 @@ _COALESCE_LIMIT = 64 * 1024
 
 _CHALLENGE_BYTES = 32
 _MIN_SECRET_BYTES = 16
-
-Handler = Callable[[str, dict, bytearray], Awaitable[tuple[dict, bytes | bytearray | memoryview]]]
-
 
 class ProtocolError(Exception):
     """The peer broke the protocol (malformed, oversized, wrong version); the connection is closed."""
@@ -157,7 +144,8 @@ def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]
     return host, int(port_text)
 
 
-def _require_secret(secret) -> None:
+def require_secret(secret) -> None:
+    """Refuse anything but a non-empty bytes secret (before a connection is made with it)."""
     if not isinstance(secret, (bytes, bytearray)) or not secret:
         raise ValueError("the cluster secret must be non-empty bytes (see load_secret)")
 
@@ -209,6 +197,16 @@ class FramedStream:
         self._bytes_received = 0  # lifetime total; 0 tells a silent probe from a failed peer
         self._receive_broken: BaseException | None = None
         self._send_broken: str | None = None
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes read from the stream so far (0 tells a silent probe from a failed peer)."""
+        return self._bytes_received
+
+    @property
+    def sending(self) -> bool:
+        """A frame is being written right now."""
+        return self._send_lock.locked()
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -358,7 +356,7 @@ def _handshake(timeout: float):
 
 async def client_handshake(fs: FramedStream, secret: bytes, *, timeout: float = 5.0) -> None:
     """Prove we hold the cluster secret and check that the server does too."""
-    _require_secret(secret)
+    require_secret(secret)
     with _handshake(timeout):
         hello, _ = await fs.receive(max_payload=0)
         challenge = hello.get("challenge")
@@ -379,7 +377,7 @@ async def client_handshake(fs: FramedStream, secret: bytes, *, timeout: float = 
 
 async def server_handshake(fs: FramedStream, secret: bytes, *, timeout: float = 5.0) -> None:
     """Check that the client holds the cluster secret, then prove that we do."""
-    _require_secret(secret)
+    require_secret(secret)
     challenge = secrets.token_bytes(_CHALLENGE_BYTES)
     with _handshake(timeout):
         await fs.send({"v": PROTOCOL_VERSION, "op": "hello", "challenge": challenge})
@@ -397,179 +395,7 @@ async def server_handshake(fs: FramedStream, secret: bytes, *, timeout: float = 
 
 
 # ----------------------------------------------------------------------------------------------
-# Client
-
-
-class _PendingCall:
-    __slots__ = ("done", "lost", "response")
-
-    def __init__(self):
-        self.done = trio.Event()
-        self.response: tuple[dict, bytearray] | None = None
-        self.lost: str | None = None
-
-
-def _check_response(header: dict) -> int:
-    """Return the response's id, or raise ProtocolError if it is not a well-formed response."""
-    call_id, ok = header.get("id"), header.get("ok")
-    if type(call_id) is not int or type(ok) is not bool:
-        raise ProtocolError("response without an integer id and a boolean ok")
-    if ok and not isinstance(header.get("r", {}), dict):
-        raise ProtocolError("response result is not a map")
-    if not ok and (type(header.get("errno", 0)) is not int or not isinstance(header.get("err", ""), str)):
-        raise ProtocolError("error response with a malformed err/errno")
-    return call_id
-
-
-class RpcClient:
-    """One authenticated, pipelined connection.
-
-    Calls are matched to answers by id, so any number may be in flight; a reader task (started in
-    the nursery given to :meth:`connect`) routes answers. When the connection ends, every pending
-    and later call raises ConnectionLost; make a new client to reconnect. The reader never
-    raises into that nursery, and it exits once the connection is closed.
-    """
-
-    def __init__(self, fs: FramedStream, peer: str):
-        """Use :meth:`connect`; this only wraps an already authenticated stream."""
-        self._fs = fs
-        self._peer = peer
-        self._ids = itertools.count(1)
-        self._pending: dict[int, _PendingCall] = {}
-        self._lost: str | None = None
-
-    @classmethod
-    async def connect(cls, host: str, port: int, secret: bytes, nursery: trio.Nursery, *,
-                      connect_timeout: float = 5.0, max_payload: int = DEFAULT_MAX_PAYLOAD,
-                      ssl_context: ssl.SSLContext | None = None) -> RpcClient:
-        """Open TCP (and TLS, given ``ssl_context``) and authenticate, each within ``connect_timeout``.
-
-        Raises OSError (refused, unreachable, TLS failure), trio.TooSlowError (connect timed
-        out) or AuthError (handshake failed or timed out). TLS protects the bytes on the wire;
-        the HMAC handshake inside it still proves both ends know the cluster secret.
-        """
-        _require_secret(secret)
-        with trio.fail_after(connect_timeout):
-            stream = await trio.open_tcp_stream(host, port)
-        if ssl_context is not None:
-            stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
-            try:
-                with trio.fail_after(connect_timeout):
-                    await stream.do_handshake()
-            except (trio.BrokenResourceError, ssl.SSLError) as exc:
-                await trio.aclose_forcefully(stream)
-                raise OSError(f"TLS handshake with {host}:{port} failed: {exc.__cause__ or exc}") from exc
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
-        fs = FramedStream(stream, max_payload=max_payload)
-        try:
-            await client_handshake(fs, secret, timeout=connect_timeout)
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-        client = cls(fs, f"{host}:{port}")
-        nursery.start_soon(client._route_responses, name=f"wire-client-reader {host}:{port}")
-        return client
-
-    @property
-    def closed(self) -> bool:
-        return self._lost is not None
-
-    @property
-    def bytes_received(self) -> int:
-        """Bytes read from the connection so far: a long answer shows its progress here."""
-        return self._fs._bytes_received
-
-    @property
-    def sending(self) -> bool:
-        """A frame is being written right now (a long request is still going out)."""
-        return self._fs._send_lock.locked()
-
-    async def call(self, op: str, args: dict | None = None, payload: bytes | bytearray | memoryview = b"",
-                   *, timeout: float = 10.0) -> tuple[dict, bytearray]:
-        """Send one request and wait for its answer: returns (result, payload).
-
-        Raises RemoteError if the server answered with an error, trio.TooSlowError after
-        ``timeout`` seconds (a late answer is dropped), ConnectionLost if the connection ends.
-        """
-        if not isinstance(op, str) or not (args is None or isinstance(args, dict)):
-            raise TypeError("call(op, args): op must be a str and args a dict or None")
-        if self._lost is not None:
-            raise ConnectionLost(f"{self._peer}: {self._lost}")
-        call_id = next(self._ids)
-        pending = self._pending[call_id] = _PendingCall()
-        try:
-            with trio.fail_after(timeout):
-                await self._fs.send({"v": PROTOCOL_VERSION, "id": call_id, "op": op,
-                                     "a": {} if args is None else args}, payload)
-                await pending.done.wait()
-        finally:
-            del self._pending[call_id]
-        if pending.response is None:
-            raise ConnectionLost(f"{self._peer}: {pending.lost}")
-        header, body = pending.response
-        if header["ok"]:
-            return header.get("r", {}), body
-        raise RemoteError(header.get("err", "remote error"), header.get("errno", 0))
-
-    async def post(self, op: str, args: dict | None = None,
-                   payload: bytes | bytearray | memoryview = b"") -> None:
-        """Send a one-way request: the header says ``"nr": true`` and the server sends no answer
-        (a failure is only logged there). For messages such as Raft's, whose protocol carries its
-        own replies. Raises ConnectionLost if the connection has ended.
-        """
-        if self._lost is not None:
-            raise ConnectionLost(f"{self._peer}: {self._lost}")
-        await self._fs.send({"v": PROTOCOL_VERSION, "id": next(self._ids), "op": op, "nr": True,
-                             "a": {} if args is None else args}, payload)
-
-    async def _route_responses(self) -> None:
-        reason = "connection closed"
-        try:
-            while True:
-                header, payload = await self._fs.receive()
-                pending = self._pending.get(_check_response(header))
-                if pending is not None:  # None: the caller timed out and left
-                    pending.response = (header, payload)
-                    pending.done.set()
-        except EOFError:
-            reason = "server closed the connection"
-        except ConnectionLost as exc:
-            reason = str(exc)
-        except ProtocolError as exc:
-            reason = f"protocol error from server: {exc}"
-            logger.warning("%s: %s; closing the connection", self._peer, reason)
-        except Exception as exc:  # a bug here must not crash the caller's nursery
-            reason = f"unexpected error in the response reader: {exc!r}"
-            logger.exception("%s: %s", self._peer, reason)
-        finally:
-            self._fail_pending(reason)
-            await trio.aclose_forcefully(self._fs)
-
-    def _fail_pending(self, reason: str) -> None:
-        if self._lost is None:
-            self._lost = reason
-        for pending in self._pending.values():
-            if pending.response is None:
-                pending.lost = self._lost
-                pending.done.set()
-
-    async def aclose(self) -> None:
-        """Close the connection; pending calls raise ConnectionLost and the reader task exits."""
-        self._fail_pending("client closed")
-        await trio.aclose_forcefully(self._fs)
-
-
-# ----------------------------------------------------------------------------------------------
-# Server
-
-
-def _errno_of(exc: BaseException) -> int | None:
-    if isinstance(exc, trio.TooSlowError):  # the handler's own call to someone else timed out
-        return errno_codes.ETIMEDOUT
-    code = getattr(exc, "errno", None)
-    return code if type(code) is int and code > 0 else None
+# TLS
 
 
 def server_tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
@@ -584,173 +410,15 @@ def client_tls_context(cafile: str) -> ssl.SSLContext:
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
 
 
-def _describe_peer(stream) -> str:
-    stream = getattr(stream, "transport_stream", stream)  # under TLS, the TCP stream beneath
-    try:
-        host, port = stream.socket.getpeername()[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    except (AttributeError, OSError, ValueError, TypeError):
-        return "unknown peer"
+# ----------------------------------------------------------------------------------------------
+# Names that moved to lakefs_fuse.rpc, still reachable here for older imports (``wire.RpcClient``,
+# ``wire.serve``): resolved on first use, so neither module imports the other at load time.
+
+_MOVED_TO_RPC = frozenset({"RpcClient", "serve", "ServerStats", "Handler"})
 
 
-def _parse_request(header: dict) -> tuple[int, str, dict]:
-    call_id, op, args = header.get("id"), header.get("op"), header.get("a")
-    if type(call_id) is not int or call_id < 0:
-        raise ProtocolError(f"request without a valid id: {call_id!r}")
-    if not isinstance(op, str):
-        raise ProtocolError(f"request {call_id} has no op name")
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        raise ProtocolError(f"request {call_id} ({op}) has arguments that are not a map")
-    return call_id, op, args
-
-
-@dataclass(slots=True)
-class ServerStats:
-    """Connections a server saw and how they ended (metrics: refused clients, bad frames)."""
-
-    connections: int = 0
-    authenticated: int = 0
-    auth_failures: int = 0
-    protocol_errors: int = 0
-
-
-class _ServerConnection:
-    """One accepted connection: handshake, then answer requests concurrently until it ends."""
-
-    def __init__(self, stream: trio.SocketStream, handler: Handler, secret: bytes, *,
-                 max_payload: int, max_inflight: int, handshake_timeout: float,
-                 stats: ServerStats | None = None):
-        self.stats = stats if stats is not None else ServerStats()
-        self.stream = stream
-        self.fs = FramedStream(stream, max_payload=max_payload)
-        self.handler = handler
-        self.secret = secret
-        self.max_inflight = max_inflight
-        self.handshake_timeout = handshake_timeout
-        self.peer = _describe_peer(stream)
-
-    async def run(self) -> None:
-        # Exactly one log line per connection end, and nothing may escape to serve_listeners
-        # (an exception there would take the whole server down).
-        self.stats.connections += 1
-        try:
-            await server_handshake(self.fs, self.secret, timeout=self.handshake_timeout)
-            logger.debug("%s: authenticated", self.peer)
-            self.stats.authenticated += 1
-            await self._serve_requests()
-        except AuthError as exc:
-            self.stats.auth_failures += 1
-            # A peer that connects and leaves without sending a byte (a port probe, a health
-            # check; it may reset rather than close) is not worth a warning. Anything it did send
-            # that failed the handshake is.
-            quiet = self.fs._bytes_received == 0 and isinstance(exc.__cause__, (EOFError, ConnectionLost))
-            logger.log(logging.DEBUG if quiet else logging.WARNING,
-                       "%s: authentication failed, closing: %s", self.peer, exc)
-        except EOFError:
-            logger.debug("%s: client closed the connection", self.peer)
-        except ConnectionLost as exc:
-            logger.warning("%s: connection lost: %s", self.peer, exc)
-        except ProtocolError as exc:
-            self.stats.protocol_errors += 1
-            logger.warning("%s: protocol error, closing: %s", self.peer, exc)
-        except Exception:
-            logger.exception("%s: unexpected error; closing this connection", self.peer)
-        finally:
-            await trio.aclose_forcefully(self.stream)
-
-    async def _serve_requests(self) -> None:
-        # A free slot is taken *before* reading the next request, so a client that floods us
-        # stops being read (TCP pushes back) instead of piling up tasks.
-        slots = trio.Semaphore(self.max_inflight)
-        ended: BaseException | None = None
-        async with trio.open_nursery() as requests:
-            try:
-                while True:
-                    await slots.acquire()
-                    header, payload = await self.fs.receive()
-                    call_id, op, args = _parse_request(header)
-                    requests.start_soon(self._answer, slots, call_id, op, args, payload, header.get("nr") is True)
-            except (EOFError, ProtocolError, ConnectionLost) as exc:
-                # Caught inside the nursery so it is not wrapped in an ExceptionGroup; nobody is
-                # left to read answers, so in-flight requests are cancelled.
-                ended = exc
-            requests.cancel_scope.cancel()
-        if ended is not None:
-            raise ended
-
-    async def _answer(self, slots: trio.Semaphore, call_id: int, op: str, args: dict,
-                      payload: bytearray, quiet: bool = False) -> None:
-        try:
-            if quiet:  # a one-way request (RpcClient.post): no answer, failures only logged
-                try:
-                    await self.handler(op, args, payload)
-                except Exception as exc:  # noqa: BLE001 -- logged by _error_response
-                    self._error_response(call_id, op, exc)
-                return
-            try:
-                result, out = await self.handler(op, args, payload)
-                if not isinstance(result, dict):
-                    raise TypeError(f"handler for {op!r} returned a {type(result).__name__} result, not a dict")
-                response = {"v": PROTOCOL_VERSION, "id": call_id, "ok": True, "r": result}
-            except Exception as exc:  # noqa: BLE001 -- any handler failure becomes an error answer (logged there)
-                response, out = self._error_response(call_id, op, exc), b""
-            try:
-                await self.fs.send(response, out)
-            except (TypeError, ValueError, OverflowError) as exc:
-                # The handler's answer cannot be framed (unencodable result, payload too big);
-                # nothing was written, so the client can still get a proper error.
-                logger.error("%s: cannot send the answer to %r: %s", self.peer, op, exc)
-                code = errno_codes.EMSGSIZE if isinstance(exc, FrameTooLarge) else errno_codes.EIO
-                await self.fs.send({"v": PROTOCOL_VERSION, "id": call_id, "ok": False,
-                                    "err": f"server could not encode the answer: {exc}", "errno": code})
-        except ConnectionLost:
-            pass  # the read loop sees the same broken connection and logs it once
-        finally:
-            slots.release()
-
-    def _error_response(self, call_id: int, op: str, exc: Exception) -> dict:
-        code = _errno_of(exc)
-        if code is None:
-            logger.error("%s: handler for %r failed; answering EIO", self.peer, op, exc_info=exc)
-            code = errno_codes.EIO
-        else:
-            logger.debug("%s: %r -> errno %d: %s", self.peer, op, code, exc)
-        return {"v": PROTOCOL_VERSION, "id": call_id, "ok": False,
-                "err": str(exc) or type(exc).__name__, "errno": code}
-
-
-async def serve(handler: Handler, host: str, port: int, secret: bytes, *,
-                max_payload: int = DEFAULT_MAX_PAYLOAD, max_inflight_per_conn: int = 64,
-                handshake_timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None,
-                stats: ServerStats | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``handler`` on host:port until cancelled; reports the bound port via task_status.
-
-    ``handler(op, args, payload)`` returns ``(result_dict, payload)``. An exception with an
-    ``errno`` (OSError, the project's LakeError) is answered with that errno; any other
-    exception is logged with its traceback and answered with EIO. The connection stays up.
-    With port 0 and a host resolving to several addresses, the first listener's port is reported.
-    """
-    _require_secret(secret)
-    if max_inflight_per_conn < 1:
-        raise ValueError("max_inflight_per_conn must be >= 1")
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    try:
-        bound_port = listeners[0].socket.getsockname()[1]
-
-        async def handle_connection(stream: trio.SocketStream) -> None:
-            if ssl_context is not None:  # TLS first; its handshake runs on the first read
-                stream = trio.SSLStream(stream, ssl_context, server_side=True)
-            connection = _ServerConnection(stream, handler, secret, max_payload=max_payload,
-                                           max_inflight=max_inflight_per_conn,
-                                           handshake_timeout=handshake_timeout, stats=stats)
-            await connection.run()
-
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(trio.serve_listeners, handle_connection, listeners))
-            logger.info("wire server listening on %s:%d", host, bound_port)
-            task_status.started(bound_port)
-    finally:
-        for listener in listeners:
-            await trio.aclose_forcefully(listener)
+def __getattr__(name: str):
+    if name in _MOVED_TO_RPC:
+        from . import rpc
+        return getattr(rpc, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

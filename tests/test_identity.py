@@ -174,9 +174,8 @@ def test_peer_server_refuses_puts_of_another_lake(tmp_path):
 
     async def run() -> None:
         key = load_secret(secret)
-        a = NetStore(0, peer.address, key, lake_id="lake-a")
-        b = NetStore(0, peer.address, key, lake_id="lake-b")
-        try:
+        async with NetStore(0, peer.address, key, lake_id="lake-a") as a, \
+                NetStore(0, peer.address, key, lake_id="lake-b") as b:
             await a.put(7, 0, b"A" * 1000)
             with pytest.raises(ForeignLake):
                 await b.put(7, 0, b"B" * 1000)  # same chunk id, another lake
@@ -185,9 +184,6 @@ def test_peer_server_refuses_puts_of_another_lake(tmp_path):
             out = bytearray(1000)
             await a.get_into(7, 0, 0, 1000, memoryview(out))
             assert bytes(out) == b"A" * 1000
-        finally:
-            await a.aclose()
-            await b.aclose()
     try:
         peer.start()
         trio.run(run)

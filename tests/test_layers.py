@@ -2,12 +2,15 @@
 
 meta and chunks never know each other; only mount/ sees pyfuse3; the package root holds the base
 layer (errors, config, wire, metrics, private) and the public torch helpers, which import no layer.
+The CLI reaches metadata and chunks only through admin/, lake/ and mount/, never meta/ or chunks/.
 """
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "lakefs_fuse"
 
@@ -20,7 +23,7 @@ FORBIDDEN = {
     "lake": {"mount", "admin", "cli"},
     "mount": {"admin", "cli"},
     "admin": {"cli"},
-    "cli": set(),
+    "cli": {"meta", "chunks"},                         # admin, lake, mount and base only
 }
 
 
@@ -60,15 +63,17 @@ def test_layer_contract():
     assert not bad, bad
 
 
-def test_contract_catches_a_violation(tmp_path, monkeypatch):
-    fake = PKG / "chunks" / "_layer_probe.py"
-    fake.write_text("from ..meta import schema\n")
+@pytest.mark.parametrize("layer, source", [("chunks", "from ..meta import schema\n"),
+                                           ("cli", "from lakefs_fuse.chunks.store import ShardDir\n")])
+def test_contract_catches_a_violation(layer, source):
+    fake = PKG / layer / "_layer_probe.py"
+    fake.write_text(source)
     try:
         try:
             test_layer_contract()
         except AssertionError as exc:
             assert "_layer_probe" in str(exc)
         else:
-            raise AssertionError("layer check did not notice chunks importing meta")
+            raise AssertionError(f"layer check did not notice {layer} importing {source.split()[1]}")
     finally:
         fake.unlink()

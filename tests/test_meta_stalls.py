@@ -89,6 +89,7 @@ def test_client_leaves_a_frozen_leader_for_the_one_the_others_elected():
             for m in (a, b, c):
                 m.leader = a.address
             service = MetaService([a.address, b.address, c.address], SECRET, op_timeout=20)
+            service.bind(nursery)  # the test owns its connections and watcher
             try:
                 # Slow but alive: it answers status at once, so its call is left alone.
                 a.apply_delay = 2.0
@@ -169,6 +170,7 @@ def test_client_leaves_a_half_open_connection_to_the_leader():
             for m in (a, b, c):
                 m.leader = relay.address
             service = MetaService([relay.address, b.address, c.address], SECRET, op_timeout=20)
+            service.bind(nursery)  # the test owns its connections and watcher
             try:
                 relay.slow = True
                 a.answer = bytes(1 << 20)  # 1 MiB (MetaService does not decode it): ~3 s via the relay
@@ -203,6 +205,7 @@ def test_one_request_waits_one_meta_timeout_across_its_calls():
         async with trio.open_nursery() as nursery:
             await silent.serve(nursery)
             service = MetaService([silent.address], SECRET, op_timeout=op_timeout)
+            service.bind(nursery)  # the test owns its connections and watcher
             background: list[float] = []
 
             async def call_and_time(into: list[float]) -> None:
@@ -240,11 +243,8 @@ def _leader_among(addresses: list[str], secret_file) -> str | None:
     from lakefs_fuse.meta.remote import MetaService
 
     async def ask() -> str | None:
-        service = MetaService(addresses, wire.load_secret(secret_file), connect_timeout=0.5)
-        try:
+        async with MetaService(addresses, wire.load_secret(secret_file), connect_timeout=0.5) as service:
             rows = await service.call_each("status", timeout=0.5)
-        finally:
-            await service.aclose()
         return next((a for a, r in rows.items() if isinstance(r, dict) and r.get("role") == "leader"), None)
     return trio.run(ask)
 

@@ -679,8 +679,7 @@ def test_malformed_rpcs_from_an_authenticated_client_get_errors_not_crashes(tmp_
         m.start("--peers", f"1={m.address}")
 
         async def main():
-            service = MetaService([m.address], wire.load_secret(secret), op_timeout=20)
-            try:
+            async with MetaService([m.address], wire.load_secret(secret), op_timeout=20) as service:
                 await service.call("status")
                 client = await service._client(m.address)
                 bad = [("apply", {"c": "x", "s": 1}, b""), ("apply", {"c": 1, "s": 1}, b"\xc1\xc1"),
@@ -695,8 +694,6 @@ def test_malformed_rpcs_from_an_authenticated_client_get_errors_not_crashes(tmp_
                 assert all(c in (errno.EINVAL, errno.EOPNOTSUPP) for c in codes), codes
                 res, _ = await service.call("status")
                 assert res["id"] == 1
-            finally:
-                await service.aclose()
         trio.run(main)
         assert m.alive()
     finally:

@@ -36,6 +36,8 @@ class Peer:
 
     def start(self, *extra: str) -> None:
         listen = f"127.0.0.1:{self.port}"
+        # a restart appends to the same log: only lines written after this start count
+        offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 [*CLI, "peer", "serve", "--data", str(self.dir), "--listen", listen, "--zone", self.zone,
@@ -46,7 +48,7 @@ class Peer:
         def bound():
             if self.proc.poll() is not None:
                 raise AssertionError(f"peer exited: {self.log.read_text()[-2000:]}")
-            found = pattern.findall(self.log.read_text())
+            found = pattern.findall(self.log.read_bytes()[offset:].decode(errors="replace"))
             return int(found[-1]) if found and (self.port == 0 or int(found[-1]) == self.port) else None
         self.port = wait_for(bound, 30, f"peer {self.dir.name} to listen")
 

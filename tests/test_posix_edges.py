@@ -21,6 +21,7 @@ from lakefs_fuse import errors as E
 from lakefs_fuse.config import LakeConfig, MountConfig
 from lakefs_fuse.lake.lake import Lake, format_lake
 from lakefs_fuse.meta import schema as S
+from lakefs_fuse.meta.commands import Setxattr
 from lakefs_fuse.meta.schema import ROOT_INO, Inode
 from lakefs_fuse.meta.state import StateMachine
 from lakefs_fuse.mount.vfs import VFS, Ctx
@@ -262,7 +263,7 @@ def test_posix_acls_are_refused_and_old_ones_hidden(tmp_path):
             assert exc.value.errno == errno.EOPNOTSUPP
         await vfs.setxattr(inode.ino, b"user.k", b"v", CTX)  # other names are unaffected
         # an ACL a lake stored before this rule is not shown (it never had an effect)
-        await vfs.meta.apply(["setxattr", inode.ino, ACL_ACCESS.encode(), acl, 0, 1])
+        await vfs.meta.apply(Setxattr(inode.ino, ACL_ACCESS.encode(), acl, 0, 1))
         with pytest.raises(E.NoData):
             await vfs.getxattr(inode.ino, ACL_ACCESS.encode())
         assert await vfs.listxattr(inode.ino) == [b"user.k"]

@@ -108,6 +108,8 @@ def test_frozen_peer_costs_one_short_stall_then_is_skipped_and_probed_back(tmp_p
             relay_port = await nursery.start(relay.serve)
             addresses = [f"127.0.0.1:{relay_port}"] + [f"127.0.0.1:{p}" for p in ports[1:]]
             stores = {i: NetStore(i, a, SECRET) for i, a in enumerate(addresses)}
+            for store in stores.values():
+                store.bind(nursery)  # the test owns the stores' connections
             client = ChunkClient(stores, k=4, m=2, min_shard=64 * KiB)
             try:
                 chunks = {}
@@ -169,6 +171,8 @@ def test_put_to_a_peer_that_just_froze_is_aborted_by_the_space_watcher(tmp_path)
             relay_port = await nursery.start(relay.serve)
             addresses = [f"127.0.0.1:{relay_port}"] + [f"127.0.0.1:{p}" for p in ports[1:]]
             stores = {i: NetStore(i, a, SECRET) for i, a in enumerate(addresses)}
+            for store in stores.values():
+                store.bind(nursery)  # the test owns the stores' connections
             client = ChunkClient(stores, k=4, m=2, min_shard=64 * KiB)
 
             async def space_watcher() -> None:  # what the mount's writer runs
@@ -253,6 +257,7 @@ def test_peer_server_errors_name_the_lakes_peer_not_the_servers_zero(tmp_path):
             servers, ports = await _start_servers(nursery, tmp_path, 1)
             servers[0].dir.reserve = 1 << 60  # a full disk
             store = NetStore(10, f"127.0.0.1:{ports[0]}", SECRET)
+            store.bind(nursery)
             try:
                 with pytest.raises(PeerFull) as err:
                     await store.put(7, 0, b"x" * 4096)

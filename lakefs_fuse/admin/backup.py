@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -30,6 +31,8 @@ import xxhash
 from ..errors import LakeError, UserError
 from ..lake.lake import Lake, is_lake, write_marker
 from ..meta import schema as S
+from ..meta.commands import LoadKeys
+from ..meta.schema import PeerRecord
 from ..meta.state import StateMachine
 
 DUMP_FORMAT = "lakefs-fuse-dump"
@@ -90,19 +93,29 @@ def read_dump(path: Path) -> tuple[dict, list]:
     return header, pairs
 
 
+def _peers(pairs: list) -> list[PeerRecord]:
+    """The storage peers recorded in a dump."""
+    return [PeerRecord.from_bytes(S.peer_id_of_key(k), v) for k, v in pairs if k.startswith(S.PEER_PREFIX)]
+
+
+def _rewritten(pairs: list, which: Callable[[bytes], bool], change: Callable[[bytes], bytes]) -> list:
+    """A copy of the pairs with ``change(value)`` for the value of every key ``which`` picks."""
+    return [[k, change(v) if which(k) else v] for k, v in pairs]
+
+
 def _absolute_peers(pairs: list, source_dir: str | None) -> list:
     """Peer directories recorded relative to the dumped lake's data directory point there."""
     if not source_dir:
         return pairs
-    out = []
-    for key, value in pairs:
-        if key[:1] == b"P":
-            rec = S.unpack(value)
-            if rec[0] == "dir" and not os.path.isabs(rec[1]):
-                rec[1] = os.path.join(source_dir, rec[1])
-                value = S.pack(rec)
-        out.append([key, value])
-    return out
+    root = source_dir
+
+    def absolute(value: bytes) -> bytes:
+        rec = PeerRecord.from_bytes(0, value)  # (the id is in the key; only the address changes)
+        if rec.kind != "dir" or os.path.isabs(rec.address):
+            return value
+        rec.address = os.path.join(root, rec.address)
+        return rec.to_bytes()
+    return _rewritten(pairs, lambda k: k.startswith(S.PEER_PREFIX), absolute)
 
 
 def load(path: Path, data_dir: Path, *, secret_file: Path | None = None, on_keys=None) -> dict:
@@ -146,22 +159,19 @@ async def load_remote(path: Path, addresses: list[str], secret_file: Path, on_ke
     from .. import wire
     from ..lake.lake import cluster_secret
     from ..meta.remote import MetaService, RemoteMeta
-    from ..meta.schema import PeerRecord
     header, pairs = read_dump(path)
     secret = cluster_secret(secret_file)
-    local = [PeerRecord(int.from_bytes(k[1:], "big"), *S.unpack(v)) for k, v in pairs if k[:1] == b"P"]
-    local = [p for p in local if p.kind == "dir"]
+    local = [p for p in _peers(pairs) if p.kind == "dir"]
     if local:
         raise UserError(f"{path}: the lake keeps shards in local directories ({local[0].address}, ...): "
                         "metadata servers need peer servers or buckets every mount can reach")
-    out = []
-    for key, value in pairs:
-        if key == S.FORMAT:  # this cluster's secret; the lake's own id, which owns its peers' shards
-            fmt = S.unpack(value)
-            fmt["secret_fp"] = wire.fingerprint(secret)
-            fmt["uuid"] = header.get("uuid") or str(uuid.uuid4())
-            value = S.pack(fmt)
-        out.append([key, value])
+
+    def ours(value: bytes) -> bytes:  # this cluster's secret; the lake's own id, which owns its peers' shards
+        fmt = S.unpack(value)
+        fmt["secret_fp"] = wire.fingerprint(secret)
+        fmt["uuid"] = header.get("uuid") or str(uuid.uuid4())
+        return S.pack(fmt)
+    out = _rewritten(pairs, lambda k: k == S.FORMAT, ours)
     out.sort(key=lambda kv: kv[0] == S.FORMAT)  # the format record last: a lake once it is there
     service = MetaService(addresses, secret, op_timeout=60.0)
     meta = RemoteMeta(service, sessions=1)
@@ -169,7 +179,7 @@ async def load_remote(path: Path, addresses: list[str], secret_file: Path, on_ke
         for i in range(0, len(out), LOAD_BATCH):
             batch = out[i:i + LOAD_BATCH]
             try:
-                await meta.apply(["load_keys", batch, i == 0])
+                await meta.apply(LoadKeys(batch, i == 0))
             except LakeError as exc:
                 raise UserError(f"metadata servers {','.join(addresses)}: {exc}") from None
             if on_keys:

@@ -34,6 +34,7 @@ from ..errors import NotFound
 from ..lake.lake import Lake
 from ..lake.repair import scrub
 from ..lake.view import MetadataView
+from ..meta.commands import Fsck, Mknod, Relink
 from ..meta.fsck import FsckReport, analyse
 from ..meta.schema import ROOT_INO
 
@@ -48,11 +49,11 @@ async def fsck(lake: Lake, *, repair: bool = False, shards: bool = True,
         await trio.to_thread.run_sync(sm.verify)  # MetadataCorrupt: nothing is analysed or written
         fixes = analyse(sm, report)
     if repair and fixes:
-        if any(f[0] == "relink" for f in fixes):
+        if any(isinstance(f, Relink) for f in fixes):
             lf = await _lost_and_found(lake)
-            fixes = [["relink", f[1], lf, f[3]] if f[0] == "relink" else f for f in fixes]
+            fixes = [f._replace(parent=lf) if isinstance(f, Relink) else f for f in fixes]
         for i in range(0, len(fixes), FIX_BATCH):
-            report.fixed += await lake.meta.apply(["fsck", fixes[i:i + FIX_BATCH], _now()], sync=True)
+            report.fixed += await lake.meta.apply(Fsck(fixes[i:i + FIX_BATCH], _now()), sync=True)
     if shards:
         scrubbed = await scrub(lake, repair=repair, on_chunk=on_chunk)
         report.shards = scrubbed.to_json()
@@ -63,7 +64,7 @@ async def _lost_and_found(lake: Lake) -> int:
     try:
         return (await lake.meta.lookup(ROOT_INO, LOST_FOUND)).ino
     except NotFound:
-        ino, _ = await lake.meta.apply(["mknod", ROOT_INO, LOST_FOUND, st.S_IFDIR | 0o700, 0, 0, 0, _now()],
+        ino, _ = await lake.meta.apply(Mknod(ROOT_INO, LOST_FOUND, st.S_IFDIR | 0o700, 0, 0, 0, _now()),
                                        sync=True)
         return ino
 

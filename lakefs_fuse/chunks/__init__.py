@@ -1,4 +1,8 @@
-"""Chunk store: codec, shard layout, placement, shard files, peers, the chunk client, caches.
+"""Chunks: the codec (``codec``), shard layout (``layout``), placement (``placement``), shard files
+(``shardfile``), peers of every kind behind one ``ShardStore`` interface (``store`` local
+directories, ``netstore`` + ``peer_server`` peer servers, ``s3store`` buckets), peer health and
+hedged reads (``health``), the chunk client (``client``: put/get/verify/repair queue) and the
+caches (``cache`` memory, ``diskcache`` disk).
 
-May import only the project's bottom layer (errors, config). Never ``meta`` or ``mount``.
+May import only the base layer (errors, config, wire, rpc, metrics). Never ``meta`` or anything above.
 """

@@ -254,7 +254,8 @@ class TinyLfuPolicy:
 
     def _victims(self, excess: int) -> list[RangeKey] | None:
         """The main-area keys to drop to free ``excess`` bytes, coldest first; None if it cannot."""
-        victims, freed = [], 0
+        victims: list[RangeKey] = []
+        freed = 0
         for seg in (self._probation, self._protected):
             for key, size in seg.items():
                 if freed >= excess:

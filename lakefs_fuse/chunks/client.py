@@ -102,7 +102,8 @@ class ChunkClient:
         self.degraded_reads = 0
         self.partial_writes = 0
         #: chunks known to miss shards (partial writes, failed shard reads): repair looks here first
-        self.needs_repair: set[int] = set()
+        #: (the repair queue: :meth:`note_needs_repair`, :meth:`repair_queue`, :meth:`repaired`)
+        self._needs_repair: set[int] = set()
         self._warned: dict[int, float] = {}
         self._unplaced_warned: dict[int, float] = {}
         self._inflight: dict[tuple[int, int, int], _Flight] = {}
@@ -175,7 +176,7 @@ class ChunkClient:
             # record names the intended peers of the missing shards, so the chunk shows up as
             # degraded and repair rebuilds exactly those shards.
             self.partial_writes += 1
-            self.needs_repair.add(chunk_id)
+            self.note_needs_repair(chunk_id)
             now = trio.current_time()
             for index in failed:
                 # One WARNING per peer per minute: with no spare peer, every chunk lacks its shard.
@@ -308,6 +309,24 @@ class ChunkClient:
         async with trio.open_nursery() as nursery:
             for index, peer_id in enumerate(layout.peers):
                 nursery.start_soon(delete_one, index, peer_id)
+
+    # ------------------------------------------------------------ repair queue
+
+    def note_needs_repair(self, chunk_id: int) -> None:
+        """``chunk_id`` is known to miss a shard (a partial write, a degraded read)."""
+        self._needs_repair.add(chunk_id)
+
+    def repair_queue(self) -> frozenset[int]:
+        """The chunks known to miss shards, as of now (repair takes them off with :meth:`repaired`)."""
+        return frozenset(self._needs_repair)
+
+    def repaired(self, chunk_id: int) -> None:
+        """``chunk_id`` has all its shards again: off the repair queue."""
+        self._needs_repair.discard(chunk_id)
+
+    @property
+    def repair_queue_size(self) -> int:
+        return len(self._needs_repair)
 
     # ------------------------------------------------------------------- read
 
@@ -452,7 +471,7 @@ class ChunkClient:
     async def _read_degraded(self, layout: ChunkLayout, pieces: Sequence[tuple[int, int, int]],
                              bad: dict[int, str], done: Mapping[int, memoryview]) -> bytearray:
         self.degraded_reads += 1
-        self.needs_repair.add(layout.chunk_id)
+        self.note_needs_repair(layout.chunk_id)
         now = trio.current_time()
         for index, why in bad.items():
             peer = layout.peers[index]

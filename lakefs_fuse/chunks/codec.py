@@ -50,13 +50,18 @@ import functools
 import operator
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import reedsolo
 
+if TYPE_CHECKING:
+    from pyeclib.ec_iface import ECDriver
+
 try:  # optional fast path
-    from pyeclib.ec_iface import ECDriver as _ECDriver
+    from pyeclib import ec_iface as _ec_iface
+
+    _ECDriver: type[ECDriver] | None = _ec_iface.ECDriver
 except Exception:  # pragma: no cover - depends on the environment
     _ECDriver = None
 
@@ -210,7 +215,8 @@ def _as_u8(buf: BytesLike) -> np.ndarray:
     if isinstance(buf, np.ndarray):
         if buf.dtype == np.uint8 and buf.ndim == 1 and buf.flags.c_contiguous:
             return buf
-        buf = np.ascontiguousarray(buf)
+        # The array's raw bytes in C order, as the memoryview cast below gives for other buffers.
+        return np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
     mv = memoryview(buf)
     if not mv.c_contiguous:
         mv = memoryview(mv.tobytes())
@@ -369,6 +375,7 @@ class IsalCodec:
     def __init__(self, k: int, m: int):
         if _ECDriver is None:
             raise _BackendUnusable("pyeclib is not importable")
+        self._driver_class = _ECDriver
         self._matrix = MatrixCodec(k, m)
         self.k, self.m, self.n = self._matrix.k, self._matrix.m, self._matrix.n
         self.parity_matrix = self._matrix.parity_matrix
@@ -378,12 +385,12 @@ class IsalCodec:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(k={self.k}, m={self.m})"
 
-    def _driver(self):
+    def _driver(self) -> ECDriver:
         # One driver per thread: liberasurecode instances are cheap and this
         # avoids relying on the C library being re-entrant per instance.
-        drv = getattr(self._local, "driver", None)
+        drv: ECDriver | None = getattr(self._local, "driver", None)
         if drv is None:
-            drv = _ECDriver(k=self.k, m=self.m, ec_type=ISAL_EC_TYPE)
+            drv = self._driver_class(k=self.k, m=self.m, ec_type=ISAL_EC_TYPE)
             self._local.driver = drv
         return drv
 

@@ -82,6 +82,7 @@ from typing import Self
 import xxhash
 
 from .. import errors as E
+from ..config import CACHE_FREE_FLOOR
 from .cache import FrequencySketch, RangeKey, TinyLfuPolicy, sketch_width_for
 
 GiB = 1 << 30
@@ -143,7 +144,7 @@ class DiskCache:
     Raises :class:`~lakefs_fuse.errors.Busy` when another DiskCache holds the directory.
     """
 
-    def __init__(self, directory: Path | str, capacity: int, *, free_floor: int = GiB,
+    def __init__(self, directory: Path | str, capacity: int, *, free_floor: int = CACHE_FREE_FLOOR,
                  max_entry_fraction: float = 0.25, window_fraction: float = 0.01, durable: bool = False,
                  free_space: Callable[[Path], int] = free_bytes):
         self.directory = Path(directory)
@@ -242,7 +243,7 @@ class DiskCache:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- the cache ----------------------------------------------------------------------------

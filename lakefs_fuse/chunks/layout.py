@@ -9,7 +9,9 @@ use fewer data shards (same ``m``): same fault tolerance, fewer files and round 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 SHARD_ALIGN = 64  # shard lengths are multiples of this (the ISA-L path slices exactly then)
 
@@ -40,11 +42,11 @@ class ChunkLayout:
     peers: list[int]
     checksums: list[int]
 
-    def to_wire(self) -> list:
+    def to_wire(self) -> list[Any]:
         return [self.chunk_id, self.length, self.k, self.m, self.shard_len, list(self.peers), list(self.checksums)]
 
     @classmethod
-    def from_wire(cls, w: list) -> ChunkLayout:
+    def from_wire(cls, w: Sequence[Any]) -> ChunkLayout:
         return cls(w[0], w[1], w[2], w[3], w[4], list(w[5]), list(w[6]))
 
     @property

@@ -1,11 +1,14 @@
 """A storage peer on the network, behind the chunk client's :class:`ShardStore` interface.
 
-Each peer gets a small pool of authenticated, pipelined connections (``wire.RpcClient``).
+Each peer gets a small pool of authenticated, pipelined connections (``rpc.Connections``).
 A peer whose connection fails or whose request times out is marked down (``health``); a timeout
 also closes its connections, failing the requests in flight to it at once. The probe that decides
 when it is back is a ``stat``; the space watcher's ``capacity`` is one too, with the same short
 timeout, so a peer that froze is noticed within seconds even by a mount that only writes.
 Messages name the peer by the lake's id and its address.
+
+The connections' reader tasks live in the owner's nursery: ``async with NetStore(...)``, or
+``store.bind(nursery)`` (an open lake binds all its stores to one, see ``lake.Lake``).
 
 Remote errnos map back to the shard exceptions the chunk client understands: ENOENT ->
 :class:`ShardMissing`, EBADMSG -> :class:`ShardCorrupt`, ENOSPC -> :class:`PeerFull`.
@@ -13,13 +16,12 @@ Remote errnos map back to the shard exceptions the chunk client understands: ENO
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 
 import trio
 
-from .. import wire
+from .. import rpc, wire
 from .health import PROBE_TIMEOUT, PeerHealth
 from .shardfile import ShardCorrupt, ShardMissing
 from .store import ForeignLake, PeerFull, PeerUnavailable
@@ -50,67 +52,51 @@ class NetStore(PeerHealth):
         self.call_timeout = call_timeout
         self.connect_timeout = connect_timeout
         self.connections = connections
-        self._clients: list[wire.RpcClient] = []
-        self._next = 0
-        self._nursery: trio.Nursery | None = None
-        self._connecting: trio.Lock | None = None
+        #: The pooled connections to the peer (``connections`` of them) and their reader tasks.
+        self._pool = rpc.Connections(secret, name=f"peer-{peer_id}", per_address=connections,
+                                            connect_timeout=connect_timeout, ssl_context=ssl_context)
         self._init_health()
         self._unsynced = False  # shards were put since the last sync
 
     # ------------------------------------------------------------ connections
 
-    async def _owner_nursery(self) -> trio.Nursery:
-        """A nursery for the connections' reader tasks that lives as long as the trio run."""
-        if self._nursery is None:
-            ready = trio.Event()
+    def bind(self, nursery: trio.Nursery) -> None:
+        """Run the connections' reader tasks in the owner's ``nursery`` (see ``rpc.Connections``)."""
+        self._pool.bind(nursery)
 
-            async def owner() -> None:
-                try:
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
-                        ready.set()
-                        await trio.sleep_forever()
-                except Exception:  # a broken connection task must not end the daemon
-                    log.exception("peer %s: connection tasks failed", self.address)
-                finally:
-                    self._nursery = None
-                    self._clients = []
-                    ready.set()
+    async def release(self) -> None:
+        """Close the connections and give the owner's nursery back."""
+        await self._pool.release()
 
-            trio.lowlevel.spawn_system_task(owner, name=f"peer-{self.peer_id}-connections")
-            await ready.wait()
-            if self._nursery is None:
-                raise _NoAnswer("cannot start connection tasks", f"{self.name}: cannot start connection tasks")
-        return self._nursery
+    async def __aenter__(self) -> NetStore:
+        """``async with NetStore(...) as store``: the store's connections live for the block."""
+        await self._pool.__aenter__()
+        return self
 
-    async def _client(self, *, probe: bool = False) -> wire.RpcClient:
+    async def __aexit__(self, *exc_info) -> None:
+        await self._pool.__aexit__(*exc_info)
+
+    def _start_background(self, fn, name: str) -> None:
+        """Start a probe (``health``) beside the connections, in the owner's nursery when there is one."""
+        nursery = self._pool.owner_nursery
+        if nursery is None:
+            trio.lowlevel.spawn_system_task(fn, name=name)  # compatibility: no owner yet (rpc.Connections)
+        else:
+            nursery.start_soon(fn, name=name)
+
+    async def _client(self, *, probe: bool = False) -> rpc.RpcClient:
         """A pooled connection, or a new one; raises _NoAnswer when none can be made. A probe
         connects even while the peer is marked down."""
-        self._clients = [c for c in self._clients if not c.closed]
-        if len(self._clients) >= self.connections:
-            self._next = (self._next + 1) % len(self._clients)
-            return self._clients[self._next]
-        if self._connecting is None:
-            self._connecting = trio.Lock()
-        async with self._connecting:
-            self._clients = [c for c in self._clients if not c.closed]
-            if len(self._clients) >= self.connections:
-                return self._clients[0]
-            if not probe:
-                self._refuse_if_down()  # it went down while this task waited for the lock
-            nursery = await self._owner_nursery()
-            try:
-                client = await wire.RpcClient.connect(self.host, self.port, self.secret, nursery,
-                                                      connect_timeout=self.connect_timeout,
-                                                      ssl_context=self.ssl_context)
-            except wire.SecretRejected as exc:
-                raise _NoAnswer(f"authentication failed: {exc}",
-                                f"{self.name}: authentication failed (wrong secret?)") from exc
-            except (OSError, trio.TooSlowError, wire.ProtocolError, ConnectionError) as exc:
-                raise _NoAnswer(f"cannot connect: {exc or type(exc).__name__}",
-                                f"{self.name}: cannot connect: {exc}") from exc
-            self._clients.append(client)
-            return client
+        try:
+            # (The down check runs again once this task holds the connect lock: the peer may
+            # have gone down while it waited.)
+            return await self._pool.get(self.address, before_connect=None if probe else self._refuse_if_down)
+        except wire.SecretRejected as exc:
+            raise _NoAnswer(f"authentication failed: {exc}",
+                            f"{self.name}: authentication failed (wrong secret?)") from exc
+        except (OSError, trio.TooSlowError, wire.ProtocolError, ConnectionError) as exc:
+            raise _NoAnswer(f"cannot connect: {exc or type(exc).__name__}",
+                            f"{self.name}: cannot connect: {exc}") from exc
 
     async def _rpc(self, op: str, args: dict, payload, timeout: float, *, probe: bool = False):
         """One request, no health bookkeeping: its answer, wire.RemoteError if the peer answered
@@ -119,11 +105,11 @@ class NetStore(PeerHealth):
         try:
             return await client.call(op, args, payload, timeout=timeout)
         except trio.TooSlowError:
-            await _close_quietly(client)
+            await rpc.close_quietly(client)
             raise _NoAnswer(f"{op} timed out", f"{self.name}: {op} timed out after {timeout:g} s",
                             timed_out=True) from None
         except (wire.ConnectionLost, wire.ProtocolError, OSError, ConnectionError) as exc:
-            await _close_quietly(client)
+            await rpc.close_quietly(client)
             raise _NoAnswer(f"{op} failed: {exc or type(exc).__name__}", f"{self.name}: {exc}") from None
 
     async def call(self, op: str, args: dict | None = None, payload=b"", *, timeout: float | None = None,
@@ -154,9 +140,7 @@ class NetStore(PeerHealth):
         return None
 
     async def _abort_calls(self) -> None:
-        clients, self._clients = self._clients, []
-        for client in clients:
-            await _close_quietly(client)
+        await self._pool.close(self.address)
 
     # ------------------------------------------------------------- ShardStore
 
@@ -207,9 +191,8 @@ class NetStore(PeerHealth):
         return [tuple(r) for r in result.get("s", [])]
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await _close_quietly(client)
-        self._clients = []
+        """Close the connections (new calls reconnect)."""
+        await self._pool.aclose()
 
 
 def _from_remote(name: str, exc: wire.RemoteError) -> Exception:
@@ -224,9 +207,3 @@ def _from_remote(name: str, exc: wire.RemoteError) -> Exception:
     if exc.errno == errno.EACCES:
         return ForeignLake(f"{name}: {exc}")
     return PeerUnavailable(f"{name}: {exc}")
-
-
-async def _close_quietly(client: wire.RpcClient) -> None:
-    # Closing a broken connection may fail; it is gone either way.
-    with trio.move_on_after(1), contextlib.suppress(Exception):
-        await client.aclose()

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import trio
 
-from .. import __version__, wire
+from .. import __version__, rpc, wire
 from .shardfile import ShardCorrupt, ShardMissing
 from .store import ForeignLake, PeerFull, PeerUnavailable, ShardDir
 
@@ -81,7 +81,7 @@ class PeerServer:
         #: op -> [requests, errors, seconds], and payload bytes each way (metrics)
         self.op_stats: dict[str, list] = {}
         self.bytes_in = self.bytes_out = 0
-        self.wire_stats = wire.ServerStats()
+        self.wire_stats = rpc.ServerStats()
         self.serving = False
 
     async def _run(self, fn, *args):
@@ -157,8 +157,8 @@ class PeerServer:
 
     async def serve(self, host: str, port: int, secret: bytes, *, ssl_context=None,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await wire.serve(self.handle, host, port, secret, ssl_context=ssl_context, stats=self.wire_stats,
-                         task_status=task_status)
+        await rpc.serve(self.handle, host, port, secret, ssl_context=ssl_context, stats=self.wire_stats,
+                        task_status=task_status)
 
 
 def _errno(code: int, message: str) -> OSError:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 
 import xxhash
 
@@ -70,7 +71,7 @@ def write_shard(path: str, tmp_dir: str, chunk_id: int, index: int, payload: byt
     os.rename(tmp, path)
 
 
-def _write_all(fd: int, data) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -79,7 +80,8 @@ def _write_all(fd: int, data) -> None:
 _HEAD_GUESS = 4096
 
 
-def parse_header(first: bytes, where: str, chunk_id: int, index: int, read_more=None):
+def parse_header(first: bytes, where: str, chunk_id: int, index: int,
+                 read_more: Callable[[int, int], bytes] | None = None) -> tuple[int, int, tuple[int, ...], int]:
     """(payload length, block size, block sums, payload offset) of a shard from its first bytes;
     ``read_more(offset, n)`` fetches a block table longer than ``first`` holds."""
     fixed = first[:_FIXED.size]

@@ -12,7 +12,8 @@ import contextlib
 import errno
 import json
 import os
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
 import xxhash
@@ -229,6 +230,9 @@ class ShardDir:
         return found
 
 
+_T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
+
 
 class LocalDirStore:
     """A :class:`ShardDir` on this machine, its blocking calls run in worker threads."""
@@ -240,7 +244,7 @@ class LocalDirStore:
         self.root = root
         self.limiter = limiter or trio.CapacityLimiter(16)
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn: Callable[[*_Args], _T], *args: *_Args) -> _T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     async def put(self, chunk_id: int, index: int, payload: bytes | memoryview) -> None:

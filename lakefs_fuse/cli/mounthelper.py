@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..config import split_list
+
 #: Options mount(8) and systemd use for themselves, or that do not apply (default_permissions is
 #: always on; libfuse knows no relatime or lazytime): ignored.
 GENERIC = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev",
@@ -46,7 +48,7 @@ def translate(argv: list[str]) -> list[str] | None:
     """mount(8)'s helper arguments -> ``lakefs-fuse mount`` arguments (None: -f, a fake mount)."""
     from click import Option
 
-    from .main import mount as mount_cmd
+    from .lake_cmds import mount as mount_cmd
 
     positional, opts, fake = parse(argv)
     source, mountpoint = positional
@@ -101,11 +103,11 @@ def parse(argv: list[str]) -> tuple[list[str], list[str], bool]:
         if a == "-o":
             if i + 1 >= len(argv):
                 raise HelperError("-o needs a value")
-            opts += argv[i + 1].split(",")
+            opts += split_list(argv[i + 1])
             i += 2
             continue
         if a.startswith("-o"):
-            opts += a[2:].split(",")
+            opts += split_list(a[2:])
         elif a == "-f":
             fake = True
         elif a in ("-n", "-s", "-v"):

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import trio
 
 from ..chunks.client import ChunkClient
-from ..chunks.layout import ChunkLayout
 from ..errors import LakeError
 from ..meta.client import MetaClient
+from ..meta.commands import Relocate, RelocateMove
+from .records import layout_of, record_of
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Compactor:
                 continue  # collected meanwhile
             m = rec.m
             k = self.chunks.k if m == self.chunks.m else rec.k
-            groups.setdefault((max(k, rec.k), m), []).append((ChunkLayout.from_wire(rec.to_wire()), pieces))
+            groups.setdefault((max(k, rec.k), m), []).append((layout_of(rec), pieces))
         moved = 0
         for profile, items in groups.items():
             moved += await self._rewrite(profile, items)
@@ -91,7 +92,7 @@ class Compactor:
 
     async def _rewrite(self, profile: tuple[int, int], items: list) -> int:
         payload = bytearray()
-        moves: list[list[int]] = []
+        moves: list[RelocateMove] = []
         moved = 0
         for layout, pieces in items:
             for ino, file_off, length, chunk_off in pieces:
@@ -101,14 +102,14 @@ class Compactor:
                 data = await self.chunks.read(layout, chunk_off, length)
                 if len(data) != length:
                     raise LakeError(f"chunk {layout.chunk_id} is shorter than its extent")
-                moves.append([ino, file_off, length, layout.chunk_id, chunk_off, len(payload)])
+                moves.append(RelocateMove(ino, file_off, length, layout.chunk_id, chunk_off, len(payload)))
                 payload += data
         if moves:
             moved += await self._commit(profile, payload, moves)
         return moved
 
-    async def _commit(self, profile: tuple[int, int], payload: bytearray, moves: list) -> int:
+    async def _commit(self, profile: tuple[int, int], payload: bytearray, moves: list[RelocateMove]) -> int:
         chunk_id = await self.next_chunk_id()
         layout = await self.chunks.put_chunk(chunk_id, bytes(payload), profile)
         await self.chunks.sync()  # the copy is durable before any file points at it
-        return await self.meta.apply(["relocate", layout.to_wire(), moves, time.time_ns()])
+        return await self.meta.apply(Relocate(record_of(layout), moves, time.time_ns()))

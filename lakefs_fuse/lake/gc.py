@@ -1,5 +1,8 @@
 """The delete-queue pass and orphan-shard sweep (``lakefs-fuse gc``).
 
+Owns the one delete-queue pass (:func:`drain_delete_queue`), which the ``gc`` command and every
+mount's background collector (:func:`collect_every`) run. Imports the lake, meta and chunks layers.
+
 gc deletes what nothing references: chunks in the delete queue (their shards, then their
 records), and *orphan shards* -- shard files/objects on a peer whose chunk has no record, or whose
 record places that shard on another peer (left behind by a crash between writing shards and
@@ -11,17 +14,19 @@ an orphan after ``--grace`` seconds. ``--dry-run`` lists and deletes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
 
-from ..chunks.layout import ChunkLayout
-from ..errors import NotFound
+from ..chunks.client import ChunkClient
+from ..errors import LakeError, NotFound
+from ..meta.client import MetaClient
+from ..meta.commands import GcDone
 from .lake import Lake
+from .records import layout_of
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -40,18 +45,33 @@ class GcReport:
                 "dry_run": self.dry_run}
 
 
-async def gc(lake: Lake, *, dry_run: bool = False, grace: float = 0.0,
-             on_shard: Callable[[], None] | None = None) -> GcReport:
-    report = GcReport(dry_run=dry_run)
-    if lake.sm is not None:  # never delete on the word of metadata that cannot be read whole
-        await trio.to_thread.run_sync(lake.sm.verify)
-    # 1. the delete queue
-    queue = await lake.meta.delete_queue(1 << 30)
-    report.queued_chunks = len(queue)
+@dataclass
+class DrainResult:
+    queued: int = 0   # delete-queue entries read
+    deleted: int = 0  # chunks whose shards were deleted
+    done: int = 0     # entries taken off the queue (deleted, or referenced again, or gone)
+
+
+async def drain_delete_queue(meta: MetaClient, chunks: ChunkClient, *, limit: int = 1 << 30,
+                             older_than_ns: int | None = None, dry_run: bool = False, sync: bool = False,
+                             on_deleted: Callable[[int], Awaitable[None]] | None = None) -> DrainResult:
+    """One pass over the delete queue: the shards of every queued chunk that nothing references
+    are deleted, then its entries are taken off the queue in one ``gc_done``. The one pass both
+    ``lakefs-fuse gc`` and a mount's background collector (:func:`collect_every`) run.
+
+    ``limit``: read at most this many entries; ``older_than_ns``: skip entries queued after this
+    wall-clock time (a grace period: a reader may still be reading the chunk); ``dry_run``: count,
+    delete nothing, change nothing; ``on_deleted``: told each deleted chunk id (caches drop it).
+    """
+    result = DrainResult()
+    queue = await meta.delete_queue(limit)
+    result.queued = len(queue)
     done = []
-    for chunk_id, _queued in queue:
+    for chunk_id, queued in queue:
+        if older_than_ns is not None and queued > older_than_ns:
+            continue
         try:
-            rec = await lake.meta.chunk(chunk_id)
+            rec = await meta.chunk(chunk_id)
         except NotFound:
             done.append(chunk_id)
             continue
@@ -59,11 +79,38 @@ async def gc(lake: Lake, *, dry_run: bool = False, grace: float = 0.0,
             done.append(chunk_id)
             continue
         if not dry_run:
-            await lake.chunks.delete_chunk(ChunkLayout.from_wire(rec.to_wire()))
+            await chunks.delete_chunk(layout_of(rec))
+            result.deleted += 1
+            if on_deleted is not None:
+                await on_deleted(chunk_id)
         done.append(chunk_id)
-        report.deleted_chunks += 0 if dry_run else 1
     if done and not dry_run:
-        await lake.meta.apply(["gc_done", done], sync=True)
+        await meta.apply(GcDone(done), sync=sync)
+    result.done = len(done)
+    return result
+
+
+async def collect_every(interval: float, collect: Callable[[], Awaitable[int]]) -> None:
+    """A mount's background collector: run ``collect`` (a :func:`drain_delete_queue` pass) every
+    ``interval`` seconds, forever; a failing pass logs one line and the next one retries."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            await collect()
+        except LakeError as exc:  # e.g. no metadata majority
+            log.warning("garbage collection pass failed: %s", exc)
+        except Exception:
+            log.exception("garbage collection pass failed")
+
+
+async def gc(lake: Lake, *, dry_run: bool = False, grace: float = 0.0,
+             on_shard: Callable[[], None] | None = None) -> GcReport:
+    report = GcReport(dry_run=dry_run)
+    if lake.sm is not None:  # never delete on the word of metadata that cannot be read whole
+        await trio.to_thread.run_sync(lake.sm.verify)
+    # 1. the delete queue
+    drained = await drain_delete_queue(lake.meta, lake.chunks, dry_run=dry_run, sync=True)
+    report.queued_chunks, report.deleted_chunks = drained.queued, drained.deleted
     # 2. orphan shards
     high = await _chunk_counter(lake)
     candidates = await _orphan_shards(lake, high, report, on_shard)

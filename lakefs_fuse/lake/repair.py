@@ -25,7 +25,9 @@ import trio
 from ..chunks.layout import ChunkLayout
 from ..chunks.placement import place
 from ..errors import DataUnavailable, LakeError
+from ..meta.commands import MoveShard
 from .lake import Lake
+from .records import layout_of
 
 log = logging.getLogger(__name__)
 PAGE = 256
@@ -60,7 +62,7 @@ async def _layouts(lake: Lake, start_after: int):
         if not page:
             return
         for rec in page:
-            yield ChunkLayout.from_wire(rec.to_wire())
+            yield layout_of(rec)
         after = page[-1].chunk_id
 
 
@@ -156,7 +158,7 @@ async def _repair_chunk(lake: Lake, layout: ChunkLayout, bad: list[int], report:
         log.warning("repair of chunk %d incomplete: %s", layout.chunk_id, why)
     for index, peer in placed.items():
         old = layout.peers[index]
-        moved = await lake.meta.apply(["move_shard", layout.chunk_id, index, old, peer], sync=True)
+        moved = await lake.meta.apply(MoveShard(layout.chunk_id, index, old, peer), sync=True)
         if moved:
             report.repaired += 1
             if old != peer and old in lake.chunks.stores:  # drop the bad copy where it was, if reachable
@@ -255,7 +257,7 @@ async def repair_pending(lake: Lake, *, delay: float, forget_layout: Callable[[i
     now = trio.current_time()
     long_down = {pid for pid, store in lake.chunks.stores.items()
                  if getattr(store, "down_since", None) is not None and now - store.down_since >= delay}
-    wanted = set(lake.chunks.needs_repair)
+    wanted = lake.chunks.repair_queue()
     report = Report()
     if not wanted and not long_down:
         return report  # the common case: nothing known to be broken, no scan
@@ -268,7 +270,7 @@ async def repair_pending(lake: Lake, *, delay: float, forget_layout: Callable[[i
         report.chunks += 1
         if not bad:
             if all(h == "ok" for h in health):
-                lake.chunks.needs_repair.discard(layout.chunk_id)
+                lake.chunks.repaired(layout.chunk_id)
             continue
         if len(bad) > layout.m:
             report.lost.append(layout.chunk_id)
@@ -279,7 +281,7 @@ async def repair_pending(lake: Lake, *, delay: float, forget_layout: Callable[[i
             if forget_layout:
                 forget_layout(layout.chunk_id)
             if all(h == "ok" or i in bad for i, h in enumerate(health)):
-                lake.chunks.needs_repair.discard(layout.chunk_id)
+                lake.chunks.repaired(layout.chunk_id)
     if report.repaired:
         log.info("background repair rebuilt %d shard(s) in %d chunk(s)", report.repaired, report.chunks)
     return report
@@ -316,7 +318,7 @@ async def rebalance(lake: Lake, *, start_after: int = -1, on_chunk: Callable[[in
             except Exception as exc:  # one shard that cannot move does not stop the run
                 report.failed.append((layout.chunk_id, f"shard {index}: {exc}"))
                 continue
-            if await lake.meta.apply(["move_shard", layout.chunk_id, index, peer, target], sync=True):
+            if await lake.meta.apply(MoveShard(layout.chunk_id, index, peer, target), sync=True):
                 moves += 1
                 report.repaired += 1
                 layout.peers[index] = target

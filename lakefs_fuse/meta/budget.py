@@ -53,12 +53,13 @@ class Budget:
     def covers(self, task: trio.lowlevel.Task) -> bool:
         """True for the opening task and tasks of nurseries it opened inside the budget (they
         end before it does); false for tasks started into a nursery that outlives the request."""
-        nursery = None
-        while task is not None:
-            if task is self.owner:
+        nursery: trio.Nursery | None = None
+        current: trio.lowlevel.Task | None = task
+        while current is not None:
+            if current is self.owner:
                 return nursery is None or nursery not in self._outer
-            nursery = task.parent_nursery
-            task = nursery.parent_task if nursery is not None else None
+            nursery = current.parent_nursery
+            current = nursery.parent_task if nursery is not None else None
         return False
 
 

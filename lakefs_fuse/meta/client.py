@@ -1,22 +1,27 @@
 """The metadata interface the mount uses, and its embedded implementation.
 
-:class:`MetaClient` is what Raft (issue 4) sits behind: every mutation is one command sent
-with :meth:`MetaClient.apply`; reads are queries. :class:`LocalMeta` serves an embedded lake
-by applying commands directly to a local :class:`~lakefs_fuse.meta.state.StateMachine`.
+:class:`MetaClient` is what Raft (issue 4) sits behind: every mutation is one typed command of
+the catalogue (:mod:`.commands`) sent with :meth:`MetaClient.apply`; reads are queries.
+:class:`LocalMeta` serves an embedded lake by applying commands directly to a local
+:class:`~lakefs_fuse.meta.state.StateMachine` (no encoding: the handler gets the command's fields);
+:class:`~.remote.RemoteMeta` sends a command's wire form (:meth:`~.commands.Command.to_wire`) to
+the metadata servers. Wire lists are the Raft log's business (``StateMachine.apply`` replays
+them), not a caller's: every caller builds a typed command from the catalogue.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
+from .commands import Command
 from .schema import ChunkRecord, Extent, Inode, PeerRecord
 from .state import StateMachine
 
 
 class MetaClient(Protocol):
-    async def apply(self, cmd: list, *, sync: bool = False): ...
+    async def apply(self, cmd: Command, *, sync: bool = False) -> Any: ...
     async def sync(self) -> None: ...
     async def format_record(self) -> dict: ...
     async def getattr(self, ino: int) -> Inode: ...
@@ -48,7 +53,7 @@ class LocalMeta:
     def __init__(self, sm: StateMachine):
         self.sm = sm
 
-    async def apply(self, cmd: list, *, sync: bool = False):
+    async def apply(self, cmd: Command, *, sync: bool = False) -> Any:
         return self.sm.apply(cmd, sync=sync)
 
     async def sync(self) -> None:

@@ -2,8 +2,8 @@
 
 This module owns the Raft protocol (elections with pre-vote, replication, commit, snapshots,
 single-server membership changes), the client-session layer that makes retried commands apply
-once, the :class:`Transport` interface, and :class:`MemoryNetwork`, a fault-injecting in-process
-transport for tests. Durable state lives behind :class:`~.raftlog.RaftStorage`. It may import the
+once, and the :class:`Transport` interface (``memory_network.py`` holds the fault-injecting
+in-process transport the tests use). Durable state lives behind :class:`~.raftlog.RaftStorage`. It may import the
 project's bottom (errors) and ``raftlog``; never ``chunks`` or ``mount``.
 
 How it works
@@ -107,8 +107,6 @@ Known limitations (this increment)
 from __future__ import annotations
 
 import errno
-import heapq
-import itertools
 import logging
 import math
 import random
@@ -136,8 +134,8 @@ from .raftlog import (
 )
 
 __all__ = [
-    "ClientSessions", "CommitUnknown", "ConfigChangeInProgress", "Entry", "LinkFaults", "MemoryNetwork",
-    "MemoryStorage", "MemoryTransport", "NotLeader", "Outcome", "RaftConfig", "RaftError", "RaftNode",
+    "ClientSessions", "CommitUnknown", "ConfigChangeInProgress", "Entry",
+    "MemoryStorage", "NotLeader", "Outcome", "RaftConfig", "RaftError", "RaftNode",
     "RaftObserver", "RaftStateMachine", "RaftStorage", "RocksStorage", "Snapshot", "StaleRequest",
     "Transport", "pack_message", "unpack_message",
 ]
@@ -1222,126 +1220,13 @@ def _rejection(reply: str) -> dict:
     return {"round": 0}
 
 
-# ------------------------------------------------------------------------------ memory network
+# The in-memory test network moved to memory_network.py; older imports from here still resolve
+# (lazily: that module imports this one).
+_MOVED = frozenset({"LinkFaults", "MemoryNetwork", "MemoryTransport"})
 
 
-@dataclass(frozen=True)
-class LinkFaults:
-    """What a link does to each message (probabilities are per message, per copy for delay)."""
-
-    drop: float = 0.0
-    duplicate: float = 0.0
-    #: Each copy is delayed uniformly in [delay_min, delay_max] seconds; unequal delays reorder.
-    delay_min: float = 0.0
-    delay_max: float = 0.0
-    #: Probability a copy is held back an extra uniform [0, reorder_delay] seconds.
-    reorder: float = 0.0
-    reorder_delay: float = 0.05
-
-
-class MemoryTransport(Transport):
-    """One node's end of a :class:`MemoryNetwork`."""
-
-    def __init__(self, network: MemoryNetwork, node_id: NodeId, incoming: trio.MemoryReceiveChannel):
-        self.network = network
-        self.node_id = node_id
-        self.incoming = incoming
-
-    async def send(self, to: NodeId, message: dict) -> None:
-        self.network.submit(self.node_id, to, message)
-        await trio.lowlevel.checkpoint()
-
-
-class MemoryNetwork:
-    """Delivers messages between nodes in one trio run, with seeded faults.
-
-    Messages are msgpack-encoded on send and decoded on delivery, as over a real wire. Faults are
-    chosen by ``rng`` per message; per-link settings override the default. A partition cuts every
-    pair of nodes not in the same group, both at send and at delivery time. Run :meth:`run` in a
-    nursery for the network's lifetime (it delivers delayed messages on trio's clock).
-    """
-
-    def __init__(self, rng: random.Random, faults: LinkFaults | None = None, *, inbox_size: int = 4096):
-        self.rng = rng
-        self.default = faults or LinkFaults()
-        self.inbox_size = inbox_size
-        self._links: dict[tuple[NodeId, NodeId], LinkFaults] = {}
-        self._groups: dict[NodeId, int] = {}
-        self._inboxes: dict[NodeId, trio.MemorySendChannel] = {}
-        self._queue: list[tuple[float, int, NodeId, NodeId, bytes]] = []
-        self._order = itertools.count()
-        self._wake = trio.Event()
-        self.stats: Counter[str] = Counter()
-
-    def endpoint(self, node_id: NodeId) -> MemoryTransport:
-        """A fresh endpoint for ``node_id`` (replacing, and closing, any earlier one)."""
-        self.disconnect(node_id)
-        send, receive = trio.open_memory_channel(self.inbox_size)
-        self._inboxes[node_id] = send
-        return MemoryTransport(self, node_id, receive)
-
-    def disconnect(self, node_id: NodeId) -> None:
-        """The node is down: messages to it are dropped until a new endpoint is made."""
-        old = self._inboxes.pop(node_id, None)
-        if old is not None:
-            old.close()
-
-    def set_faults(self, faults: LinkFaults, src: NodeId | None = None, dst: NodeId | None = None) -> None:
-        """Set the default faults, or those of the link ``src -> dst``."""
-        if src is None and dst is None:
-            self.default = faults
-        else:
-            self._links[(src, dst)] = faults
-
-    def partition(self, *groups: Iterable[NodeId]) -> None:
-        """Only nodes in the same group can talk (nodes in no group form one more group)."""
-        self._groups = {node: i for i, group in enumerate(groups) for node in group}
-
-    def heal(self) -> None:
-        self._groups = {}
-
-    def can_talk(self, a: NodeId, b: NodeId) -> bool:
-        return self._groups.get(a, -1) == self._groups.get(b, -1)
-
-    def submit(self, src: NodeId, dst: NodeId, message: dict) -> None:
-        self.stats["sent"] += 1
-        faults = self._links.get((src, dst), self.default)
-        rng = self.rng
-        if not self.can_talk(src, dst) or (faults.drop and rng.random() < faults.drop):
-            self.stats["dropped"] += 1
-            return
-        copies = 2 if faults.duplicate and rng.random() < faults.duplicate else 1
-        self.stats["duplicated"] += copies - 1
-        data = pack(message)
-        now = trio.current_time()
-        for _ in range(copies):
-            delay = rng.uniform(faults.delay_min, faults.delay_max) if faults.delay_max else 0.0
-            if faults.reorder and rng.random() < faults.reorder:
-                delay += rng.uniform(0, faults.reorder_delay)
-            if delay <= 0:
-                self._deliver(src, dst, data)
-            else:
-                heapq.heappush(self._queue, (now + delay, next(self._order), src, dst, data))
-                self._wake.set()
-
-    def _deliver(self, src: NodeId, dst: NodeId, data: bytes) -> None:
-        inbox = self._inboxes.get(dst)
-        if inbox is None or not self.can_talk(src, dst):
-            self.stats["dropped"] += 1
-            return
-        try:
-            inbox.send_nowait(unpack(data))
-            self.stats["delivered"] += 1
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self.stats["dropped"] += 1
-
-    async def run(self) -> None:
-        while True:
-            deadline = self._queue[0][0] if self._queue else math.inf
-            with trio.move_on_at(deadline):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            now = trio.current_time()
-            while self._queue and self._queue[0][0] <= now:
-                _, _, src, dst, data = heapq.heappop(self._queue)
-                self._deliver(src, dst, data)
+def __getattr__(name: str):
+    if name in _MOVED:
+        from . import memory_network
+        return getattr(memory_network, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

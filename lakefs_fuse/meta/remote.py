@@ -1,7 +1,9 @@
 """The client side of the metadata servers: :class:`RemoteMeta`, a :class:`~.client.MetaClient`.
 
-:class:`MetaService` finds the leader and keeps one pipelined connection to it. A call goes to
-the server believed to lead; an answer ``{"redirect": 1, "leader": addr}`` sends it there (or,
+:class:`MetaService` finds the leader and keeps one pipelined connection to it. Its connections
+and its call watcher live in its owner's nursery: ``async with MetaService(...)``, or
+``service.bind(nursery)`` (``rpc.Connections``). A call goes to the server believed to lead; an
+answer ``{"redirect": 1, "leader": addr}`` sends it there (or,
 with no leader known, to the next server after a backoff of 50 ms doubling to 1 s); a
 connection that breaks or a call that times out moves on the same way. A call that has found
 no leader within ``op_timeout`` fails with EIO -- operations never hang. Inside a
@@ -47,9 +49,11 @@ from typing import Any
 import trio
 
 from .. import errors as E
-from .. import wire
+from .. import rpc, wire
+from ..config import META_TIMEOUT
 from . import schema as S
 from .budget import current_budget
+from .commands import Command
 from .raftlog import unpack
 from .schema import ChunkRecord, Extent, Inode, PeerRecord
 
@@ -78,7 +82,7 @@ class MetaService:
     """Leader-following calls to a metadata cluster."""
 
     def __init__(self, addresses: list[str], secret: bytes, *, ssl_context=None,
-                 op_timeout: float = 30.0, call_timeout: float = 10.0, connect_timeout: float = 2.0,
+                 op_timeout: float = META_TIMEOUT, call_timeout: float = 10.0, connect_timeout: float = 2.0,
                  max_payload: int = wire.DEFAULT_MAX_PAYLOAD, probe_after: float = PROBE_AFTER):
         if not addresses:
             raise E.UserError("no metadata server addresses given")
@@ -96,66 +100,46 @@ class MetaService:
         self.max_payload = max_payload
         self.leader: str | None = None
         self._rr = 0
-        self._clients: dict[str, wire.RpcClient] = {}
-        self._connecting: dict[str, trio.Lock] = {}
-        self._nursery: trio.Nursery | None = None
+        #: One connection per member, and the nursery of their reader tasks and of the watcher.
+        self._connections = rpc.Connections(
+            secret, name="meta", connect_timeout=connect_timeout, max_payload=max_payload, ssl_context=ssl_context,
+            on_open=lambda nursery: nursery.start_soon(self._watch_calls, name="meta-call-watcher"))
         self.redirects = 0
         self.retries = 0
         self.probe_after = probe_after
         #: Calls waiting for an answer: token -> (address, connection, start time); see _watch_calls.
-        self._outstanding: dict[int, tuple[str, wire.RpcClient, float]] = {}
+        self._outstanding: dict[int, tuple[str, rpc.RpcClient, float]] = {}
         self._tokens = itertools.count()
         self._call_started = trio.Event()
         #: The highest term in which a probe saw a leader (0: none yet).
         self._leader_term = 0
         #: Connections the watcher closed to move their calls (see _cut).
-        self._moved: weakref.WeakSet[wire.RpcClient] = weakref.WeakSet()
+        self._moved: weakref.WeakSet[rpc.RpcClient] = weakref.WeakSet()
         #: Times calls were moved off a member that stopped answering (see the module docstring).
         self.failovers = 0
 
-    async def _owner_nursery(self) -> trio.Nursery:
-        """A nursery for connection reader tasks that lives as long as the trio run."""
-        if self._nursery is None:
-            ready = trio.Event()
+    def bind(self, nursery: trio.Nursery) -> None:
+        """Run the connections and the call watcher in the owner's ``nursery`` (``rpc.Connections``)."""
+        self._connections.bind(nursery)
 
-            async def owner() -> None:
-                try:
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
-                        nursery.start_soon(self._watch_calls, name="meta-call-watcher")
-                        ready.set()
-                        await trio.sleep_forever()
-                finally:
-                    self._nursery = None
-                    self._clients.clear()
-                    ready.set()
+    async def release(self) -> None:
+        """Close the connections and give the owner's nursery back."""
+        await self._connections.release()
 
-            trio.lowlevel.spawn_system_task(owner, name="meta-connections")
-            await ready.wait()
-        assert self._nursery is not None
-        return self._nursery
+    async def __aenter__(self) -> MetaService:
+        """``async with MetaService(...) as service``: connections and watcher live for the block."""
+        await self._connections.__aenter__()
+        return self
 
-    async def _client(self, address: str, connect_timeout: float | None = None) -> wire.RpcClient:
-        client = self._clients.get(address)
-        if client is not None and not client.closed:
-            return client
-        lock = self._connecting.setdefault(address, trio.Lock())
-        async with lock:
-            client = self._clients.get(address)
-            if client is not None and not client.closed:
-                return client
-            host, port = wire.parse_address(address)
-            client = await wire.RpcClient.connect(
-                host, port, self.secret, await self._owner_nursery(),
-                connect_timeout=self.connect_timeout if connect_timeout is None else connect_timeout,
-                max_payload=self.max_payload, ssl_context=self.ssl_context)
-            self._clients[address] = client
-            return client
+    async def __aexit__(self, *exc_info) -> None:
+        await self._connections.__aexit__(*exc_info)
 
-    def _forget_client(self, address: str, client: wire.RpcClient | None) -> None:
+    async def _client(self, address: str, connect_timeout: float | None = None) -> rpc.RpcClient:
+        return await self._connections.get(address, connect_timeout=connect_timeout)
+
+    def _forget_client(self, address: str, client: rpc.RpcClient | None) -> None:
         """Stop using ``client`` for ``address`` (not a newer connection made meanwhile)."""
-        if client is not None and self._clients.get(address) is client:
-            del self._clients[address]
+        self._connections.forget(address, client)
 
     def _learn(self, address: str | None) -> None:
         if address and address not in self.addresses:
@@ -301,9 +285,9 @@ class MetaService:
             # Silent on our connection, alive on a new one: the old connection is half-open.
             log.warning("the connection to metadata leader %s stopped carrying answers: "
                         "re-sending its pending calls on a new one", leader)
-            await self._cut({leader}, keep=self._clients.get(leader))
+            await self._cut({leader}, keep=self._connections.pooled(leader))
 
-    def _carries_nothing(self, address: str, marks: dict[wire.RpcClient, int]) -> bool:
+    def _carries_nothing(self, address: str, marks: dict[rpc.RpcClient, int]) -> bool:
         """No byte came in on the stalled connections to ``address`` while the members were asked,
         and none is going out (a status answer queued behind a long transfer is not silence)."""
         clients = {client for a, client, _ in self._outstanding.values() if a == address}
@@ -313,13 +297,10 @@ class MetaService:
     async def _answers_afresh(self, address: str) -> bool:
         """Does ``address`` answer ``status`` as the leader over a new connection? It then
         replaces the connection in use (a frozen member cannot finish the handshake)."""
-        host, port = wire.parse_address(address)
         client = None
         try:
             with trio.fail_after(PROBE_TIMEOUT):
-                client = await wire.RpcClient.connect(host, port, self.secret, await self._owner_nursery(),
-                                                      connect_timeout=PROBE_TIMEOUT, max_payload=self.max_payload,
-                                                      ssl_context=self.ssl_context)
+                client = await self._connections.connect(address, connect_timeout=PROBE_TIMEOUT)
                 res, _ = await client.call("status", timeout=PROBE_TIMEOUT)
         except (OSError, wire.ConnectionLost, wire.ProtocolError, wire.RemoteError, trio.TooSlowError):
             res = {}
@@ -327,17 +308,16 @@ class MetaService:
             if client is not None:
                 await client.aclose()
             return False
-        self._clients[address] = client
+        self._connections.replace(address, client)
         return True
 
-    async def _cut(self, addresses: set[str], keep: wire.RpcClient | None = None) -> None:
+    async def _cut(self, addresses: set[str], keep: rpc.RpcClient | None = None) -> None:
         """Close the connections to ``addresses`` (but ``keep``): their pending calls fail at once,
         and ``_call`` re-sends them (to ``self.leader``) without a backoff."""
         cut = {client for address, client, _ in self._outstanding.values() if address in addresses}
         for address in addresses:
-            if self._clients.get(address) is not keep:
-                cut.add(self._clients.pop(address, None))
-        cut.discard(None)
+            if self._connections.pooled(address) is not keep:
+                cut.update(self._connections.drop(address))
         cut.discard(keep)
         self.failovers += 1
         for client in cut:
@@ -356,7 +336,7 @@ class MetaService:
             except (OSError, wire.ConnectionLost, wire.ProtocolError, wire.RemoteError,
                     trio.TooSlowError) as exc:
                 out[address] = f"unreachable: {str(exc) or type(exc).__name__}"
-                self._clients.pop(address, None)
+                self._connections.drop(address)
 
         async with trio.open_nursery() as nursery:
             for address in list(self.addresses):
@@ -364,9 +344,8 @@ class MetaService:
         return out
 
     async def aclose(self) -> None:
-        for client in list(self._clients.values()):
-            await client.aclose()
-        self._clients.clear()
+        """Close the connections (a later call reconnects)."""
+        await self._connections.aclose()
 
 
 class _Session:
@@ -393,15 +372,16 @@ class RemoteMeta:
         self._free: list[_Session] = [_Session() for _ in range(sessions)]
         self._available = trio.Semaphore(sessions)
 
-    async def apply(self, cmd: list, *, sync: bool = False):
+    async def apply(self, cmd: Command, *, sync: bool = False) -> Any:
         # Committed means stored on a majority with fsync: every command is durable, so
         # ``sync`` needs nothing more.
+        wire_form = cmd.to_wire()  # the one place a client encodes a command
         async with self._available:
             session = self._free.pop()
             try:
                 session.seq += 1
                 _, body = await self.service.call("apply", {"c": session.client_id, "s": session.seq},
-                                                  S.pack(cmd))
+                                                  S.pack(wire_form))
             finally:
                 self._free.append(session)
         return unpack(body)

@@ -1,6 +1,8 @@
-"""The only place that encodes RocksDB keys and record layouts of the metadata.
+"""The only place that encodes and decodes RocksDB keys and record layouts of the metadata.
 
-Integers in keys are big-endian so prefix scans come out ordered. Values are msgpack
+Every key is built by a ``*_key`` function below and taken apart by a ``*_of_key`` function
+beside it; a prefix scan uses a ``*_PREFIX`` constant or a ``*_prefix`` function. No other module
+slices keys by byte offset. Integers in keys are big-endian so prefix scans come out ordered. Values are msgpack
 arrays (not maps) on hot records.
 
 ====================  ==========================================  =====================================
@@ -40,6 +42,16 @@ ROOT_INO = 1
 
 FORMAT = b"F"
 
+#: First byte of every key of one kind (for prefix scans over the whole kind).
+INODE_PREFIX = b"I"
+DENTRY_PREFIX = b"D"
+EXTENT_PREFIX = b"E"
+CHUNK_PREFIX = b"C"
+PEER_PREFIX = b"P"
+ORPHAN_PREFIX = b"O"
+QUEUE_PREFIX = b"Q"
+MEMBER_PREFIX = b"M"
+
 
 def u64(n: int) -> bytes:
     return _U64.pack(n)
@@ -53,12 +65,21 @@ def inode_key(ino: int) -> bytes:
     return b"I" + _U64.pack(ino)
 
 
+def ino_of_inode_key(key: bytes) -> int:
+    return _U64.unpack_from(key, 1)[0]
+
+
 def dentry_key(parent: int, name: bytes) -> bytes:
     return b"D" + _U64.pack(parent) + name
 
 
 def dentry_prefix(parent: int) -> bytes:
     return b"D" + _U64.pack(parent)
+
+
+def dentry_of_key(key: bytes) -> tuple[int, bytes]:
+    """(parent, name) of a directory entry's key."""
+    return _U64.unpack_from(key, 1)[0], key[9:]
 
 
 def cookie_key(parent: int, cookie: int) -> bytes:
@@ -77,6 +98,10 @@ def member_key(node_id: int) -> bytes:
     return b"M" + _U64.pack(node_id)
 
 
+def member_of_key(key: bytes) -> int:
+    return int.from_bytes(key[1:], "big")
+
+
 def extent_key(ino: int, index: int) -> bytes:
     return b"E" + _U64.pack(ino) + _U64.pack(index)
 
@@ -93,10 +118,6 @@ def ino_of_extent_key(key: bytes) -> int:
     return _U64.unpack_from(key, 1)[0]
 
 
-#: Every extent key starts with this.
-EXTENT_PREFIX = b"E"
-
-
 def symlink_key(ino: int) -> bytes:
     return b"S" + _U64.pack(ino)
 
@@ -109,20 +130,25 @@ def xattr_prefix(ino: int) -> bytes:
     return b"X" + _U64.pack(ino)
 
 
+def xattr_name_of_key(key: bytes) -> bytes:
+    return key[9:]
+
+
 def chunk_key(chunk_id: int) -> bytes:
     return b"C" + _U64.pack(chunk_id)
 
 
-#: Every chunk record's key starts with this.
-CHUNK_PREFIX = b"C"
-
-
 def chunk_id_of_key(key: bytes) -> int:
+    """The chunk id of a chunk record's key or of a delete-queue key (``C`` and ``Q``)."""
     return _U64.unpack_from(key, 1)[0]
 
 
 def peer_key(peer_id: int) -> bytes:
     return b"P" + _U32.pack(peer_id)
+
+
+def peer_id_of_key(key: bytes) -> int:
+    return int.from_bytes(key[1:], "big")
 
 
 def orphan_key(ino: int) -> bytes:
@@ -281,8 +307,16 @@ class PeerRecord:
     extra: dict = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        return pack([self.kind, self.address, self.zone, self.weight, self.state, self.extra])
+        return pack(self.to_wire())
 
     @classmethod
     def from_bytes(cls, peer_id: int, data: bytes) -> PeerRecord:
         return cls(peer_id, *unpack(data))
+
+    def to_wire(self) -> list:
+        """The stored array without the id (the key holds it): what ``register_peer`` carries."""
+        return [self.kind, self.address, self.zone, self.weight, self.state, self.extra]
+
+    @classmethod
+    def from_wire(cls, peer_id: int, w: list) -> PeerRecord:
+        return cls(peer_id, *w)

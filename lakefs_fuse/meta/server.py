@@ -4,11 +4,15 @@
 
 * a :class:`~.raft.RaftNode` whose log lives in ``<data>/raft`` (:class:`~.raftlog.RocksStorage`,
   synced before any answer);
-* :class:`ReplicatedState`, the issue-2 :class:`~.state.StateMachine` in ``<data>/state`` as Raft's
-  state machine. Committed commands are applied to it unchanged. It is rebuilt at every start
-  from the newest snapshot plus the log, so it needs no fsync of its own;
-* :class:`WireTransport`, Raft messages as one-way ``raft`` calls over authenticated ``wire``
-  connections between the servers.
+* :class:`~.replica.ReplicatedState`, the issue-2 :class:`~.state.StateMachine` in ``<data>/state``
+  as Raft's state machine. Committed commands are applied to it unchanged. It is rebuilt at every
+  start from the newest snapshot plus the log, so it needs no fsync of its own;
+* :class:`~.replica.WireTransport`, Raft messages as one-way ``raft`` calls over authenticated
+  ``wire`` connections between the servers.
+
+This module owns the request handler (the op table below), the server's identity and membership
+upkeep, and ``meta rebuild``; ``replica.py`` holds the two Raft adapters. It imports base, ``raft``,
+``raftlog``, ``replica``, ``state``, ``schema`` (and ``remote``, as a client of the cluster).
 
 Client operations (all authenticated with the cluster secret)
 -------------------------------------------------------------
@@ -42,24 +46,22 @@ be restarted under another identity, and a peer list that does not match the clu
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import trio
 
 from .. import errors as E
-from .. import wire
+from .. import rpc, wire
 from ..private import make_private, owner_only_umask
 from . import schema as S
+from .commands import Command, SetMetaMember
 from .raft import (
     LEADER,
     CommitUnknown,
@@ -68,167 +70,19 @@ from .raft import (
     RaftError,
     RaftNode,
     RaftObserver,
-    Transport,
-    pack_message,
-    unpack_message,
 )
 from .raftlog import RocksStorage, StorageCorrupt, unpack
-from .state import StateMachine
+from .replica import MAX_PAYLOAD, ReplicatedState, WireTransport
 
 log = logging.getLogger(__name__)
 
-#: Raft messages carry whole snapshots; allow big frames between servers.
-MAX_PAYLOAD = 1024 * 1024 * 1024
 SERVER_FILE = "server.json"
-
-
-def parse_members(text: str) -> dict[int, str]:
-    """'1=host:port,2=host:port,...' -> {1: 'host:port', ...}."""
-    members: dict[int, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        ident, sep, address = part.partition("=")
-        if not sep:
-            raise E.UserError(f"--peers entry {part!r} is not ID=HOST:PORT")
-        try:
-            node_id = int(ident)
-        except ValueError:
-            raise E.UserError(f"--peers entry {part!r}: the id must be a number") from None
-        if node_id < 1:
-            raise E.UserError(f"--peers entry {part!r}: ids start at 1")
-        try:
-            wire.parse_address(address)
-        except ValueError as exc:
-            raise E.UserError(f"--peers entry {part!r}: {exc}") from None
-        if node_id in members:
-            raise E.UserError(f"--peers names member {node_id} twice")
-        members[node_id] = address
-    if not members:
-        raise E.UserError("--peers is empty")
-    if len(set(members.values())) != len(members):
-        raise E.UserError("--peers gives two members the same address")
-    return members
 
 
 def cluster_id(members: dict[int, str], secret: bytes) -> str:
     """A founding cluster's id: its member list and secret, so every founder derives the same."""
     text = ",".join(f"{i}={a}" for i, a in sorted(members.items())) + "/" + wire.fingerprint(secret)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------ state machine
-
-
-class ReplicatedState:
-    """Raft's state machine: the metadata StateMachine, rebuilt from snapshot + log at start."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        shutil.rmtree(self.path, ignore_errors=True)  # derived state: Raft replays it
-        self.sm = StateMachine(str(self.path), create=True)
-        self._members: dict[int, str] | None = None  # the M keys, read once per change
-
-    def apply(self, index: int, command: Any) -> Any:
-        if not isinstance(command, list) or not command or not isinstance(command[0], str):
-            raise E.Invalid("malformed metadata command")
-        if command[0] == "set_meta_member":
-            self._members = None
-        return self.sm.apply(command)
-
-    def snapshot(self, index: int) -> bytes:
-        return self.sm.dump()[0]
-
-    def restore(self, data: bytes) -> None:
-        self.sm.close()
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.sm = StateMachine(str(self.path), create=True)
-        self._members = None
-        self.sm.put_all(msgpack.unpackb(data, raw=False, use_list=True))
-
-    def members(self) -> dict[int, str]:
-        """Member id -> address (read-only: shared until the next change). Every incoming Raft
-        message looks its sender up here, so the table is not re-read from RocksDB each time."""
-        if self._members is None:
-            self._members = self.sm.meta_members()
-        return self._members
-
-    def close(self) -> None:
-        self.sm.close()
-
-
-# ----------------------------------------------------------------------------------- transport
-
-
-class WireTransport(Transport):
-    """Raft messages as one-way ``raft`` calls; one connection per destination, made on demand."""
-
-    def __init__(self, node_id: int, address: str, secret: bytes, addresses, *, ssl_context=None,
-                 connect_timeout: float = 1.0):
-        self.node_id = node_id
-        self.address = address
-        self.secret = secret
-        self.ssl_context = ssl_context
-        self.connect_timeout = connect_timeout
-        self._addresses = addresses  # callable: id -> address or None
-        self._learned: dict[int, str] = {}
-        self._clients: dict[int, wire.RpcClient] = {}
-        self._retry_at: dict[int, float] = {}
-        self._nursery: trio.Nursery | None = None
-        send, self.incoming = trio.open_memory_channel(4096)
-        self._incoming_send = send
-
-    def start(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-
-    def address_of(self, node_id: int) -> str | None:
-        return self._addresses(node_id) or self._learned.get(node_id)
-
-    async def send(self, to: int, message: dict) -> None:
-        client = self._clients.get(to)
-        if client is None or client.closed:
-            client = await self._connect(to)
-            if client is None:
-                return
-        try:
-            await client.post("raft", {"src": self.node_id, "addr": self.address}, pack_message(message))
-        except (wire.ConnectionLost, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            self._clients.pop(to, None)
-
-    async def _connect(self, to: int) -> wire.RpcClient | None:
-        now = trio.current_time()
-        address = self.address_of(to)
-        if address is None or now < self._retry_at.get(to, 0.0) or self._nursery is None:
-            return None
-        host, port = wire.parse_address(address)
-        try:
-            client = await wire.RpcClient.connect(host, port, self.secret, self._nursery,
-                                                  connect_timeout=self.connect_timeout,
-                                                  max_payload=MAX_PAYLOAD, ssl_context=self.ssl_context)
-        except (OSError, trio.TooSlowError, wire.ProtocolError) as exc:
-            if to not in self._retry_at or now - self._retry_at[to] > 5:
-                log.info("member %d (%s) unreachable: %s", to, address, exc)
-            self._retry_at[to] = now + 0.5
-            return None
-        self._retry_at.pop(to, None)
-        self._clients[to] = client
-        return client
-
-    def deliver(self, src: int, address: str, payload: bytes | bytearray) -> None:
-        """A message arrived over the server (called by the request handler)."""
-        if address and self._addresses(src) is None:
-            self._learned[src] = address
-        try:
-            message = unpack_message(payload)
-        except Exception as exc:  # noqa: BLE001 -- garbage from an authenticated peer: drop it
-            raise E.Invalid(f"undecodable raft message: {exc}") from None
-        if not isinstance(message, dict):
-            raise E.Invalid("a raft message must be a map")
-        with contextlib.suppress(trio.WouldBlock):  # Raft retransmits; a full inbox: we are behind anyway
-            self._incoming_send.send_nowait(message)
-
-    async def aclose(self) -> None:
-        for client in list(self._clients.values()):
-            await client.aclose()
-        self._clients.clear()
 
 
 # --------------------------------------------------------------------------------------- server
@@ -314,7 +168,7 @@ class MetaServer:
             raise _corrupt_member(node_id, self.data_dir, exc) from None
         self._members_wanted = trio.Event()
         self._internal_seq = 0
-        self.wire_stats = wire.ServerStats()
+        self.wire_stats = rpc.ServerStats()
         self.op_counts: dict[str, int] = {}
         self.bound_port: int | None = None
 
@@ -375,17 +229,16 @@ class MetaServer:
     async def _verify_one(self, node_id: int, address: str) -> None:
         from .remote import MetaService
 
-        service = MetaService([address], self.secret, ssl_context=self.ssl_client, connect_timeout=1.0)
-        try:
-            client = await service._client(address)
-            res, _ = await client.call("hello", {"id": self.id, "cluster": self.identity["cluster"]}, timeout=2.0)
-        except wire.SecretRejected:
-            raise E.UserError(f"member {node_id} at {address} refused our cluster secret") from None
-        except (OSError, trio.TooSlowError, wire.ProtocolError, wire.ConnectionLost, wire.RemoteError) as exc:
-            log.info("could not check member %d at %s: %s", node_id, address, exc)
-            return
-        finally:
-            await service.aclose()
+        async with MetaService([address], self.secret, ssl_context=self.ssl_client, connect_timeout=1.0) as service:
+            try:
+                client = await service._client(address)
+                res, _ = await client.call("hello", {"id": self.id, "cluster": self.identity["cluster"]},
+                                           timeout=2.0)
+            except wire.SecretRejected:
+                raise E.UserError(f"member {node_id} at {address} refused our cluster secret") from None
+            except (OSError, trio.TooSlowError, wire.ProtocolError, wire.ConnectionLost, wire.RemoteError) as exc:
+                log.info("could not check member %d at %s: %s", node_id, address, exc)
+                return
         if res.get("id") != node_id:
             raise E.UserError(f"the server at {address} is member {res.get('id')}, but --peers names it "
                               f"member {node_id}")
@@ -430,7 +283,7 @@ class MetaServer:
                 missing[self.id] = self.listen
             for node_id, address in missing.items():
                 try:
-                    await self._submit_internal(["set_meta_member", node_id, address])
+                    await self._submit_internal(SetMetaMember(node_id, address))
                 except (RaftError, E.LakeError) as exc:
                     log.info("could not record member %d: %s", node_id, exc)
                     self._members_wanted.set()
@@ -444,11 +297,11 @@ class MetaServer:
             self.identity["members_seen"] = {str(k): v for k, v in seen.items()}
             self._write_identity(self.identity)
 
-    async def _submit_internal(self, command: list) -> Any:
+    async def _submit_internal(self, command: Command) -> Any:
         # Server-internal commands use the server's own session id (negative: never a client's);
         # the seq is the clock so it keeps rising across restarts.
         self._internal_seq = max(self._internal_seq + 1, time.time_ns())
-        return await self.node.submit(-self.id, self._internal_seq, command)
+        return await self.node.submit(-self.id, self._internal_seq, command.to_wire())
 
     async def _join(self) -> None:
         """A new server asks the cluster (through any member) to add it as a voter. A member
@@ -458,18 +311,16 @@ class MetaServer:
             return
         from .remote import MetaService  # a client of the cluster, like any other
 
-        service = MetaService(through, self.secret, ssl_context=self.ssl_client, op_timeout=60.0)
-        try:
-            info = await service.call("hello", {"id": self.id, "cluster": None})
-            if info[0].get("cluster"):
-                self.identity["cluster"] = info[0]["cluster"]
-                self._write_identity(self.identity)
-            await service.call("add", {"id": self.id, "address": self.listen}, timeout=60.0)
-            log.info("joined the cluster through %s as member %d", ",".join(through), self.id)
-        except E.LakeError as exc:
-            raise E.UserError(f"could not join the cluster through {','.join(through)}: {exc}") from None
-        finally:
-            await service.aclose()
+        async with MetaService(through, self.secret, ssl_context=self.ssl_client, op_timeout=60.0) as service:
+            try:
+                info = await service.call("hello", {"id": self.id, "cluster": None})
+                if info[0].get("cluster"):
+                    self.identity["cluster"] = info[0]["cluster"]
+                    self._write_identity(self.identity)
+                await service.call("add", {"id": self.id, "address": self.listen}, timeout=60.0)
+                log.info("joined the cluster through %s as member %d", ",".join(through), self.id)
+            except E.LakeError as exc:
+                raise E.UserError(f"could not join the cluster through {','.join(through)}: {exc}") from None
         if self.identity.pop("rejoin", None) is not None:
             self._write_identity(self.identity)
 
@@ -554,7 +405,7 @@ class MetaServer:
                 known = self.state.members().get(node_id)
                 if node_id in self.node.voters and known not in (None, address):
                     raise E.Exists(f"member {node_id} already exists with address {known}")
-                await self._submit_internal(["set_meta_member", node_id, address])
+                await self._submit_internal(SetMetaMember(node_id, address))
                 if node_id not in self.node.voters:
                     await self.node.add_voter(node_id)
             else:
@@ -564,7 +415,7 @@ class MetaServer:
                     raise E.Invalid("cannot remove the last member")
                 await self.node.remove_voter(node_id)
                 if self.node.is_leader:
-                    await self._submit_internal(["set_meta_member", node_id, None])
+                    await self._submit_internal(SetMetaMember(node_id, None))
         except RaftError as exc:
             return self._redirect(exc)
         self._record_members()
@@ -672,23 +523,21 @@ async def rebuild_member(data_dir: Path, addresses: list[str], secret: bytes) ->
             raise E.UserError(f"metadata member {node_id} is running on {data_dir}; stop it first") from None
         finally:
             os.close(fd)
-    service = MetaService(addresses, secret, op_timeout=60.0)
-    try:
-        hello, _ = await service.call("hello", {"id": node_id, "cluster": None})
-        if ident.get("cluster") and hello.get("cluster") and hello["cluster"] != ident["cluster"]:
-            raise E.UserError(f"{','.join(addresses)} is another cluster ({hello['cluster']}) than member "
-                              f"{node_id}'s ({ident['cluster']})")
-        if hello.get("id") == node_id:
-            raise E.UserError(f"member {node_id} itself answers at {','.join(addresses)}: stop it, and give "
-                              "--meta the other members")
-        members, _ = await service.call("members")
-        if str(node_id) in members.get("members", {}):
-            res, _ = await service.call("remove", {"id": node_id}, timeout=60.0)
-            members = res
-    except E.LakeError as exc:
-        raise E.UserError(f"metadata servers {','.join(addresses)}: {exc}") from None
-    finally:
-        await service.aclose()
+    async with MetaService(addresses, secret, op_timeout=60.0) as service:
+        try:
+            hello, _ = await service.call("hello", {"id": node_id, "cluster": None})
+            if ident.get("cluster") and hello.get("cluster") and hello["cluster"] != ident["cluster"]:
+                raise E.UserError(f"{','.join(addresses)} is another cluster ({hello['cluster']}) than member "
+                                  f"{node_id}'s ({ident['cluster']})")
+            if hello.get("id") == node_id:
+                raise E.UserError(f"member {node_id} itself answers at {','.join(addresses)}: stop it, and "
+                                  "give --meta the other members")
+            members, _ = await service.call("members")
+            if str(node_id) in members.get("members", {}):
+                res, _ = await service.call("remove", {"id": node_id}, timeout=60.0)
+                members = res
+        except E.LakeError as exc:
+            raise E.UserError(f"metadata servers {','.join(addresses)}: {exc}") from None
     aside = data_dir / f"corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
     aside.mkdir()
     for name in ("raft", "state"):
@@ -704,8 +553,8 @@ async def rebuild_member(data_dir: Path, addresses: list[str], secret: bytes) ->
 
 def partial_serve(server: MetaServer):
     async def serve(task_status=trio.TASK_STATUS_IGNORED):
-        await wire.serve(server.handle, server.host, server.port, server.secret, max_payload=MAX_PAYLOAD,
-                         ssl_context=server.ssl_server, stats=server.wire_stats, task_status=task_status)
+        await rpc.serve(server.handle, server.host, server.port, server.secret, max_payload=MAX_PAYLOAD,
+                        ssl_context=server.ssl_server, stats=server.wire_stats, task_status=task_status)
     return serve
 
 

@@ -9,6 +9,11 @@ or ``meta:HOST:PORT,...``, as an fstab line names it), a read-only mount is ``ro
 :func:`remount` switches ``ro``/``rw`` of a live mount (a plain MS_REMOUNT keeps the FUSE session;
 SIGUSR2 then tells the daemon to follow the kernel's flag). A read-only mount's ``.prefetch`` cannot
 be opened for writing, so the daemon also takes read plans on a Unix socket (:func:`_plan_socket`).
+
+While it runs, the daemon's state has owners: :class:`Readiness` (the one line on the ready pipe,
+and /readyz), :class:`BackgroundRepair` (the repair passes and their tally). Where mounts are --
+the kernel's mount table and the daemons' registry -- is :mod:`.mounttab`'s (its names stay
+importable from here). Imports the rest of ``mount``, ``lake`` and the base layer.
 """
 
 from __future__ import annotations
@@ -36,30 +41,28 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from ..config import PEER_REFRESH_SECONDS, UMOUNT_BUSY_WAIT, MountConfig, runtime_dir
+from ..config import (
+    PEER_REFRESH_SECONDS,
+    UMOUNT_BUSY_WAIT,
+    LakeConfig,
+    MountConfig,
+    default_data_dir,
+    runtime_dir,
+)
 from ..errors import LakeError, UserError
-from ..lake.lake import Lake
-from ..lake.repair import repair_pending
+from ..lake.format import format_lake
+from ..lake.identity import is_lake
+from ..lake.lake import Lake, in_use
+from ..lake.repair import Report, repair_pending
 from ..metrics import Heartbeat, MetricsServer
+from .mounttab import FSTYPE, holders_text, is_mounted, mount_options, read_registry, registry_file
+from .mounttab import mounts as mounts  # re-exported: older callers find the mount table here
 from .observe import MountObserver
 from .operations import Operations
 from .prefetch import Credentials
 from .vfs import VFS
 
 log = logging.getLogger(__name__)
-FSTYPE = "fuse.lakefs"
-
-
-def mounts() -> list[tuple[str, str, str]]:
-    """(source, mountpoint, fstype) of every mount, octal escapes decoded."""
-    out = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3:
-                dec = [p.encode().decode("unicode_escape") for p in parts[:3]]
-                out.append((dec[0], dec[1], dec[2]))
-    return out
 
 
 def lake_source(cfg: MountConfig) -> str:
@@ -71,38 +74,6 @@ def lake_source(cfg: MountConfig) -> str:
 def _escape_option(value: str) -> str:
     """A value inside libfuse's comma-separated -o list (it takes a backslash as an escape)."""
     return value.replace("\\", "\\\\").replace(",", "\\,")
-
-
-def mount_options(path: Path) -> list[str] | None:
-    """The per-mount options (``ro``/``rw``, ``nosuid``...) of the mount at ``path``, from
-    /proc/self/mountinfo (reading it asks nothing of the daemon); None if nothing is mounted there."""
-    p, found = str(Path(path).resolve()), None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 5 and fields[4].encode().decode("unicode_escape") == p:
-                found = fields[5].split(",")  # the last one listed is the one on top
-    return found
-
-
-def is_mounted(path: Path) -> str | None:
-    """The fstype mounted at ``path``, if any."""
-    p = str(Path(path).resolve())
-    for _src, mnt, fstype in mounts():
-        if mnt == p:
-            return fstype
-    return None
-
-
-def lakefs_mount_of(path: Path) -> str | None:
-    """The lakefs-fuse mountpoint that contains ``path``, if any."""
-    p = str(Path(path).resolve())
-    best = None
-    for _src, mnt, fstype in mounts():
-        inside = p == mnt or p.startswith(mnt.rstrip("/") + "/")
-        if fstype == FSTYPE and inside and (best is None or len(mnt) > len(best)):
-            best = mnt
-    return best
 
 
 def check_mountpoint(path: Path) -> Path:
@@ -179,17 +150,6 @@ def clear_dead_mount(path: Path) -> bool:
     return True
 
 
-def registry_file(mountpoint: Path) -> Path:
-    return runtime_dir() / (hashlib.sha1(str(mountpoint).encode()).hexdigest()[:16] + ".json")
-
-
-def read_registry(mountpoint: Path) -> dict | None:
-    try:
-        return json.loads(registry_file(mountpoint).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def set_read_ahead(mountpoint: Path, kb: int) -> int | None:
     """Raise the mount's bdi read_ahead_kb so buffered reads arrive as 1 MiB requests."""
     dev = os.stat(mountpoint).st_dev
@@ -202,20 +162,35 @@ def set_read_ahead(mountpoint: Path, kb: int) -> int | None:
         return None
 
 
-def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
-    """Run the mount in this process until unmounted or signalled. Returns an exit status."""
-    ready = os.fdopen(ready_fd, "w") if ready_fd is not None else None
+class Readiness:
+    """Whether the mount is live, told once to whoever waits for it: the parent that spawned the
+    daemon reads one line on the ready pipe (``ok``, or ``error: WHY``), and /readyz asks
+    :meth:`is_live`. Only the first :meth:`report` reaches the pipe."""
 
-    def report(msg: str) -> None:
-        nonlocal ready
-        if ready is not None:
+    def __init__(self, ready_fd: int | None) -> None:
+        self._pipe = os.fdopen(ready_fd, "w") if ready_fd is not None else None
+        self._live = False
+
+    def report(self, msg: str) -> None:
+        if self._pipe is not None:
             try:
-                ready.write(msg + "\n")
-                ready.close()
+                self._pipe.write(msg + "\n")
+                self._pipe.close()
             except OSError:
                 pass
-            ready = None
+            self._pipe = None
 
+    def mark_live(self) -> None:
+        self._live = True
+        self.report("ok")
+
+    def is_live(self) -> bool:
+        return self._live
+
+
+def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
+    """Run the mount in this process until unmounted or signalled. Returns an exit status."""
+    readiness = Readiness(ready_fd)
     try:
         mountpoint = check_mountpoint(cfg.mountpoint)
         if cfg.meta:
@@ -233,7 +208,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
                 lake.close()
                 raise
     except UserError as exc:
-        report(f"error: {exc}")
+        readiness.report(f"error: {exc}")
         raise
     if not cfg.meta:
         # An embedded lake's metadata is read whole once (~0.2 s per million keys): a damaged
@@ -243,7 +218,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
             keys = lake.sm.verify()
         except LakeError as exc:
             lake.close()
-            report(f"error: {exc}")
+            readiness.report(f"error: {exc}")
             raise UserError(str(exc)) from None
         log.info("metadata checked: %d keys in %.2f s", keys, time.monotonic() - t)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -264,15 +239,14 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     vfs.on_read = observer.recorder.read_done
     ops = Operations(vfs, observer.recorder)
     heartbeat = Heartbeat()
-    live = {"ok": False}
     metrics_server = None
     if cfg.metrics:
         try:
             metrics_server = MetricsServer(cfg.metrics, observer.registry, alive=heartbeat.alive,
-                                           ready=lambda: live["ok"])
+                                           ready=readiness.is_live)
         except UserError as exc:
             lake.close()
-            report(f"error: {exc}")
+            readiness.report(f"error: {exc}")
             raise
     options = set(pyfuse3.default_options) | {"fsname=" + _escape_option(lake_source(cfg)), "subtype=lakefs"}
     if cfg.allow_other:
@@ -285,7 +259,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         lake.close()
         if metrics_server is not None:
             metrics_server.close()
-        report(f"error: cannot mount {mountpoint}: {failure}")
+        readiness.report(f"error: cannot mount {mountpoint}: {failure}")
         raise UserError(f"cannot mount {mountpoint}: {failure}")
     reg = registry_file(mountpoint)
     reg.parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +268,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
                                "meta": list(cfg.meta), "secret_file": str(cfg.secret_file or "")}))
     status = 0
     try:
-        trio.run(_main, vfs, cfg, mountpoint, report, lake, heartbeat, live, observer.repair)
+        repair = BackgroundRepair(lake, vfs, cfg.repair_delay, observer.count_repair)
+        trio.run(_main, vfs, cfg, mountpoint, readiness, lake, heartbeat, repair)
     except BaseException:
         log.exception("mount daemon failed")
         status = 1
@@ -312,7 +287,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
             disk.close()
         with contextlib.suppress(FileNotFoundError):
             reg.unlink()
-        report("error: mount daemon stopped before the mount was live (see its log)")
+        readiness.report("error: mount daemon stopped before the mount was live (see its log)")
         log.info("mount daemon for %s stopped", mountpoint)
     return status
 
@@ -368,42 +343,45 @@ def _fuse_init(ops: Operations, mountpoint: Path, options: set[str]) -> str | No
     return cause
 
 
-async def _main(vfs: VFS, cfg: MountConfig, mountpoint: Path, report, lake: Lake, heartbeat: Heartbeat,
-                live: dict, repair_tally: dict) -> None:
+async def _main(vfs: VFS, cfg: MountConfig, mountpoint: Path, readiness: Readiness, lake: Lake,
+                heartbeat: Heartbeat, repair: BackgroundRepair) -> None:
     async with trio.open_nursery() as nursery:
         await vfs.start(nursery)
         nursery.start_soon(heartbeat.run)
         nursery.start_soon(_signals)
         nursery.start_soon(_follow_remounts, vfs, mountpoint)
         await nursery.start(_plan_socket, vfs, registry_file(mountpoint).with_suffix(".sock"), cfg.allow_other)
-        nursery.start_soon(_repair_loop, lake, vfs, cfg.repair_delay, repair_tally)
+        nursery.start_soon(repair.run)
         if cfg.meta and not cfg.dataset:  # an embedded lake's peers change only while unmounted
             nursery.start_soon(_follow_peers, lake)
-        nursery.start_soon(_become_ready, cfg, mountpoint, report, live)
+        nursery.start_soon(_become_ready, cfg, mountpoint, readiness)
         await pyfuse3.main()
         log.info("FUSE session ended; flushing")
         await vfs.shutdown()
         nursery.cancel_scope.cancel()
 
 
-async def _repair_loop(lake: Lake, vfs: VFS, delay: float, tally: dict) -> None:
-    """Close redundancy gaps in the background: see :func:`..lake.repair.repair_pending`."""
-    tick = max(0.5, min(30.0, delay / 2))
-    while True:
-        await trio.sleep(tick)
-        try:
-            report = await repair_pending(lake, delay=delay, forget_layout=vfs.forget_layout)
-        except LakeError as exc:  # e.g. no metadata majority: one line, the next round tries again
-            log.warning("background repair failed: %s", exc)
-            continue
-        except Exception:  # repair is best effort; the next round tries again
-            log.exception("background repair failed")
-            continue
-        r = tally
-        r["passes"] += 1
-        r["shards_rebuilt"] += report.repaired
-        r["failed"] += len(report.failed)
-        r["lost_chunks"] = len(report.lost)  # as of the last pass: more bad shards than parity
+class BackgroundRepair:
+    """Closes redundancy gaps while the mount runs (see :func:`..lake.repair.repair_pending`),
+    a pass every ``delay / 2`` seconds (0.5 to 30); each pass's report goes to ``on_pass`` (the
+    observer's :meth:`~.observe.MountObserver.count_repair`, which the metrics publish)."""
+
+    def __init__(self, lake: Lake, vfs: VFS, delay: float, on_pass: Callable[[Report], None]) -> None:
+        self.lake, self.vfs, self.delay, self.on_pass = lake, vfs, delay, on_pass
+
+    async def run(self) -> None:
+        tick = max(0.5, min(30.0, self.delay / 2))
+        while True:
+            await trio.sleep(tick)
+            try:
+                report = await repair_pending(self.lake, delay=self.delay, forget_layout=self.vfs.forget_layout)
+            except LakeError as exc:  # e.g. no metadata majority: one line, the next round tries again
+                log.warning("background repair failed: %s", exc)
+                continue
+            except Exception:  # repair is best effort; the next round tries again
+                log.exception("background repair failed")
+                continue
+            self.on_pass(report)
 
 
 async def _follow_peers(lake: Lake) -> None:
@@ -492,14 +470,40 @@ async def _take_plan(vfs: VFS, allow_other: bool, stream: trio.SocketStream) -> 
         await trio.aclose_forcefully(stream)
 
 
-async def _become_ready(cfg: MountConfig, mountpoint: Path, report, live: dict) -> None:
+async def _become_ready(cfg: MountConfig, mountpoint: Path, readiness: Readiness) -> None:
     # The first stat makes the kernel finish its FUSE handshake; read_ahead_kb written
     # before that is silently reset, so set it afterwards and read it back.
     await trio.to_thread.run_sync(os.stat, mountpoint)
     ra = await trio.to_thread.run_sync(set_read_ahead, mountpoint, cfg.read_ahead_kb)
     log.info("mounted %s (read_ahead_kb=%s)", mountpoint, ra)
-    live["ok"] = True
-    report("ok")
+    readiness.mark_live()
+
+
+def default_lake() -> Path:
+    """The zero-configuration embedded lake (:func:`~..config.default_data_dir`), formatted with
+    the default :class:`LakeConfig` on first use (never over a directory that holds anything)."""
+    data_dir = default_data_dir()
+    if not is_lake(data_dir) and not (data_dir.exists() and any(data_dir.iterdir())):
+        format_lake(data_dir, LakeConfig())
+    return data_dir
+
+
+def start(cfg: MountConfig, options: list[str]) -> Path:
+    """Mount in the background: check the mountpoint, and that the lake opens (so a refusal comes
+    here, with its reason, not from the daemon's log), then run ``lakefs-fuse mount -f MOUNTPOINT
+    OPTIONS`` as a daemon and return its log's path once the mount is live."""
+    check_mountpoint(cfg.mountpoint)
+    mnt = Path(cfg.mountpoint).resolve()
+    if cfg.meta:
+        Lake.open_remote(list(cfg.meta), cfg.secret_file, tls_ca=cfg.tls_ca).close()
+        log_path = runtime_dir() / ("mount-" + str(mnt).strip("/").replace("/", "_") + ".log")
+    else:
+        if in_use(cfg.data_dir):
+            raise UserError(f"{cfg.data_dir} is already mounted by another lakefs-fuse process")
+        Lake.open(cfg.data_dir, read_only=True).close()
+        log_path = Path(cfg.data_dir) / "mount.log"
+    spawn([str(mnt), *options], mnt, log_path)
+    return log_path
 
 
 def spawn(cfg_args: list[str], mountpoint: Path, log_path: Path, timeout: float = 60.0) -> None:
@@ -587,14 +591,14 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 60.0, force: 
     err = fusermount()
     if err is not None and "busy" in err.lower() and busy_wait > 0:
         if notify is not None:
-            notify(f"{mnt} is busy ({_holders_text(mnt)}); waiting up to {busy_wait:.0f}s for it")
+            notify(f"{mnt} is busy ({holders_text(mnt)}); waiting up to {busy_wait:.0f}s for it")
         deadline = time.monotonic() + busy_wait
         while err is not None and "busy" in err.lower() and time.monotonic() < deadline:
             time.sleep(0.1)  # polling a deadline: the kernel has no "mount released" event
             err = fusermount()
     if err is not None:
         if "busy" in err.lower():
-            raise UserError(f"{mnt} is busy ({_holders_text(mnt)}); close them or use --lazy")
+            raise UserError(f"{mnt} is busy ({holders_text(mnt)}); close them or use --lazy")
         raise UserError(f"cannot unmount {mnt}: {err}")
     if reg and not lazy:
         pid, deadline = reg["pid"], time.monotonic() + timeout
@@ -607,40 +611,6 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 60.0, force: 
                 return
             time.sleep(0.05)
         raise UserError(f"unmounted {mnt}, but its daemon (pid {pid}) is still flushing after {timeout:.0f}s")
-
-
-def mount_users(mnt: Path) -> list[str]:
-    """``PID (COMMAND)`` of every process whose working directory, root or an open file is inside
-    ``mnt`` (read from /proc, which asks nothing of the daemon)."""
-    inside = str(mnt).rstrip("/")
-    users = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        base = f"/proc/{entry.name}"
-        links = [f"{base}/cwd", f"{base}/root"]
-        with contextlib.suppress(OSError):  # gone, or not ours to look at
-            links += [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
-        for link in links:
-            try:
-                target = os.readlink(link)
-            except OSError:
-                continue
-            if target == inside or target.startswith(inside + "/"):
-                try:
-                    command = Path(f"{base}/comm").read_text().strip()
-                except OSError:
-                    command = "?"
-                users.append(f"{entry.name} ({command})")
-                break
-    return users
-
-
-def _holders_text(mnt: Path) -> str:
-    users = mount_users(mnt)
-    if not users:
-        return "no process holds it: the kernel is still releasing its files"
-    return "held by pid " + ", ".join(users[:8]) + (" ..." if len(users) > 8 else "")
 
 
 #: Per-mount flags a remount must give again, or the kernel clears them (mount(2)'s MS_* values).

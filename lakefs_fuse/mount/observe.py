@@ -24,7 +24,7 @@ class MountObserver:
     def __init__(self, vfs: VFS, *, lake_info: dict | None = None):
         self.vfs = vfs
         self.lake_info = lake_info or {}
-        #: The daemon's background repair keeps these (see ``daemon._repair_loop``).
+        #: The background repair's tally (:meth:`count_repair`, called by ``daemon.BackgroundRepair``).
         self.repair = {"passes": 0, "shards_rebuilt": 0, "failed": 0, "lost_chunks": 0}
         self.registry = new_registry()
         self.recorder = FuseRecorder(self.registry)
@@ -49,6 +49,15 @@ class MountObserver:
 
     # ---------------------------------------------------------------- families
 
+    def count_repair(self, report) -> None:
+        """Add one background repair pass (a :class:`~..lake.repair.Report`) to the tally:
+        ``failed`` counts chunk repairs retried next pass, ``lost_chunks`` is as of the last pass
+        (more bad shards than parity)."""
+        self.repair["passes"] += 1
+        self.repair["shards_rebuilt"] += report.repaired
+        self.repair["failed"] += len(report.failed)
+        self.repair["lost_chunks"] = len(report.lost)
+
     def _families(self) -> Iterator[Metric]:
         vfs = self.vfs
         s = vfs.stats
@@ -58,14 +67,15 @@ class MountObserver:
         yield counter("lakefs_readahead_skipped", "Read-ahead not started: the in-flight budget was full",
                       s.readahead_skipped)
         yield counter("lakefs_readahead_resets", "Read-ahead windows reset by a seek", s.readahead_resets)
-        yield gauge("lakefs_ahead_inflight_bytes", "Bytes being fetched ahead of readers now", vfs.ahead.used)
-        yield gauge("lakefs_ahead_budget_bytes", "In-flight budget of read-ahead and read plans", vfs.ahead.limit)
+        ahead = vfs.reader.ahead
+        yield gauge("lakefs_ahead_inflight_bytes", "Bytes being fetched ahead of readers now", ahead.used)
+        yield gauge("lakefs_ahead_budget_bytes", "In-flight budget of read-ahead and read plans", ahead.limit)
         yield gauge("lakefs_dirty_bytes", "Written bytes not yet sealed into chunks", vfs.writer.buffered)
 
-        mem = vfs.cache
+        mem = vfs.reader.cache
         tiers = [("memory", mem.hits, mem.misses, mem.evictions, mem.used, mem.budget)]
-        if vfs.disk is not None:
-            d = vfs.disk.stats()
+        if vfs.reader.disk is not None:
+            d = vfs.reader.disk.stats()
             tiers.append(("disk", d["hits"], d["misses"], d["evictions"], d["used"], d["capacity"]))
         yield labelled(CounterMetricFamily, "lakefs_cache_hits", "Chunk-range cache hits by tier", ["tier"],
                        [([t[0]], t[1]) for t in tiers])
@@ -78,7 +88,7 @@ class MountObserver:
         yield labelled(GaugeMetricFamily, "lakefs_cache_capacity_bytes", "Capacity by tier", ["tier"],
                        [([t[0]], t[5]) for t in tiers])
 
-        plan = vfs.plan_totals()
+        plan = vfs.control.plan_totals()
         yield counter("lakefs_plan_paths", "Paths handed to the read plan (.prefetch)", plan.received)
         yield counter("lakefs_plan_prefetched_files", "Files fetched ahead of the loader", plan.prefetched)
         yield counter("lakefs_plan_prefetched_bytes", "Bytes fetched ahead of the loader", plan.prefetched_bytes)
@@ -90,7 +100,7 @@ class MountObserver:
         chunks = vfs.chunks
         yield counter("lakefs_degraded_reads", "Chunk reads that had to decode from parity", chunks.degraded_reads)
         yield counter("lakefs_partial_writes", "Chunks committed without all their shards", chunks.partial_writes)
-        yield gauge("lakefs_chunks_needing_repair", "Chunks this mount knows to miss shards", len(chunks.needs_repair))
+        yield gauge("lakefs_chunks_needing_repair", "Chunks this mount knows to miss shards", chunks.repair_queue_size)
         rep = self.repair
         yield counter("lakefs_repair_shards_rebuilt", "Shards the background repair rebuilt elsewhere",
                       rep["shards_rebuilt"])

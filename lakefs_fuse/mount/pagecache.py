@@ -12,6 +12,10 @@ know; then the file is read the ordinary way from the memory cache.
 The notification runs in a thread of its own. The kernel locks the page cache pages it fills; if
 a READ of the same file is in flight those pages are locked until the event loop answers it, so a
 store must never run on the event loop.
+
+Also owns :class:`KernelPages`, this mount's record of what the kernel's page cache holds (the
+``keep_cache`` decision at open, and the files dataset mode gave it whole). Imports nothing of
+the package: the daemon hands in ``pyfuse3.notify_store``.
 """
 
 from __future__ import annotations
@@ -92,3 +96,44 @@ class PageCachePusher:
             finally:
                 with self._lock:
                     self._queued_bytes -= len(data)
+
+
+class KernelPages:
+    """What the kernel's page cache holds of each file, as far as this mount can tell.
+
+    ``attrs``: the (size, mtime) of a file when the kernel last took its pages (a read through an
+    open handle, a push); an ``open`` that sees the same pair lets the kernel keep them
+    (``keep_cache``). ``whole``: dataset mode -- files the kernel was given whole (read or
+    pushed) and has not forgotten; the read plan does not fetch them again (a second epoch runs
+    from the page cache). The VFS and the reader share one instance.
+    """
+
+    def __init__(self) -> None:
+        self._attrs: dict[int, tuple[int, int]] = {}
+        self._whole: set[int] = set()
+
+    def keep_on_open(self, ino: int, size: int, mtime_ns: int) -> bool:
+        """An open saw ``ino`` at (size, mtime): may the kernel keep its cached pages?"""
+        seen = (size, mtime_ns)
+        keep = self._attrs.get(ino) == seen
+        self._attrs[ino] = seen
+        return keep
+
+    def remember(self, ino: int, size: int, mtime_ns: int) -> None:
+        """The kernel now holds ``ino``'s pages as of (size, mtime)."""
+        self._attrs[ino] = (size, mtime_ns)
+
+    def changed(self, ino: int) -> None:
+        """``ino``'s size changed (or it is gone): cached pages must not be kept at the next open."""
+        self._attrs.pop(ino, None)
+
+    def forgotten(self, ino: int) -> None:
+        """The kernel dropped the inode, and with it every cached page of the file."""
+        self._attrs.pop(ino, None)
+        self._whole.discard(ino)
+
+    def has_whole(self, ino: int) -> bool:
+        return ino in self._whole
+
+    def got_whole(self, ino: int) -> None:
+        self._whole.add(ino)

@@ -38,13 +38,17 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import trio
 
 from ..chunks.client import ChunkClient
 from ..errors import LakeError, NoSpace
+from ..lake.records import record_of
 from ..meta.client import MetaClient
+from ..meta.commands import AllocChunks, Commit, CommitExtent
+from ..meta.schema import Inode
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +103,11 @@ class DirtyFile:
         self.nbytes += len(merged)
         return self.nbytes - before
 
-    def overlay(self, buf: bytearray, off: int) -> None:
-        """Copy dirty bytes that fall in [off, off+len(buf)) over ``buf``."""
-        end = off + len(buf)
+    def segments(self, off: int, end: int) -> Iterator[tuple[int, bytearray]]:
+        """The segments that may hold bytes in [off, end), as (start, segment)."""
         i = max(0, bisect.bisect_right(self.starts, off) - 1)
         while i < len(self.starts) and self.starts[i] < end:
-            s, seg = self.starts[i], self.segs[i]
-            a, b = max(s, off), min(s + len(seg), end)
-            if a < b:
-                buf[a - off:b - off] = seg[a - s:b - s]
+            yield self.starts[i], self.segs[i]
             i += 1
 
     def take(self, limit: int) -> list[tuple[int, bytes]]:
@@ -195,7 +195,7 @@ RETRY_FIRST, RETRY_MAX = 0.5, 15.0
 
 class Writer:
     def __init__(self, meta: MetaClient, chunks: ChunkClient, *, chunk_size: int, budget: int,
-                 max_age: float = 5.0, pack_delay: float = 0.0, space_interval: float = 1.0):
+                 pack_delay: float, max_age: float = 5.0, space_interval: float = 1.0):
         self.meta = meta
         self.chunks = chunks
         self.chunk_size = chunk_size
@@ -351,36 +351,37 @@ class Writer:
     def has_data(self, ino: int) -> bool:
         return ino in self.dirty or ino in self.inflight
 
-    def overlay(self, ino: int, buf: bytearray, off: int) -> None:
-        end = off + len(buf)
-        for seal in self.inflight.get(ino, ()):  # oldest first
-            for i, o, d in seal.parts:
-                if i == ino and o < end and o + len(d) > off:
-                    a, b = max(o, off), min(o + len(d), end)
-                    buf[a - off:b - off] = d[a - o:b - o]
+    def _buffered(self, ino: int, off: int, end: int) -> Iterator[tuple[int, memoryview | bytearray]]:
+        """The buffered bytes of ``ino`` in [off, end) as (file offset, bytes), oldest first: in-flight
+        seals in commit order, then the dirty segments (newer bytes come later and win)."""
+        runs: list[tuple[int, memoryview | bytearray]] = [
+            (o, d) for seal in self.inflight.get(ino, ()) for i, o, d in seal.parts if i == ino]
         df = self.dirty.get(ino)
         if df is not None:
-            df.overlay(buf, off)
+            runs.extend(df.segments(off, end))
+        for o, d in runs:
+            a, b = max(o, off), min(o + len(d), end)
+            if a < b:
+                yield a, d[a - o:b - o]
+
+    def overlay(self, ino: int, buf: bytearray, off: int) -> None:
+        """Copy the buffered bytes of ``ino`` that fall in [off, off+len(buf)) over ``buf``."""
+        for a, piece in self._buffered(ino, off, off + len(buf)):
+            buf[a - off:a - off + len(piece)] = piece
 
     def pieces(self, ino: int, off: int, size: int) -> list[tuple[int, bytes]]:
         """Copies of the buffered bytes of ``ino`` in [off, off+size), oldest first."""
-        out: list[tuple[int, bytes]] = []
-        end = off + size
-        for seal in self.inflight.get(ino, ()):
-            for i, o, d in seal.parts:
-                if i == ino and o < end and o + len(d) > off:
-                    a, b = max(o, off), min(o + len(d), end)
-                    out.append((a, bytes(d[a - o:b - o])))
-        df = self.dirty.get(ino)
-        if df is not None:
-            i = max(0, bisect.bisect_right(df.starts, off) - 1)
-            while i < len(df.starts) and df.starts[i] < end:
-                s, seg = df.starts[i], df.segs[i]
-                a, b = max(s, off), min(s + len(seg), end)
-                if a < b:
-                    out.append((a, bytes(seg[a - s:b - s])))
-                i += 1
-        return out
+        return [(a, bytes(piece)) for a, piece in self._buffered(ino, off, off + size)]
+
+    def overlay_attr(self, inode: Inode) -> Inode:
+        """``inode`` as readers see it: buffered bytes count in its size, blocks and mtime."""
+        if self.has_data(inode.ino):
+            inode.size = max(inode.size, self.end(inode.ino))
+            inode.buffered = self.buffered_bytes(inode.ino)
+            mt = self.mtime(inode.ino)
+            if mt > inode.mtime_ns:
+                inode.mtime_ns = inode.ctime_ns = mt
+        return inode
 
     def truncate(self, ino: int, size: int) -> None:
         df = self.dirty.get(ino)
@@ -481,7 +482,7 @@ class Writer:
 
     async def _next_chunk_id(self) -> int:
         if not self._chunk_ids:
-            first = await self.meta.apply(["alloc_chunks", 64])
+            first = await self.meta.apply(AllocChunks(64))
             self._chunk_ids = list(range(first + 63, first - 1, -1))
         return self._chunk_ids.pop()
 
@@ -515,11 +516,12 @@ class Writer:
                         self.space.stored += seal.cost
                     for ev in seal.prev:
                         await ev.wait()
-                    extents, pos = [], 0
+                    extents: list[CommitExtent] = []
+                    pos = 0
                     for ino, off, data in seal.parts:
-                        extents.append([ino, off, len(data), chunk_id, pos])
+                        extents.append(CommitExtent(ino, off, len(data), chunk_id, pos))
                         pos += len(data)
-                    await self.meta.apply(["commit", layout.to_wire(), extents, seal.mtimes, time.time_ns()])
+                    await self.meta.apply(Commit(record_of(layout), extents, seal.mtimes, time.time_ns()))
                     stored = True
                     self.seals_committed += 1
                     if seal.error is not None:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import pyfuse3
 import trio
+from common import bdi_read_ahead
 
 log = logging.getLogger("memfs")
 TIMEOUT = 60.0             # entry and attribute cache timeout (s)
@@ -241,14 +242,9 @@ class MemFS(pyfuse3.Operations):
         return s
 
 
-def bdi_read_ahead_path(mnt: Path) -> Path:
-    dev = os.stat(mnt).st_dev
-    return Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
-
-
 def raise_read_ahead(mnt: Path, kb: int, deadline: float) -> int | None:
     """Write read_ahead_kb until it reads back as ``kb`` (the handshake may still reset it)."""
-    path = bdi_read_ahead_path(mnt)
+    path = bdi_read_ahead(mnt)
     value = None
     while True:
         try:

@@ -13,7 +13,8 @@ on local disk and on the mount (``--dataset``), each followed by a second epoch 
 (warm: the kernel's page cache kept), and prints images/s and the ratios lakefs/local.
 
     .venv/bin/python scripts/bench/torch_loader.py                # 4,000 images, 2 workers
-    .venv/bin/python scripts/bench/torch_loader.py --images 1000  # quick
+    .venv/bin/python scripts/bench/torch_loader.py --images 1000  # quicker
+    .venv/bin/python scripts/bench/torch_loader.py --quick        # 400 images: checks the script end to end
 
 Root is needed (drop_caches, FUSE). Everything it mounts or starts is torn down in ``finally``.
 """
@@ -24,19 +25,13 @@ import argparse
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "lakefs_fuse.cli"]
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+from common import BenchError, drop_all_caches, find_cli
+from lakes import Lake
 
 
 def make_images(root: Path, n: int, classes: int, seed: int) -> int:
@@ -52,12 +47,6 @@ def make_images(root: Path, n: int, classes: int, seed: int) -> int:
         img.save(path, quality=85)
         total += path.stat().st_size
     return total
-
-
-def run_cli(*args: str, env: dict) -> None:
-    res = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    if res.returncode != 0:
-        raise SystemExit(f"lakefs-fuse {' '.join(args)} failed: {res.stderr.strip()}")
 
 
 def raw_loop(root: Path, seed: int) -> float:
@@ -93,26 +82,27 @@ def loader_epoch(root: Path, workers: int, batch: int, seed: int, prefetch: bool
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=4000)
+    ap.add_argument("--images", type=int, default=None, help="JPEGs to generate (default 4,000; --quick 400)")
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="400 images, to check the script end to end")
     args = ap.parse_args()
+    if args.images is None:
+        args.images = 400 if args.quick else 4000
     if os.geteuid() != 0:
         raise SystemExit("run as root (drop_caches, FUSE)")
     work = Path(tempfile.mkdtemp(prefix="lakefs-torch-bench.", dir="/var/tmp"))
-    env = {**os.environ, "LAKEFS_FUSE_RUNTIME": str(work / "run")}
-    local, lake, mnt = work / "local", work / "lake", work / "mnt"
-    mnt.mkdir()
-    mounted = False
+    local = work / "local"
+    peers = [x for i in range(9) for x in ("--peer", str(work / f"p{i}"))]
+    lake = Lake(work / "lake", find_cli(), ["--ec", "6+3", *peers], ["--dataset"])
     try:
         size = make_images(local, args.images, args.classes, args.seed)
         print(f"{args.images} JPEGs, {size / 1e6:.1f} MB, in {args.classes} classes; workers={args.workers} "
               f"batch={args.batch}", flush=True)
-        run_cli("format", "--data", str(lake), "--ec", "6+3", *sum((["--peer", str(work / f"p{i}")]
-                                                                   for i in range(9)), []), env=env)
-        run_cli("import", str(local), "/train", "--data", str(lake), env=env)
+        lake.format()
+        lake.cli("import", str(local), "/train", "--data", str(lake.data), timeout=600)
         results: dict[str, dict[str, float]] = {}
         measures = (("raw read loop", lambda r: raw_loop(r, args.seed)),
                     ("ImageFolder+DataLoader", lambda r: loader_epoch(r, args.workers, args.batch, args.seed, False)),
@@ -123,15 +113,13 @@ def main() -> int:
                 if system == "local" and name.startswith("..."):
                     continue
                 if system == "lakefs":
-                    if mounted:
-                        run_cli("umount", str(mnt), env=env)
-                        mounted = False
-                    drop_caches()
-                    run_cli("mount", str(mnt), "--data", str(lake), "--dataset", env=env)
-                    mounted = True
-                    root = mnt / "train"
+                    if lake.current is not None:
+                        lake.umount()
+                    drop_all_caches()
+                    lake.mount()
+                    root = lake.mnt / "train"
                 else:
-                    drop_caches()
+                    drop_all_caches()
                     root = local
                 # Epoch 1 cold; epoch 2 right after it, on the same mount (the page cache kept).
                 for epoch in (1, 2):
@@ -146,10 +134,15 @@ def main() -> int:
                 a, b = results["local"][f"{local_name}|{epoch}"], results["lakefs"][f"{name}|{epoch}"]
                 print(f"| {name} | {epoch} | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
         return 0
+    except BenchError as exc:
+        raise SystemExit(str(exc)) from None
     finally:
-        if mounted or subprocess.run(["mountpoint", "-q", str(mnt)]).returncode == 0:
-            subprocess.run([*CLI, "umount", str(mnt)], env=env, cwd=REPO, capture_output=True, timeout=120)
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        if lake.current is not None:
+            try:
+                lake.umount()
+            except BenchError as exc:
+                print(f"umount: {exc}", file=sys.stderr)
+        lake.teardown()
         shutil.rmtree(work, ignore_errors=True)
 
 
