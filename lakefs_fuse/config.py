@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import wire
 from .errors import UserError
@@ -265,7 +266,7 @@ class MountConfig:
     def build(cls, mountpoint: Path, *, data_dir: Path | None = None, meta: tuple[str, ...] | list[str] = (),
               secret_file: Path | None = None, tls_ca: Path | None = None, cache_dir: Path | None = None,
               dataset: bool = False, read_only: bool = False, disk_cache: bool = True,
-              attr_timeout: float | None = None, pack_delay: float | None = None, **settings) -> MountConfig:
+              attr_timeout: float | None = None, pack_delay: float | None = None, **settings: Any) -> MountConfig:
         """A mount's config from what its user gave (``None``: not given). The defaults that depend
         on other settings are decided here, and only here:
 

@@ -113,17 +113,18 @@ class RpcClient:
         """
         require_secret(secret)
         with trio.fail_after(connect_timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            tcp = await trio.open_tcp_stream(host, port)
+        stream: trio.abc.Stream = tcp
         if ssl_context is not None:
-            stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
+            tls = stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
             try:
                 with trio.fail_after(connect_timeout):
-                    await stream.do_handshake()
+                    await tls.do_handshake()
             except (trio.BrokenResourceError, ssl.SSLError) as exc:
-                await trio.aclose_forcefully(stream)
+                await trio.aclose_forcefully(tls)
                 raise OSError(f"TLS handshake with {host}:{port} failed: {exc.__cause__ or exc}") from exc
             except BaseException:
-                await trio.aclose_forcefully(stream)
+                await trio.aclose_forcefully(tls)
                 raise
         fs = FramedStream(stream, max_payload=max_payload)
         try:
@@ -270,7 +271,7 @@ class ServerStats:
 class _ServerConnection:
     """One accepted connection: handshake, then answer requests concurrently until it ends."""
 
-    def __init__(self, stream: trio.SocketStream, handler: Handler, secret: bytes, *,
+    def __init__(self, stream: trio.abc.Stream, handler: Handler, secret: bytes, *,
                  max_payload: int, max_inflight: int, handshake_timeout: float,
                  stats: ServerStats | None = None):
         self.stats = stats if stats is not None else ServerStats()
@@ -390,9 +391,10 @@ async def serve(handler: Handler, host: str, port: int, secret: bytes, *,
     try:
         bound_port = listeners[0].socket.getsockname()[1]
 
-        async def handle_connection(stream: trio.SocketStream) -> None:
+        async def handle_connection(tcp: trio.SocketStream) -> None:
+            stream: trio.abc.Stream = tcp
             if ssl_context is not None:  # TLS first; its handshake runs on the first read
-                stream = trio.SSLStream(stream, ssl_context, server_side=True)
+                stream = trio.SSLStream(tcp, ssl_context, server_side=True)
             connection = _ServerConnection(stream, handler, secret, max_payload=max_payload,
                                            max_inflight=max_inflight_per_conn,
                                            handshake_timeout=handshake_timeout, stats=stats)
@@ -456,11 +458,8 @@ class Connections:
       :meth:`release` takes it back and closes the connections.
 
     ``on_open(nursery)`` is called whenever a nursery is taken on, to start companion tasks (the
-    metadata service's call watcher).
-
-    Compatibility: an object used with no nursery at all falls back to a trio system task that
-    lives as long as the trio run. That path exists only for callers not yet converted to
-    ``async with`` (the CLI and the mount daemon, issue 12) and goes once they are.
+    metadata service's call watcher). A connection asked for while there is no nursery is a
+    RuntimeError: every owner opens its connections in an ``async with`` (or lends a nursery).
     """
 
     def __init__(self, secret: bytes, *, name: str, per_address: int = 1, connect_timeout: float = 5.0,
@@ -521,35 +520,11 @@ class Connections:
         """The nursery the connections' tasks run in now, if any (companion tasks may join it)."""
         return self._nursery
 
-    async def nursery(self) -> trio.Nursery:
-        """The nursery connection tasks run in (the compatibility fallback starts one)."""
+    def _require_nursery(self) -> trio.Nursery:
         if self._nursery is None:
-            await self._start_system_owner()
-        if self._nursery is None:
-            raise ConnectionLost(f"{self.name}: cannot start connection tasks")
+            raise RuntimeError(f"{self.name}: no owner for the connections' tasks: use 'async with' "
+                               "or bind(nursery) first")
         return self._nursery
-
-    async def _start_system_owner(self) -> None:
-        # Compatibility only (see the class docstring): a nursery owned by the trio run itself.
-        ready = trio.Event()
-
-        async def owner() -> None:
-            try:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    if self.on_open is not None:
-                        self.on_open(nursery)
-                    ready.set()
-                    await trio.sleep_forever()
-            except Exception:  # a broken connection task must not end the process
-                logger.exception("%s: connection tasks failed", self.name)
-            finally:
-                self._nursery = None
-                self._pools.clear()
-                ready.set()
-
-        trio.lowlevel.spawn_system_task(owner, name=f"{self.name}-connections")
-        await ready.wait()
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -583,7 +558,7 @@ class Connections:
         """A new connection to ``address``, outside the pool (see :meth:`replace`)."""
         host, port = parse_address(address)
         return await RpcClient.connect(
-            host, port, self.secret, await self.nursery(),
+            host, port, self.secret, self._require_nursery(),
             connect_timeout=self.connect_timeout if connect_timeout is None else connect_timeout,
             max_payload=self.max_payload, ssl_context=self.ssl_context)
 

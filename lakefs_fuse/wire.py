@@ -43,6 +43,7 @@ import os
 import secrets
 import ssl
 import struct
+from typing import TypeGuard
 
 import msgpack
 import trio
@@ -178,7 +179,7 @@ def _decode_header(data) -> dict:
     return header
 
 
-class FramedStream:
+class FramedStream(trio.abc.AsyncResource):
     """Frames over one trio stream: concurrent senders, one receiver at a time.
 
     Received prefix/header bytes live in one reused buffer (with whatever followed them in the
@@ -308,7 +309,7 @@ class FramedStream:
             raise
         return payload
 
-    async def _receive_some(self, max_bytes: int) -> bytes:
+    async def _receive_some(self, max_bytes: int) -> bytes | bytearray:
         try:
             data = await self.stream.receive_some(max_bytes)
             self._bytes_received += len(data)
@@ -336,7 +337,7 @@ def _mac(secret: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
     return hmac.new(bytes(secret), label + first + second, hashlib.sha256).digest()
 
 
-def _is_token(value) -> bool:
+def _is_token(value: object) -> TypeGuard[bytes]:
     return isinstance(value, bytes) and len(value) == _CHALLENGE_BYTES
 
 
@@ -408,17 +409,3 @@ def server_tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
 def client_tls_context(cafile: str) -> ssl.SSLContext:
     """TLS for a client: trust the CA (or self-signed certificate) in ``cafile``; names are checked."""
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
-
-
-# ----------------------------------------------------------------------------------------------
-# Names that moved to lakefs_fuse.rpc, still reachable here for older imports (``wire.RpcClient``,
-# ``wire.serve``): resolved on first use, so neither module imports the other at load time.
-
-_MOVED_TO_RPC = frozenset({"RpcClient", "serve", "ServerStats", "Handler"})
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_RPC:
-        from . import rpc
-        return getattr(rpc, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

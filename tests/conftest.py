@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "lakefs_fuse.cli"]
@@ -209,3 +210,17 @@ def pytest_collection_modifyitems(config, items):
                         for m in item.iter_markers())
         if live or fuse_skip:
             item.add_marker(pytest.mark.mount)
+
+
+@pytest.fixture
+def system_tasks(monkeypatch) -> list[str]:
+    """Names of the trio system tasks started while the test runs (there should be none)."""
+    spawned: list[str] = []
+    real_spawn = trio.lowlevel.spawn_system_task
+
+    def spawn(fn, *args, name=None, **kwargs):
+        spawned.append(str(name))
+        return real_spawn(fn, *args, name=name, **kwargs)
+
+    monkeypatch.setattr(trio.lowlevel, "spawn_system_task", spawn)
+    return spawned

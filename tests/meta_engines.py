@@ -141,10 +141,11 @@ class RaftCluster:
     async def start(self) -> RemoteMeta:
         await self.portal.nursery.start(self._run)
         self.service = MetaService(list(self.members.values()), SECRET, op_timeout=20)
+        self.service.bind(self.portal.nursery)  # its connections live on the portal's loop
         return RemoteMeta(self.service)
 
     async def stop(self) -> None:
         if self.service is not None:
-            await self.service.aclose()
+            await self.service.release()
         if self.scope is not None:
             self.scope.cancel()

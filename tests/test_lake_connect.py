@@ -29,15 +29,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.timeout(60)
-def test_a_cluster_lake_opens_inside_trio_and_its_connections_end_with_the_block(tmp_path, monkeypatch):
-    spawned: list[str] = []
-    real_spawn = trio.lowlevel.spawn_system_task
-
-    def spawn(fn, *args, name=None, **kwargs):
-        spawned.append(str(name))
-        return real_spawn(fn, *args, name=name, **kwargs)
-
-    monkeypatch.setattr(trio.lowlevel, "spawn_system_task", spawn)
+def test_a_cluster_lake_opens_inside_trio_and_its_connections_end_with_the_block(tmp_path, system_tasks):
+    spawned = system_tasks
     secret_file = tmp_path / "secret"
     secret_file.write_bytes(SECRET)
     secret_file.chmod(0o600)

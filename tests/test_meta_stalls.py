@@ -27,7 +27,7 @@ from functools import partial
 import pytest
 import trio
 
-from lakefs_fuse import wire
+from lakefs_fuse import rpc, wire
 from lakefs_fuse.meta.remote import MetaService, Unavailable
 
 from conftest import needs_fuse, wait_for
@@ -73,7 +73,7 @@ class FakeMember:
         raise wire.RemoteError(f"unexpected op {op}")
 
     async def serve(self, nursery: trio.Nursery) -> None:
-        port = await nursery.start(partial(wire.serve, self.handle, "127.0.0.1", 0, SECRET))
+        port = await nursery.start(partial(rpc.serve, self.handle, "127.0.0.1", 0, SECRET))
         self.address = f"127.0.0.1:{port}"
 
 

@@ -19,11 +19,10 @@ import trio
 import trio.testing
 
 from lakefs_fuse import errors as E
+from lakefs_fuse.meta.memory_network import LinkFaults, MemoryNetwork
 from lakefs_fuse.meta.raft import (
     CommitUnknown,
     ConfigChangeInProgress,
-    LinkFaults,
-    MemoryNetwork,
     NotLeader,
     RaftConfig,
     RaftError,

@@ -21,14 +21,14 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lakefs_fuse import wire
+from lakefs_fuse import rpc, wire
+from lakefs_fuse.rpc import RpcClient
 from lakefs_fuse.wire import (
     AuthError,
     ConnectionLost,
     FramedStream,
     ProtocolError,
     RemoteError,
-    RpcClient,
 )
 
 SECRET = b"correct horse battery staple 42"
@@ -87,7 +87,7 @@ def run_with_server(body, handler=None, deadline: float = 20, **serve_kwargs):
         with trio.fail_after(deadline):
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(
-                    partial(wire.serve, handler, "127.0.0.1", 0, SECRET, **serve_kwargs))
+                    partial(rpc.serve, handler, "127.0.0.1", 0, SECRET, **serve_kwargs))
                 await body(port, nursery, handler)
                 nursery.cancel_scope.cancel()
 
@@ -267,7 +267,7 @@ def test_server_killed_mid_call_raises_connection_lost():
 
                 async def run_server(task_status):
                     with server_scope:
-                        await wire.serve(service, "127.0.0.1", 0, SECRET, task_status=task_status)
+                        await rpc.serve(service, "127.0.0.1", 0, SECRET, task_status=task_status)
 
                 port = await nursery.start(run_server)
                 client = await RpcClient.connect("127.0.0.1", port, SECRET, nursery)
@@ -352,7 +352,7 @@ def test_client_rejects_a_server_with_another_secret():
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(side, "client", wire.client_handshake, client_side, SECRET)
-                nursery.start_soon(side, "server", wire.server_handshake, server_side, WRONG)
+                nursery.start_soon(side, "server", rpc.server_handshake, server_side, WRONG)
             assert isinstance(outcomes["client"], AuthError)
             assert isinstance(outcomes["server"], AuthError)
 
@@ -360,7 +360,7 @@ def test_client_rejects_a_server_with_another_secret():
             client_side, server_side = trio.testing.memory_stream_pair()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(side, "client", wire.client_handshake, client_side, SECRET)
-                nursery.start_soon(side, "server", wire.server_handshake, server_side, SECRET)
+                nursery.start_soon(side, "server", rpc.server_handshake, server_side, SECRET)
             assert outcomes == {"client": "ok", "server": "ok"}
 
     trio.run(main)
@@ -372,7 +372,7 @@ def test_handshake_times_out_against_a_silent_peer():
         with trio.fail_after(10):
             _, server_side = trio.testing.memory_stream_pair()
             with pytest.raises(AuthError, match="timed out"):
-                await wire.server_handshake(FramedStream(server_side), SECRET, timeout=0.2)
+                await rpc.server_handshake(FramedStream(server_side), SECRET, timeout=0.2)
 
     trio.run(main)
 
@@ -648,8 +648,8 @@ def test_post_is_one_way_and_its_failures_stay_on_the_server():
 
     async def main():
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(wire.serve, handler, "127.0.0.1", 0, SECRET)
-            client = await wire.RpcClient.connect("127.0.0.1", port, SECRET, nursery)
+            port = await nursery.start(rpc.serve, handler, "127.0.0.1", 0, SECRET)
+            client = await rpc.RpcClient.connect("127.0.0.1", port, SECRET, nursery)
             sent = client._fs._bytes_received
             await client.post("note", {}, b"abc")
             await client.post("boom", {}, b"")

@@ -173,9 +173,8 @@ async def load_remote(path: Path, addresses: list[str], secret_file: Path, on_ke
         return S.pack(fmt)
     out = _rewritten(pairs, lambda k: k == S.FORMAT, ours)
     out.sort(key=lambda kv: kv[0] == S.FORMAT)  # the format record last: a lake once it is there
-    service = MetaService(addresses, secret, op_timeout=60.0)
-    meta = RemoteMeta(service, sessions=1)
-    try:
+    async with MetaService(addresses, secret, op_timeout=60.0) as service:
+        meta = RemoteMeta(service, sessions=1)
         for i in range(0, len(out), LOAD_BATCH):
             batch = out[i:i + LOAD_BATCH]
             try:
@@ -185,6 +184,4 @@ async def load_remote(path: Path, addresses: list[str], secret_file: Path, on_ke
             if on_keys:
                 on_keys(len(batch))
         await meta.sync()
-    finally:
-        await service.aclose()
     return {"keys": len(pairs), "source": header.get("source"), "meta": addresses}

@@ -19,7 +19,7 @@ import errno
 import os
 import stat as st
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -39,13 +39,13 @@ class ImportReport:
     dirs: int = 0
     symlinks: int = 0
     skipped: int = 0        # already there (same size; a link with the same target)
-    failed: list[tuple[str, str]] | None = None
-    not_copied: list[tuple[str, str]] | None = None  # sockets, devices, unreadable directories...
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    not_copied: list[tuple[str, str]] = field(default_factory=list)  # sockets, devices, unreadable directories...
 
     def to_json(self) -> dict:
         return {"files": self.files, "bytes": self.bytes, "dirs": self.dirs, "symlinks": self.symlinks,
-                "skipped": self.skipped, "failed": [list(f) for f in (self.failed or [])],
-                "not_copied": [list(f) for f in (self.not_copied or [])]}
+                "skipped": self.skipped, "failed": [list(f) for f in self.failed],
+                "not_copied": [list(f) for f in self.not_copied]}
 
 
 @dataclass
@@ -113,7 +113,7 @@ async def import_tree(vfs: VFS, src: Path, dest: str, *, jobs: int = 8, overwrit
     """Copy ``src`` (a local directory) to ``dest`` (a path inside the lake, created if missing)."""
     ctx = Ctx(os.getuid(), os.getgid(), os.getpid(), 0o022)
     tree = await trio.to_thread.run_sync(scan, src)
-    report = ImportReport(failed=[], not_copied=tree.not_copied)
+    report = ImportReport(not_copied=tree.not_copied)
     files = tree.files
     top = await _mkdirs(vfs, ROOT_INO, Path(dest.strip("/")) if dest.strip("/") else Path(), ctx)
     inos: dict[Path, int] = {Path(): top}
@@ -203,11 +203,11 @@ class RestripeReport:
     files: int = 0          # regular files looked at
     rewritten: int = 0
     bytes: int = 0          # bytes rewritten
-    failed: list[tuple[str, str]] | None = None
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"files": self.files, "rewritten": self.rewritten, "bytes": self.bytes,
-                "failed": [list(f) for f in (self.failed or [])]}
+                "failed": [list(f) for f in self.failed]}
 
 
 async def restripe(vfs: VFS, path: str, *, default: tuple[int, int], min_shard: int,
@@ -218,7 +218,7 @@ async def restripe(vfs: VFS, path: str, *, default: tuple[int, int], min_shard: 
     ones, which the delete queue then frees. Same bytes, same inode; only files that need it are
     written."""
     from ..chunks.layout import data_shards_for
-    report = RestripeReport(failed=[])
+    report = RestripeReport()
     ctx = Ctx()
     ino = ROOT_INO
     for name in [p for p in path.split("/") if p]:

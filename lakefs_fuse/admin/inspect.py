@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat as st
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from ..errors import LakeError, UserError
@@ -35,19 +36,22 @@ KINDS = {st.S_IFREG: "file", st.S_IFDIR: "dir", st.S_IFLNK: "symlink", st.S_IFIF
 RAFT_ACK_FRESH_S = 2
 
 
-def open_path(path: Path, data_dir: Path | None) -> tuple[Lake, int]:
-    """(the lake opened read-only, the inode number) of a path in a mount or, with ``data_dir``,
-    a path inside that lake. The caller closes the lake."""
+def open_path(path: Path, data_dir: Path | None) -> tuple[AbstractAsyncContextManager[Lake], int]:
+    """(the lake, read-only, to enter with ``async with`` in the caller's trio run; the inode
+    number) of a path in a mount or, with ``data_dir``, a path inside that lake. An embedded lake
+    is opened here (a refusal comes at once) and closed when the ``async with`` ends; a cluster
+    lake is reached from inside it (``Lake.connect``)."""
     if data_dir is not None:
         lake = Lake.open(data_dir, read_only=True)
         ino = 1
         try:
+            assert lake.sm is not None  # an embedded lake's metadata is its own
             for part in [p for p in str(path).split("/") if p and p != "."]:
                 ino = lake.sm.lookup(ino, os.fsencode(part)).ino
         except LakeError as exc:
             lake.close()
             raise UserError(f"{path}: {str(exc) or os.strerror(exc.errno)} (in the lake in {data_dir})") from None
-        return lake, ino
+        return lake.closing(), ino
     p = Path(path).absolute()  # not resolved: stat of a link shows the link
     try:
         s = os.lstat(p)
@@ -71,8 +75,8 @@ def open_path(path: Path, data_dir: Path | None) -> tuple[Lake, int]:
     except OSError as exc:
         raise UserError(f"{path}: cannot sync the mount: {exc.strerror}") from None
     if reg.get("meta"):  # a cluster lake: ask its metadata servers
-        return Lake.open_remote(reg["meta"], Path(reg["secret_file"])), s.st_ino
-    return Lake.open(Path(reg["data_dir"]), read_only=True), s.st_ino
+        return Lake.connect(reg["meta"], Path(reg["secret_file"])), s.st_ino
+    return Lake.open(Path(reg["data_dir"]), read_only=True).closing(), s.st_ino
 
 
 async def file_info(lake: Lake, ino: int, *, shards: bool) -> dict:
@@ -99,8 +103,8 @@ async def file_info(lake: Lake, ino: int, *, shards: bool) -> dict:
         except LakeError:
             continue
     if shards:
-        for cid, rec in records.items():
-            health[cid] = await lake.chunks.verify(lake.layout_of(rec))
+        for cid, record in records.items():
+            health[cid] = await lake.chunks.verify(lake.layout_of(record))
     info["extents"] = []
     for e in extents:
         rec = records.get(e.chunk_id)

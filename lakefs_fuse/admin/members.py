@@ -35,11 +35,8 @@ def run_service(addresses: list[str], secret_file: Path | None, fn: Callable[[Me
     secret = cluster_secret(secret_file)
 
     async def run():
-        service = MetaService(addresses, secret, op_timeout=META_TIMEOUT)
-        try:
+        async with MetaService(addresses, secret, op_timeout=META_TIMEOUT) as service:
             return await fn(service)
-        finally:
-            await service.aclose()
 
     return trio.run(run)
 

@@ -15,12 +15,13 @@ Imports ``lake``, ``chunks`` (the stores, to probe), ``meta`` (the command) and 
 
 from __future__ import annotations
 
-import trio
+from typing import Any
 
 from ..chunks.netstore import NetStore
 from ..chunks.s3store import S3Store
 from ..errors import UserError
 from ..lake.lake import Lake
+from ..lake.repair import peer_liveness
 from ..meta.commands import RegisterPeer
 from ..meta.schema import PeerRecord
 
@@ -53,15 +54,14 @@ async def add_peer(lake: Lake, target: tuple[str, str, str], *, zone: str | None
         raise UserError("this lake has no cluster secret (DATA/secret)")
 
     async def probe() -> dict:
+        store: S3Store | NetStore
         if kind == "s3":
             store = S3Store(-1, address)
         else:
             store = NetStore(-1, address, lake.secret or b"", call_timeout=PROBE_TIMEOUT,
                              connect_timeout=PROBE_TIMEOUT, ssl_context=lake.tls_context)
-        try:
+        async with store:  # its connections (and probes) end with the check
             return await store.stat()
-        finally:
-            await store.aclose()
     try:
         info = await probe()
     except Exception as exc:  # PeerUnavailable and friends: one clear line
@@ -92,23 +92,11 @@ async def set_weight(lake: Lake, peer_id: int, weight: float) -> PeerRecord:
 async def list_peers(lake: Lake) -> list[dict]:
     """Every peer record, by id, with whether its store answers now (and its capacity, or the
     error): a listing reports a peer that is down, it does not fail."""
-    rows = []
-
-    async def one(p: PeerRecord) -> None:
-        row = {"id": p.peer_id, "kind": p.kind, "address": lake.peer_address(p), "zone": p.zone,
-               "weight": p.weight, "state": p.state, "reachable": False}
-        store = lake.chunks.stores.get(p.peer_id)
-        if store is not None:
-            with trio.move_on_after(PROBE_TIMEOUT):
-                try:
-                    total, avail = await store.capacity()
-                    row.update(reachable=True, total=total, avail=avail)
-                except Exception as exc:  # report, don't fail: this is a status listing
-                    row["error"] = str(exc)
+    live = await peer_liveness(lake, PROBE_TIMEOUT)
+    rows: list[dict[str, Any]] = []
+    for p in sorted(lake.peer_records, key=lambda p: p.peer_id):
+        row: dict[str, Any] = {"id": p.peer_id, "kind": p.kind, "address": lake.peer_address(p), "zone": p.zone,
+                               "weight": p.weight, "state": p.state}
+        row.update(live.get(p.peer_id, {"reachable": False}))
         rows.append(row)
-
-    async with trio.open_nursery() as nursery:
-        for p in lake.peer_records:
-            nursery.start_soon(one, p)
-    rows.sort(key=lambda r: r["id"])
     return rows

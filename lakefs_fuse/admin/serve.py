@@ -26,7 +26,7 @@ from ..chunks.peer_server import PeerServer, peer_families
 from ..errors import UserError
 from ..meta.raft import RaftConfig
 from ..meta.server import MetaServer, meta_families
-from ..metrics import start_endpoint
+from ..metrics import MetricsServer, start_endpoint
 
 
 def serve_peer(data_dir: Path, listen: str, *, secret_file: Path, zone: str = "", tls_cert: Path | None = None,
@@ -63,11 +63,7 @@ def serve_peer(data_dir: Path, listen: str, *, secret_file: Path, zone: str = ""
             server.serving = False
             nursery.cancel_scope.cancel()
 
-    try:
-        _run(run)
-    finally:
-        if endpoint is not None:
-            endpoint.close()
+    _run(run, endpoint)
 
 
 def serve_meta(node_id: int, data_dir: Path, listen: str, *, secret_file: Path, members: dict[int, str] | None,
@@ -111,11 +107,7 @@ def serve_meta(node_id: int, data_dir: Path, listen: str, *, secret_file: Path, 
             logging.getLogger("lakefs_fuse.meta").info("member %d stopping", node_id)
             nursery.cancel_scope.cancel()
 
-    try:
-        _run(run)
-    finally:
-        if endpoint is not None:
-            endpoint.close()
+    _run(run, endpoint)
 
 
 async def _until_stopped() -> None:
@@ -124,14 +116,19 @@ async def _until_stopped() -> None:
             return
 
 
-def _run(run: Callable[[], Awaitable[None]]) -> None:
-    """``trio.run`` a server; a UserError from inside its nurseries comes out alone (one line)."""
+def _run(run: Callable[[], Awaitable[None]], endpoint: MetricsServer | None) -> None:
+    """``trio.run`` a server, then close its metrics endpoint; a UserError from inside its
+    nurseries comes out alone (one line)."""
     try:
         trio.run(run)
     except BaseExceptionGroup as group:
         match, _rest = group.split(UserError)
         if match is not None:
-            while isinstance(match, BaseExceptionGroup):
-                match = match.exceptions[0]
-            raise match from None
+            first: BaseException = match
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
         raise
+    finally:
+        if endpoint is not None:
+            endpoint.close()

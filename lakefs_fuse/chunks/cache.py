@@ -286,7 +286,7 @@ class RangeCache:
     def __init__(self, budget: int, *, window_fraction: float = 0.2):
         self.budget = budget
         self._policy = TinyLfuPolicy(budget, window_fraction=window_fraction)
-        self._data: dict[RangeKey, bytes] = {}
+        self._data: dict[RangeKey, bytes | bytearray] = {}  # bytearray: as the chunk client read it
         self._by_chunk: dict[int, set[int]] = {}
         self.hits = self.misses = self.evictions = 0
 
@@ -305,7 +305,7 @@ class RangeCache:
         self.misses += 1
         return None
 
-    def put(self, chunk_id: int, offset: int, data: bytes) -> None:
+    def put(self, chunk_id: int, offset: int, data: bytes | bytearray) -> None:
         if len(data) > self.budget // 4:
             return
         key = (chunk_id, offset)

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -361,7 +361,7 @@ class ChunkClient:
         with self._counted(peer_id, "get"):
             await store.get_into(layout.chunk_id, index, offset, length, out)
 
-    async def _put(self, peer_id: int, chunk_id: int, index: int, payload) -> None:
+    async def _put(self, peer_id: int, chunk_id: int, index: int, payload: bytes | memoryview) -> None:
         started = trio.current_time()
         with self._counted(peer_id, "put"):
             await self.stores[peer_id].put(chunk_id, index, payload)
@@ -371,7 +371,7 @@ class ChunkClient:
             log.info("%s takes shards again", self._name(peer_id))
 
     @contextlib.contextmanager
-    def _counted(self, peer_id: int, op: str):
+    def _counted(self, peer_id: int, op: str) -> Iterator[None]:
         """Count one shard request of ``op`` ("get"/"put") to a peer: requests, errors, seconds."""
         ps = self._peer_stats(peer_id)
         t0 = time.perf_counter()
@@ -422,8 +422,8 @@ class ChunkClient:
             return await self._read_degraded(layout, pieces, bad, done)
         return out
 
-    async def _fetch_hedged(self, layout: ChunkLayout, pieces: Sequence[tuple[int, int, int]], fetch,
-                            bad: dict[int, str]) -> None:
+    async def _fetch_hedged(self, layout: ChunkLayout, pieces: Sequence[tuple[int, int, int]],
+                            fetch: Callable[[int, int, int, int], Awaitable[None]], bad: dict[int, str]) -> None:
         """Run ``fetch`` for every piece; the fetches from remote peers still waiting after the
         hedge delay are given up (their peers marked slow, their shards counted bad) when the
         shards of peers not known to be down or slow can decode without them. Otherwise, or for a
@@ -454,17 +454,20 @@ class ChunkClient:
             waiting = {i: pieces[i][0] for i in scopes}
             if not waiting:
                 return
-            slow = {index: self.stores.get(layout.peers[index]) for index in waiting.values()}
-            if not all(hasattr(store, "mark_slow") for store in slow.values()):
-                return
-            others = [i for i in range(layout.width) if i not in bad and i not in slow
+            mark_slow: dict[int, Callable[[str], None]] = {}
+            for index in waiting.values():
+                mark = getattr(self.stores.get(layout.peers[index]), "mark_slow", None)
+                if mark is None:
+                    return  # only remote stores can be marked slow (PeerHealth); a local one is waited for
+                mark_slow[index] = mark
+            others = [i for i in range(layout.width) if i not in bad and i not in mark_slow
                       and not getattr(self.stores.get(layout.peers[i]), "down", False)
                       and not getattr(self.stores.get(layout.peers[i]), "slow", False)]
             if len(others) < layout.k:
                 return  # nothing to decode from without them: wait
             why = f"no answer to a read in {delay:.1f} s"
             for i, index in waiting.items():
-                slow[index].mark_slow(why)
+                mark_slow[index](why)
                 bad[index] = f"slow: {why}"
                 scopes[i].cancel()
 
@@ -487,7 +490,7 @@ class ChunkClient:
         hi = max(p[1] + p[2] for p in pieces)
         want = sorted({p[0] for p in pieces})
         # Covering shards that were read fine over the same range are inputs already.
-        have: dict[int, bytes | memoryview] = {
+        have: dict[int, bytes | bytearray | memoryview] = {
             p[0]: done[p[0]] for p in pieces if p[0] in done and p[1] == lo and p[2] == hi - lo}
 
         async def fetch(index: int) -> None:

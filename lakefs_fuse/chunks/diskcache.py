@@ -103,7 +103,7 @@ def entry_size(length: int) -> int:
     return header_size(length) + length
 
 
-def encode_header(chunk_id: int, offset: int, payload: bytes | memoryview) -> bytes:
+def encode_header(chunk_id: int, offset: int, payload: bytes | bytearray | memoryview) -> bytes:
     n = -(-len(payload) // BLOCK)
     sums = [xxhash.xxh3_64_intdigest(payload[i * BLOCK:(i + 1) * BLOCK]) for i in range(n)]
     head = _FIXED.pack(MAGIC, VERSION, chunk_id, offset, len(payload), BLOCK) + struct.pack(f"<{n}Q", *sums)
@@ -271,7 +271,7 @@ class DiskCache:
             self._counts["bytes_hit"] += length
         return data
 
-    def put(self, chunk_id: int, offset: int, data: bytes | memoryview) -> None:
+    def put(self, chunk_id: int, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Store the range (or not: admission, size, free space). Never raises for cache trouble."""
         length = len(data)
         size = entry_size(length)
@@ -354,7 +354,7 @@ class DiskCache:
     def _path(self, chunk_id: int, offset: int, length: int) -> str:
         return str(self._entries_dir / f"{chunk_id % FANOUT:02x}" / f"{chunk_id:016x}-{offset:x}-{length:x}")
 
-    def _write_temp(self, chunk_id: int, offset: int, data: bytes | memoryview) -> str:
+    def _write_temp(self, chunk_id: int, offset: int, data: bytes | bytearray | memoryview) -> str:
         tmp = str(self._tmp_dir / f"{chunk_id:016x}-{offset:x}.{next(self._seq)}.tmp")
         _write_file(tmp, [encode_header(chunk_id, offset, data), data], self.durable)
         return tmp
@@ -405,7 +405,7 @@ def _parse_name(sub: str, name: str, path: str) -> _Entry | None:
     return _Entry(chunk_id, offset, length, path)
 
 
-def _write_file(path: str, parts: list[bytes | memoryview], durable: bool) -> None:
+def _write_file(path: str, parts: list[bytes | bytearray | memoryview], durable: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         for part in parts:

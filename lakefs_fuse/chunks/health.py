@@ -24,9 +24,11 @@ costs little -- but a write (or any other request) that finds a probe of a down 
 :data:`PROBE_GRACE` seconds waits that long for it: a peer that has just come back then takes the
 shard instead of the chunk being stored without it.
 
-Probes are trio system tasks: they must outlive the request that found a probe due, and each ends
-within :data:`PROBE_TIMEOUT`. One WARNING per outage ("is down"), INFO when it ends and for a
-slow spell that ended with an answer to the probe.
+Probes run in the store's owner's nursery (:meth:`PeerHealth._owner_nursery`: the open lake's, or
+an ``async with`` store's own): they must outlive the request that found a probe due, and each ends
+within :data:`PROBE_TIMEOUT`. A store nobody owns (a one-off check of a peer) starts no probes:
+once down it stays down, which is all such a check needs to know. One WARNING per outage ("is
+down"), INFO when it ends and for a slow spell that ended with an answer to the probe.
 """
 
 from __future__ import annotations
@@ -118,14 +120,21 @@ class PeerHealth:
             log.info("%s is slow: %s; reads go around it until it answers a probe", self.name, why)
         self._probe_if_due()
 
+    def _owner_nursery(self) -> trio.Nursery | None:
+        """Where the store's background tasks (probes) run: its owner's nursery, if it has one."""
+        raise NotImplementedError
+
     def _probe_if_due(self, *, grace: bool = False) -> None:
         if self._probing or trio.current_time() < self._probe_at:
             return
+        nursery = self._owner_nursery()
+        if nursery is None:
+            return  # nobody owns the store: no probes (module docstring)
         self._probing = True
         self._probe_done = trio.Event()
         # (A probe of a slow peer has no grace: the reads it concerns never wait for it.)
         self._probe_grace_until = trio.current_time() + PROBE_GRACE if grace and self._is_down else 0.0
-        trio.lowlevel.spawn_system_task(self._run_probe, name=f"probe of {self.name}")
+        nursery.start_soon(self._run_probe, name=f"probe of {self.name}")
 
     async def _run_probe(self) -> None:
         try:

@@ -7,8 +7,9 @@ when it is back is a ``stat``; the space watcher's ``capacity`` is one too, with
 timeout, so a peer that froze is noticed within seconds even by a mount that only writes.
 Messages name the peer by the lake's id and its address.
 
-The connections' reader tasks live in the owner's nursery: ``async with NetStore(...)``, or
-``store.bind(nursery)`` (an open lake binds all its stores to one, see ``lake.Lake``).
+The connections' reader tasks and the probes live in the owner's nursery: ``async with
+NetStore(...)``, or ``store.bind(nursery)`` (an open lake binds all its stores to one, see
+``lake.Lake``). A store with neither refuses to connect (RuntimeError: a caller to fix).
 
 Remote errnos map back to the shard exceptions the chunk client understands: ENOENT ->
 :class:`ShardMissing`, EBADMSG -> :class:`ShardCorrupt`, ENOSPC -> :class:`PeerFull`.
@@ -76,13 +77,9 @@ class NetStore(PeerHealth):
     async def __aexit__(self, *exc_info) -> None:
         await self._pool.__aexit__(*exc_info)
 
-    def _start_background(self, fn, name: str) -> None:
-        """Start a probe (``health``) beside the connections, in the owner's nursery when there is one."""
-        nursery = self._pool.owner_nursery
-        if nursery is None:
-            trio.lowlevel.spawn_system_task(fn, name=name)  # compatibility: no owner yet (rpc.Connections)
-        else:
-            nursery.start_soon(fn, name=name)
+    def _owner_nursery(self) -> trio.Nursery | None:
+        """Probes (``health``) run beside the connections, in the owner's nursery."""
+        return self._pool.owner_nursery
 
     async def _client(self, *, probe: bool = False) -> rpc.RpcClient:
         """A pooled connection, or a new one; raises _NoAnswer when none can be made. A probe

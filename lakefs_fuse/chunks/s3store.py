@@ -17,8 +17,10 @@ read-ahead do the hiding. ``sync`` is a no-op: a PUT is durable when it is ackno
 Errors: a missing object is :class:`ShardMissing`; wrong credentials, a missing bucket or an
 unreachable endpoint are :class:`PeerUnavailable` with a message that names the cause, and mark the
 peer down (``health``) so a dead store costs one timeout, not one per read; a HEAD of the bucket
-is the probe that decides when it is back. A read's thread may be abandoned (the chunk client
-reads around a store that is slow to answer): its late bytes land in a buffer nobody reads.
+is the probe that decides when it is back. Probes run in the owner's nursery (``async with
+S3Store(...)``, or ``store.bind(nursery)``: an open lake binds its stores). A read's thread may be
+abandoned (the chunk client reads around a store that is slow to answer): its late bytes land in a
+buffer nobody reads.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 import xxhash
 
+from .. import rpc
 from ..errors import UserError
 from .health import PeerHealth
 from .shardfile import BLOCK, ShardCorrupt, ShardMissing, encode_header, parse_header
@@ -108,6 +111,38 @@ class S3Store(PeerHealth):
         self.client = session.client("s3", endpoint_url=self.s3.endpoint, region_name=self.s3.region, config=config)
         self._headers: OrderedDict[tuple[int, int], tuple[int, int, tuple[int, ...], int]] = OrderedDict()
         self._headers_lock = threading.Lock()
+        self._nursery: trio.Nursery | None = None  # the owner's: probes run there (``health``)
+        self._background: rpc.Background | None = None
+
+    # ------------------------------------------------------------- owner
+
+    def bind(self, nursery: trio.Nursery) -> None:
+        """Run the store's probes in the owner's ``nursery`` (an open lake binds all its stores)."""
+        if self._nursery is not None:
+            raise RuntimeError(f"{self.name}: the store already has an owner")
+        self._nursery = nursery
+
+    async def release(self) -> None:
+        """Give the owner's nursery back: no new probes (a running one ends with that nursery)."""
+        self._nursery = None
+
+    async def __aenter__(self) -> S3Store:
+        """``async with S3Store(...) as store``: probes run in the block; the client closes at its end."""
+        self._background = rpc.Background()
+        self.bind(await self._background.__aenter__())
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        background, self._background = self._background, None
+        await self.release()
+        try:
+            if background is not None:
+                await background.__aexit__(*exc_info)
+        finally:
+            await self.aclose()
+
+    def _owner_nursery(self) -> trio.Nursery | None:
+        return self._nursery
 
     def _key(self, chunk_id: int, index: int) -> str:
         return f"{self.s3.prefix}{chunk_id:016x}.{index}"
@@ -280,11 +315,13 @@ class S3Store(PeerHealth):
 
     async def list(self, after: tuple[int, int] = (-1, -1), limit: int = 1000) -> list[tuple[int, int, int]]:
         def page() -> list[tuple[int, int, int]]:
-            kwargs = {"Bucket": self.s3.bucket, "Prefix": self.s3.prefix, "MaxKeys": limit}
             if after != (-1, -1):
-                kwargs["StartAfter"] = self._key(*after)
+                listing = self.client.list_objects_v2(Bucket=self.s3.bucket, Prefix=self.s3.prefix, MaxKeys=limit,
+                                                      StartAfter=self._key(*after))
+            else:
+                listing = self.client.list_objects_v2(Bucket=self.s3.bucket, Prefix=self.s3.prefix, MaxKeys=limit)
             rows = []
-            for obj in self.client.list_objects_v2(**kwargs).get("Contents", []):
+            for obj in listing.get("Contents", []):
                 name = obj["Key"][len(self.s3.prefix):]
                 chunk, _, index = name.partition(".")
                 try:

@@ -8,7 +8,6 @@ start without loading what the others need (RocksDB, erasure coding, pyfuse3).
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 
 import click
@@ -33,8 +32,8 @@ def _local_time(ns: int) -> str:
 def stat_cmd(path: Path, data_dir: Path | None, as_json: bool) -> None:
     """Inode, size, times and every extent's chunk, EC profile and shard health."""
     from ..admin import inspect
-    lake, ino = inspect.open_path(path, data_dir)
-    info = run_on(lake, partial(inspect.file_info, lake, ino, shards=True))
+    opening, ino = inspect.open_path(path, data_dir)
+    info = run_on(opening, lambda lake: inspect.file_info(lake, ino, shards=True))
     if as_json:
         echo_json(info)  # times stay integers of nanoseconds (atime_ns...)
         return
@@ -59,8 +58,8 @@ def stat_cmd(path: Path, data_dir: Path | None, as_json: bool) -> None:
 def ls_cmd(path: Path, data_dir: Path | None, long: bool, as_json: bool) -> None:
     """List a directory: size, chunk count, EC profile and health of each file."""
     from ..admin import inspect
-    lake, ino = inspect.open_path(path, data_dir)
-    rows = run_on(lake, partial(inspect.list_dir, lake, ino, shards=long, path=path))
+    opening, ino = inspect.open_path(path, data_dir)
+    rows = run_on(opening, lambda lake: inspect.list_dir(lake, ino, shards=long, path=path))
     if as_json:
         echo_json(rows)
         return

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import partial
 from pathlib import Path
 
 import click
@@ -234,8 +233,7 @@ def status(data_dir, meta, secret_file, tls_ca, as_json: bool) -> None:
     """Peers (up/down, zone, capacity, shard count), degraded chunks, and (with --meta) each
     metadata server's Raft role, term, commit/applied index, lag and health."""
     from ..admin import inspect
-    lake = open_lake(data_dir, meta, secret_file, tls_ca)
-    info = run_on(lake, partial(inspect.lake_status, lake))
+    info = run_on(open_lake(data_dir, meta, secret_file, tls_ca), inspect.lake_status)
     if as_json:
         echo_json(info)
     else:

@@ -31,15 +31,15 @@ def _progress(label: str, length: int = 0, **kw):
     return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True, **kw)
 
 
-def _maintain(lake, *, repair: bool, start_after: int, as_json: bool) -> None:
+def _maintain(opening, *, repair: bool, start_after: int, as_json: bool) -> None:
     from ..lake import repair as maintenance
 
-    async def run():
+    async def run(lake):
         total = await maintenance.count_chunks(lake)
         with _progress("repair" if repair else "scrub", total) as bar:
             return await maintenance.scrub(lake, start_after=start_after, repair=repair,
                                            on_chunk=lambda _cid: bar.update(1))
-    report = run_on(lake, run)
+    report = run_on(opening, run)
     if as_json:
         echo_json(report.to_json())
     else:
@@ -80,8 +80,8 @@ def scrub(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bool) 
 @json_option()
 def repair(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bool) -> None:
     """Rebuild missing, corrupt or unreachable shards onto healthy peers (an embedded lake unmounted)."""
-    lake = open_lake(data_dir, meta, secret_file, tls_ca, change="repair (scrub works while mounted)")
-    _maintain(lake, repair=True, start_after=start_after, as_json=as_json)
+    opening = open_lake(data_dir, meta, secret_file, tls_ca, change="repair (scrub works while mounted)")
+    _maintain(opening, repair=True, start_after=start_after, as_json=as_json)
 
 
 @click.command("rebalance")
@@ -91,12 +91,12 @@ def repair(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bool)
 def rebalance(data_dir, meta, secret_file, tls_ca, start_after: int, as_json: bool) -> None:
     """Move shards onto newly added peers and off removed ones (an embedded lake unmounted)."""
     from ..lake import repair as maintenance
-    lake = open_lake(data_dir, meta, secret_file, tls_ca, change="rebalance")
+    opening = open_lake(data_dir, meta, secret_file, tls_ca, change="rebalance")
 
-    async def run():
+    async def run(lake):
         with _progress("rebalance", await maintenance.count_chunks(lake)) as bar:
             return await maintenance.rebalance(lake, start_after=start_after, on_chunk=lambda _cid: bar.update(1))
-    report = run_on(lake, run)
+    report = run_on(opening, run)
     if as_json:
         echo_json(report.to_json())
         return
@@ -120,13 +120,13 @@ def fsck(data_dir, meta, secret_file, tls_ca, repair: bool, no_shards: bool, as_
     checksum. Exit 3 if anything is wrong and was not repaired."""
     from ..admin import check
     from ..lake import repair as maintenance
-    lake = open_lake(data_dir, meta, secret_file, tls_ca, change="repair it" if repair else None)
+    opening = open_lake(data_dir, meta, secret_file, tls_ca, change="repair it" if repair else None)
 
-    async def run():
+    async def run(lake):
         total = 0 if no_shards else await maintenance.count_chunks(lake)
         with _progress("fsck", max(total, 1)) as bar:
             return await check.fsck(lake, repair=repair, shards=not no_shards, on_chunk=lambda _cid: bar.update(1))
-    report = run_on(lake, run)
+    report = run_on(opening, run)
     if as_json:
         echo_json(report.to_json())
     else:
@@ -161,14 +161,14 @@ def gc(data_dir, meta, secret_file, tls_ca, dry_run: bool, grace: float | None, 
     """Delete what nothing references: chunks in the delete queue, and orphan shards (on a peer
     but in no chunk record, or where the record places that shard elsewhere)."""
     from ..lake.gc import gc as collect
-    lake = open_lake(data_dir, meta, secret_file, tls_ca, change=None if dry_run else "collect garbage")
+    opening = open_lake(data_dir, meta, secret_file, tls_ca, change=None if dry_run else "collect garbage")
     if grace is None:
         grace = GC_GRACE_CLUSTER if meta else GC_GRACE_EMBEDDED
 
-    async def run():
+    async def run(lake):
         with _progress("gc: listing shards") as bar:
             return await collect(lake, dry_run=dry_run, grace=grace, on_shard=lambda: bar.update(1))
-    report = run_on(lake, run)
+    report = run_on(opening, run)
     out = report.to_json()
     if as_json:
         echo_json(out)
@@ -190,8 +190,7 @@ def dump(path: Path, data_dir, meta, secret_file, tls_ca, as_json: bool) -> None
     """Write the lake's whole metadata (not file data: shards stay on their peers) to PATH, for
     backup or to move the lake (works beside live mounts; a cluster lake's is a consistent copy)."""
     from ..admin import backup
-    lake = open_lake(data_dir, meta, secret_file, tls_ca)
-    info = run_on(lake, partial(backup.dump, lake, path))
+    info = run_on(open_lake(data_dir, meta, secret_file, tls_ca), partial(backup.dump, path=path))
     if as_json:
         echo_json(info)
     else:
@@ -220,8 +219,10 @@ def load(path: Path, data_dir: Path | None, meta: str | None, secret_file: Path 
         raise UserError("--meta needs --secret-file (the cluster secret)")
     with _progress("load: metadata keys") as bar:
         if meta is not None:
+            assert secret_file is not None, "--meta without --secret-file was refused above"
             info = trio.run(partial(backup.load_remote, path, parse_addresses(meta), secret_file, on_keys=bar.update))
         else:
+            assert data_dir is not None, "exactly one of --data and --meta was given"
             info = backup.load(path, data_dir, secret_file=secret_file, on_keys=bar.update)
     if as_json:
         echo_json(info)
@@ -246,16 +247,16 @@ def import_cmd(src: Path, dest: str, data_dir, meta, secret_file, tls_ca, jobs: 
     not copied, and the summary counts them (each is listed on stderr)."""
     from ..admin import ingest
     from ..admin.importer import import_tree, scan
-    lake = open_lake(data_dir, meta, secret_file, tls_ca, change="import into it (or copy into the mount)")
+    opening = open_lake(data_dir, meta, secret_file, tls_ca, change="import into it (or copy into the mount)")
 
-    async def run():
+    async def run(lake):
         files = (await trio.to_thread.run_sync(scan, src)).files
         async with ingest.writing(lake, pack_delay=ingest.IMPORT_PACK_DELAY) as vfs:
             with click.progressbar(length=sum(size for _, size in files), label=f"import {len(files)} files",
                                    file=sys.stderr, show_pos=False, show_percent=True) as bar:
                 report = await import_tree(vfs, src, dest, jobs=jobs, overwrite=overwrite, on_file=bar.update)
         return report
-    report = run_on(lake, run)
+    report = run_on(opening, run)
     if as_json:
         echo_json(report.to_json())
     else:
@@ -283,15 +284,15 @@ def restripe_cmd(path: str, data_dir, meta, secret_file, tls_ca, as_json: bool) 
     follow it; the old chunks are freed (gc). Same bytes and inodes."""
     from ..admin import ingest
     from ..admin.importer import restripe
-    lake = open_lake(data_dir, meta, secret_file, tls_ca, change="restripe it")
+    opening = open_lake(data_dir, meta, secret_file, tls_ca, change="restripe it")
 
-    async def run():
+    async def run(lake):
         async with ingest.writing(lake, pack_delay=ingest.RESTRIPE_PACK_DELAY) as vfs:
             with _progress("restripe") as bar:
                 report = await restripe(vfs, path, default=(lake.config.ec_k, lake.config.ec_m),
                                         min_shard=lake.config.min_shard, on_file=lambda: bar.update(1))
         return report
-    report = run_on(lake, run)
+    report = run_on(opening, run)
     if as_json:
         echo_json(report.to_json())
     else:

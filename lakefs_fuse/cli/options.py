@@ -6,6 +6,11 @@ options, running a coroutine over an opened lake, logging setup and JSON output.
 embedded lake takes its lock first (:func:`open_lake` with ``change``): it runs only while the
 lake is unmounted. A cluster lake's changes are compare-and-set commands, so they run beside its
 mounts.
+
+A command opens its lake in two steps: :func:`open_lake` checks the options and opens an
+embedded lake at once (a refusal comes first, as one line); :func:`run_on` enters the lake in the
+command's ``trio.run`` -- a cluster lake is reached there (``Lake.connect``) -- runs the command's
+coroutine on it and closes it. The lake's connections live in that ``async with``.
 """
 
 from __future__ import annotations
@@ -13,13 +18,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import trio
 
 from ..config import default_data_dir, parse_addresses
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..lake.lake import Lake
+
+T = TypeVar("T")
 
 
 def lake_options(fn):
@@ -53,29 +66,32 @@ def json_option(help_text: str = "Machine-readable report."):
 
 
 def open_lake(data_dir: Path | None, meta: str | None, secret_file: Path | None, tls_ca: Path | None, *,
-              change: str | None = None):
-    """Open the lake the options name (a :class:`~lakefs_fuse.lake.lake.Lake`). ``change`` (a verb)
-    takes an embedded lake's lock first: an embedded lake is changed only while unmounted; a
-    cluster lake's commands are compare-and-set, so they run beside its mounts."""
+              change: str | None = None) -> AbstractAsyncContextManager[Lake]:
+    """The lake the options name, for :func:`run_on` to enter (an ``async with`` giving a
+    :class:`~lakefs_fuse.lake.lake.Lake`). ``change`` (a verb) takes an embedded lake's lock first:
+    an embedded lake is changed only while unmounted; a cluster lake's commands are
+    compare-and-set, so they run beside its mounts."""
     from ..lake.lake import Lake, in_use
     if meta is not None:
         if data_dir is not None:
             raise UserError("give either --data or --meta, not both")
-        return Lake.open_remote(parse_addresses(meta), secret_file, tls_ca=tls_ca)
+        return Lake.connect(parse_addresses(meta), secret_file, tls_ca=tls_ca)
     data_dir = data_dir or default_data_dir()
     if change is None:
-        return Lake.open(data_dir, read_only=True)
+        return Lake.open(data_dir, read_only=True).closing()
     if in_use(data_dir):
         raise UserError(f"{data_dir} is mounted; unmount it to {change}")
-    return Lake.open(data_dir, lock=True)
+    return Lake.open(data_dir, lock=True).closing()
 
 
-def run_on(lake, run):
-    """``trio.run(run)``, then close the lake whatever happened."""
-    try:
-        return trio.run(run)
-    finally:
-        lake.close()
+def run_on(lake: AbstractAsyncContextManager[Lake], run: Callable[[Lake], Awaitable[T]]) -> T:
+    """``trio.run``: enter ``lake`` (from :func:`open_lake` or ``admin.inspect.open_path``), return
+    ``await run(the lake)``; the lake is closed whatever happened. An error from ``run`` comes out
+    as it was raised (one UserError line, not a group)."""
+    async def main() -> Any:
+        async with lake as opened:
+            return await run(opened)
+    return trio.run(main)
 
 
 def echo_json(value) -> None:

@@ -56,8 +56,8 @@ def peer_add(address: str, data_dir, meta, secret_file, tls_ca, zone: str | None
     from ..admin import peers as lake_peers
     from ..lake.format import parse_net_peer
     target = parse_net_peer(address)
-    lake = open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
-    rec, back = run_on(lake, partial(lake_peers.add_peer, lake, target, zone=zone, weight=weight))
+    opening = open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
+    rec, back = run_on(opening, partial(lake_peers.add_peer, target=target, zone=zone, weight=weight))
     click.echo(f"added peer {rec.peer_id}{' back' if back else ''}: {rec.address} zone={rec.zone or '-'} "
                f"weight={weight}")
 
@@ -68,8 +68,8 @@ def peer_add(address: str, data_dir, meta, secret_file, tls_ca, zone: str | None
 def peer_remove(peer_id: int, data_dir, meta, secret_file, tls_ca) -> None:
     """Stop placing new shards on a peer (its shards stay readable until rebalanced)."""
     from ..admin import peers as lake_peers
-    lake = open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
-    rec = run_on(lake, partial(lake_peers.remove_peer, lake, peer_id))
+    opening = open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
+    rec = run_on(opening, partial(lake_peers.remove_peer, peer_id=peer_id))
     click.echo(f"peer {peer_id} ({rec.address}) removed from placement")
 
 
@@ -82,8 +82,8 @@ def peer_weight(peer_id: int, weight: float, data_dir, meta, secret_file, tls_ca
     Shards already placed stay where they are ('rebalance' moves them). Running mounts of a
     cluster lake follow within seconds."""
     from ..admin import peers as lake_peers
-    lake = open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
-    rec = run_on(lake, partial(lake_peers.set_weight, lake, peer_id, weight))
+    opening = open_lake(data_dir, meta, secret_file, tls_ca, change="change its peers")
+    rec = run_on(opening, partial(lake_peers.set_weight, peer_id=peer_id, weight=weight))
     click.echo(f"peer {peer_id} ({rec.address}): weight {rec.weight} -> {weight}")
 
 
@@ -93,8 +93,7 @@ def peer_weight(peer_id: int, weight: float, data_dir, meta, secret_file, tls_ca
 def peer_list(data_dir, meta, secret_file, tls_ca, as_json: bool) -> None:
     """The lake's peers: kind, address, zone, weight, state, and whether each answers now."""
     from ..admin import peers as lake_peers
-    lake = open_lake(data_dir, meta, secret_file, tls_ca)
-    rows = run_on(lake, partial(lake_peers.list_peers, lake))
+    rows = run_on(open_lake(data_dir, meta, secret_file, tls_ca), lake_peers.list_peers)
     if as_json:
         echo_json(rows)
         return

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -143,7 +144,7 @@ def process_rows(a: Sample, b: Sample) -> list[dict]:
     """Per process over the interval: share of time waiting on the filesystem, request and read rates."""
     dt = max(b.at - a.at, 1e-9)
     before = {labels["pid"]: labels for labels, _ in a.rows("lakefs_process_requests_total")}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for labels, requests in b.rows("lakefs_process_requests_total"):
         pid, comm = labels["pid"], labels.get("comm", "?")
         key = {"pid": pid, "comm": comm}

@@ -161,6 +161,6 @@ async def _orphan_shards(lake: Lake, high: int, report: GcReport, on_shard) -> l
                 peers = placed[chunk_id]
                 if peers is None or index >= len(peers) or peers[index] != peer_id:
                     out.append([peer_id, chunk_id, index, size])
-            after = tuple(page[-1][:2])
+            after = page[-1][0], page[-1][1]
     return out
 

@@ -21,6 +21,7 @@ import os
 import secrets
 import ssl
 import uuid
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -160,17 +161,21 @@ def claim_net_peers(nets: list[tuple[str, str, str]], secret: bytes, lake_id: st
     """Contact every peer server and bucket: reachable, sharing our secret (servers), and holding
     no other lake's shards -- or one line per peer that is not (format never writes a lake onto
     bad peers). Unless ``dry``, each peer then belongs to ``lake_id``."""
-    problems = _remote_owner_problems(nets, secret, lake_id, ssl_context, dry=dry, timeout=5.0)
+    if not any(kind in ("net", "s3") for kind, _, _ in nets):
+        return
+    # format's entry point runs outside trio: this is its own short run
+    problems = trio.run(partial(remote_owner_problems, nets, secret, lake_id, ssl_context, dry=dry, timeout=5.0))
     if problems:
         raise UserError("\n".join(f"peer {a}: {why}" for a, why in sorted(problems.items())))
 
 
-def _remote_owner_problems(nets: list[tuple[str, str, str]], secret: bytes, lake_id: str, ssl_context=None,
-                           *, dry: bool, timeout: float) -> dict[str, str]:
-    """address -> what is wrong, for the peer servers and buckets among ``nets``."""
+async def remote_owner_problems(nets: list[tuple[str, str, str]], secret: bytes, lake_id: str, ssl_context=None,
+                                *, dry: bool, timeout: float) -> dict[str, str]:
+    """address -> what is wrong, for the peer servers and buckets among ``nets`` (asked at once)."""
     problems: dict[str, str] = {}
 
     async def one(kind: str, address: str, nursery: trio.Nursery) -> None:
+        store: NetStore | S3Store
         if kind == "net":
             store = NetStore(-1, address, secret, call_timeout=timeout, connect_timeout=timeout,
                              ssl_context=ssl_context, lake_id=lake_id)
@@ -179,7 +184,7 @@ def _remote_owner_problems(nets: list[tuple[str, str, str]], secret: bytes, lake
             store = S3Store(-1, address)
         try:
             with trio.fail_after(timeout + 1):
-                if kind == "net":
+                if isinstance(store, NetStore):
                     await store.claim(dry=dry)
                 else:
                     await store.claim(lake_id, dry=dry)
@@ -194,22 +199,20 @@ def _remote_owner_problems(nets: list[tuple[str, str, str]], secret: bytes, lake
         finally:
             await store.aclose()
 
-    async def probe() -> None:
-        async with trio.open_nursery() as nursery:
-            for kind, address, _zone in nets:
-                if kind in ("net", "s3"):
-                    nursery.start_soon(one, kind, address, nursery)
-    if any(kind in ("net", "s3") for kind, _, _ in nets):
-        trio.run(probe)
+    async with trio.open_nursery() as nursery:
+        for kind, address, _zone in nets:
+            if kind in ("net", "s3"):
+                nursery.start_soon(one, kind, address, nursery)
     return problems
 
 
-def check_remote_owners(peers: list[PeerRecord], secret: bytes | None, lake_id: str, ssl_context=None) -> None:
+async def check_remote_owners(peers: list[PeerRecord], secret: bytes | None, lake_id: str,
+                              ssl_context=None) -> None:
     """At a writable open: refuse (one line) if a peer server or bucket holds another lake's shards,
     and claim the ones nobody owns yet (lakes formatted before owners were recorded). A peer that
     does not answer now is not held against the lake (reads go degraded, writes elsewhere)."""
     nets = [(p.kind, p.address, p.zone) for p in peers if p.kind in ("net", "s3") and p.state == "up"]
-    problems = _remote_owner_problems(nets, secret or b"", lake_id, ssl_context, dry=False, timeout=3.0)
+    problems = await remote_owner_problems(nets, secret or b"", lake_id, ssl_context, dry=False, timeout=3.0)
     foreign = sorted(a for a, why in problems.items() if "another lake" in why)
     if foreign:
         raise UserError(f"peer {foreign[0]} holds the shards of another lake, not of this one ({lake_id})"

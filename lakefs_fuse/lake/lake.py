@@ -10,10 +10,11 @@ Layout of an embedded lake's data directory::
 
 This module joins ``meta`` and ``chunks``: it reads the peer records from metadata and builds the
 chunk client over them. :meth:`Lake.open` opens a data directory; ``async with Lake.connect(...)``
-a lake on metadata servers (``Lake.open_remote`` is its synchronous stand-in for callers not yet
-converted). ``async with lake`` owns the lake's network connections for a block. Formatting
-lives in ``format.py``, the marker and whose storage the lake may write in ``identity.py``;
-their public names are re-exported here for older imports.
+a lake on metadata servers. ``async with lake`` (or ``lake.closing()``) owns the lake's network
+connections and its stores' probes for a block, in the trio run of the entry point that uses the
+lake (``Lake.connect`` does it for its own lake). Formatting lives in ``format.py``, the marker and
+whose storage the lake may write in ``identity.py``; their public names are re-exported here for
+older imports.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..chunks.client import ChunkClient
 from ..chunks.layout import ChunkLayout
 from ..chunks.netstore import NetStore
 from ..chunks.s3store import S3Store
-from ..chunks.store import LocalDirStore, PeerUnavailable
+from ..chunks.store import LocalDirStore, PeerUnavailable, ShardStore
 from ..config import IO_THREADS, META_TIMEOUT, LakeConfig
 from ..errors import LakeError, UserError
 from ..meta.client import LocalMeta
@@ -77,7 +78,7 @@ def lake_config(fmt: dict) -> LakeConfig:
 
 
 
-def _check_secret(fmt: dict, secret_file: Path, secret: bytes) -> None:
+def _check_secret(fmt: dict, secret_file: Path | None, secret: bytes) -> None:
     """A UserError when ``secret`` is not the cluster's (as its format record says)."""
     fp = fmt.get("secret_fp")
     if fp and fp != wire.fingerprint(secret):
@@ -165,7 +166,10 @@ class Lake:
                  lake_id: str | None = None, peer_roots: dict[int, str] | None = None):
         self.data_dir = data_dir
         self.sm = sm
-        self.meta = meta if meta is not None else LocalMeta(sm)
+        if meta is None:
+            assert sm is not None, "a lake has metadata servers or a state machine of its own"
+            meta = LocalMeta(sm)
+        self.meta = meta
         self.meta_addresses = meta_addresses
         #: Identifies the lake (chunk ids are only unique within one): names its disk cache and
         #: owns its peers' shards.
@@ -175,7 +179,7 @@ class Lake:
         self.secret = secret
         ssl_context = tls_context(tls_ca or None)
         self.tls_context = ssl_context
-        stores = {}
+        stores: dict[int, ShardStore] = {}
         limiter = trio.CapacityLimiter(io_threads)  # local shard I/O threads, shared by all peers
         for p in peers:
             if p.kind == "s3":
@@ -197,7 +201,8 @@ class Lake:
                                   weights={p.peer_id: p.weight for p in peers if p.state == "up"},
                                   threads=io_threads)
         self._lock_fd: int | None = None
-        self._nursery: trio.Nursery | None = None  # while ``async with lake``: its connections' tasks
+        self._snapshot_dir: Path | None = None  # dataset mode: the local copy of a cluster's metadata
+        self._nursery: trio.Nursery | None = None  # while ``async with lake``: connections and probes
         self._background: rpc.Background | None = None
 
     @classmethod
@@ -252,7 +257,7 @@ class Lake:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, addresses: list[str], secret_file: Path, *, tls_ca: Path | None = None,
+    async def connect(cls, addresses: list[str], secret_file: Path | None, *, tls_ca: Path | None = None,
                       io_threads: int = IO_THREADS, op_timeout: float = META_TIMEOUT,
                       snapshot_to: Path | None = None) -> AsyncIterator[Lake]:
         """Open a lake whose metadata lives on metadata servers (``--meta``), for the block:
@@ -275,21 +280,6 @@ class Lake:
             lake.close()
 
     @classmethod
-    def open_remote(cls, addresses: list[str], secret_file: Path, *, tls_ca: Path | None = None,
-                    io_threads: int = IO_THREADS, op_timeout: float = META_TIMEOUT,
-                    snapshot_to: Path | None = None) -> Lake:
-        """:meth:`connect` for callers outside trio: fetches what the lake is in a ``trio.run`` of
-        its own and returns the lake; its connections then fall back to tasks of the trio run
-        that uses them (``rpc.Connections``). Compatibility only, until the CLI and the mount
-        daemon open cluster lakes with ``async with Lake.connect(...)`` (issue 12)."""
-        secret = cluster_secret(secret_file)
-        fmt, peers = trio.run(_fetch_remote, addresses, secret)
-        _check_secret(fmt, secret_file, secret)
-        sm = trio.run(snapshot_remote, addresses, secret, Path(snapshot_to)) if snapshot_to is not None else None
-        return cls._remote(addresses, secret, fmt, peers, sm, tls_ca=tls_ca, io_threads=io_threads,
-                           op_timeout=op_timeout, snapshot_to=snapshot_to)
-
-    @classmethod
     def _remote(cls, addresses: list[str], secret: bytes, fmt: dict, peers: list[PeerRecord],
                 sm: StateMachine | None, *, tls_ca: Path | None, io_threads: int, op_timeout: float,
                 snapshot_to: Path | None) -> Lake:
@@ -301,6 +291,17 @@ class Lake:
                    lake_id=lake_id)
         lake._snapshot_dir = Path(snapshot_to) if snapshot_to is not None else None
         return lake
+
+    @contextlib.asynccontextmanager
+    async def closing(self) -> AsyncIterator[Lake]:
+        """``async with lake.closing()``: the lake's connections live in the block (``async with
+        lake``) and the lake is closed at its end -- :meth:`connect`'s shape, for a lake opened
+        with :meth:`open`."""
+        try:
+            async with self:
+                yield self
+        finally:
+            self.close()
 
     async def __aenter__(self) -> Lake:
         """``async with lake``: the lake's connections (metadata service, peer servers) and their
@@ -322,8 +323,9 @@ class Lake:
                 await background.__aexit__(*exc_info)
 
     def _connection_owners(self) -> list:
-        """What holds network connections: the metadata service and the peer-server stores."""
-        owners: list = [s for s in self.chunks.stores.values() if isinstance(s, NetStore)]
+        """What needs the lake's nursery: the metadata service and the peer-server stores (their
+        connections), the peer-server and bucket stores (their probes)."""
+        owners: list = [s for s in self.chunks.stores.values() if isinstance(s, (NetStore, S3Store))]
         if isinstance(self.meta, RemoteMeta):
             owners.append(self.meta.service)
         return owners
@@ -333,16 +335,16 @@ class Lake:
             return
         self.sm.close()
         self.sm = None
-        if getattr(self, "_snapshot_dir", None) is not None:
+        if self._snapshot_dir is not None:
             shutil.rmtree(self._snapshot_dir, ignore_errors=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def check_remote_owners(self) -> None:
-        """See :func:`check_remote_owners` (the mount calls this before it goes live)."""
+    async def check_remote_owners(self) -> None:
+        """See :func:`check_remote_owners` (the mount awaits this before it goes live)."""
         if self.uuid is not None:
-            check_remote_owners(self.peer_records, self.secret, self.uuid, self.tls_context)
+            await check_remote_owners(self.peer_records, self.secret, self.uuid, self.tls_context)
 
     def peer_address(self, p: PeerRecord) -> str:
         """Where a peer is, for people: a local peer directory's full path (records keep the
@@ -364,20 +366,22 @@ class Lake:
         records = await self.meta.peers()
         if records == self.peer_records:
             return False
-        added = {}
+        added: dict[int, ShardStore] = {}
         for p in records:
             if p.peer_id in self.chunks.stores:
                 continue
+            store: S3Store | NetStore
             if p.kind == "s3":
-                added[p.peer_id] = S3Store(p.peer_id, p.address)
+                store = added[p.peer_id] = S3Store(p.peer_id, p.address)
             elif p.kind == "net" and self.secret is not None:
-                added[p.peer_id] = NetStore(p.peer_id, p.address, self.secret, ssl_context=self.tls_context,
-                                            lake_id=self.uuid)
-                if self._nursery is not None:  # the lake owns its connections (async with lake)
-                    added[p.peer_id].bind(self._nursery)
+                store = added[p.peer_id] = NetStore(p.peer_id, p.address, self.secret,
+                                                    ssl_context=self.tls_context, lake_id=self.uuid)
             else:
                 log.warning("peer %d (%s %s) was added while the lake is open; a remount uses it",
                             p.peer_id, p.kind, p.address)
+                continue
+            if self._nursery is not None:  # the lake owns its stores (async with lake)
+                store.bind(self._nursery)
         old = {p.peer_id: p for p in self.peer_records}
         for p in records:
             if old.get(p.peer_id) != p:

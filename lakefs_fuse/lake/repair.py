@@ -24,6 +24,7 @@ import trio
 
 from ..chunks.layout import ChunkLayout
 from ..chunks.placement import place
+from ..chunks.store import ShardStore
 from ..errors import DataUnavailable, LakeError
 from ..meta.commands import MoveShard
 from .lake import Lake
@@ -168,27 +169,31 @@ async def _repair_chunk(lake: Lake, layout: ChunkLayout, bad: list[int], report:
                     log.debug("could not delete old shard %d/%d on peer %d: %s", layout.chunk_id, index, old, exc)
 
 
+async def peer_liveness(lake: Lake, timeout: float = 5.0) -> dict[int, dict[str, object]]:
+    """peer id -> ``{"reachable": True, "total", "avail"}`` or ``{"reachable": False[, "error"]}``,
+    every store asked for its capacity at once, each within ``timeout`` seconds. For listings: a
+    peer that is down is reported, never raised."""
+    out: dict[int, dict[str, object]] = {}
+
+    async def one(pid: int, store: ShardStore) -> None:
+        row: dict[str, object] = {"reachable": False}
+        with trio.move_on_after(timeout):
+            try:
+                total, avail = await store.capacity()
+                row = {"reachable": True, "total": total, "avail": avail}
+            except Exception as exc:  # a status listing reports, it does not fail
+                row["error"] = str(exc)
+        out[pid] = row
+
+    async with trio.open_nursery() as nursery:
+        for pid, store in lake.chunks.stores.items():
+            nursery.start_soon(one, pid, store)
+    return out
+
+
 async def status(lake: Lake) -> dict:
     """Peers with their shard counts and liveness, and the chunks that are degraded."""
-    async def liveness() -> dict[int, dict]:
-        out: dict[int, dict] = {}
-
-        async def one(pid: int, store) -> None:
-            row = {"reachable": False}
-            with trio.move_on_after(5):
-                try:
-                    total, avail = await store.capacity()
-                    row = {"reachable": True, "total": total, "avail": avail}
-                except Exception as exc:  # a status listing reports, it does not fail
-                    row["error"] = str(exc)
-            out[pid] = row
-
-        async with trio.open_nursery() as nursery:
-            for pid, store in lake.chunks.stores.items():
-                nursery.start_soon(one, pid, store)
-        return out
-
-    live = await liveness()
+    live = await peer_liveness(lake)
     present = await _listings(lake, [pid for pid, row in live.items() if row.get("reachable")])
     shard_counts: dict[int, int] = {}
     missing_counts: dict[int, int] = {}
@@ -228,11 +233,12 @@ async def _listings(lake: Lake, peer_ids: list[int]) -> dict[int, set[int]]:
     out: dict[int, set[int]] = {}
 
     async def one(pid: int) -> None:
-        store, found, after = lake.chunks.stores[pid], set(), (-1, -1)
+        store, after = lake.chunks.stores[pid], (-1, -1)
+        found: set[int] = set()
         try:
             while page := await store.list(after, 10000):
                 found.update(chunk * 256 + index for chunk, index, _size in page)
-                after = tuple(page[-1][:2])
+                after = page[-1][0], page[-1][1]
         except Exception as exc:  # a status listing reports, it does not fail
             log.warning("status: cannot list the shards of peer %d: %s", pid, exc)
             return
@@ -255,8 +261,9 @@ async def repair_pending(lake: Lake, *, delay: float, forget_layout: Callable[[i
     rebuilt elsewhere.
     """
     now = trio.current_time()
-    long_down = {pid for pid, store in lake.chunks.stores.items()
-                 if getattr(store, "down_since", None) is not None and now - store.down_since >= delay}
+    # Only remote stores track outages (``PeerHealth.down_since``); a local directory is never down.
+    down_since = {pid: getattr(store, "down_since", None) for pid, store in lake.chunks.stores.items()}
+    long_down = {pid for pid, since in down_since.items() if since is not None and now - since >= delay}
     wanted = lake.chunks.repair_queue()
     report = Report()
     if not wanted and not long_down:
@@ -314,7 +321,7 @@ async def rebalance(lake: Lake, *, start_after: int = -1, on_chunk: Callable[[in
             target = free.pop(0)
             try:
                 data = await lake.chunks.read_shard(layout, index)
-                await lake.chunks.stores[target].put(layout.chunk_id, index, data)
+                await lake.chunks.stores[target].put(layout.chunk_id, index, memoryview(data))
             except Exception as exc:  # one shard that cannot move does not stop the run
                 report.failed.append((layout.chunk_id, f"shard {index}: {exc}"))
                 continue

@@ -15,6 +15,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -22,6 +23,9 @@ from .raft import Transport
 from .raftlog import NodeId, pack, unpack
 
 __all__ = ["LinkFaults", "MemoryNetwork", "MemoryTransport"]
+
+#: A Raft message as the node hands it to :meth:`~.raft.Transport.send` (a msgpack-able dict).
+Message = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,12 @@ class LinkFaults:
 class MemoryTransport(Transport):
     """One node's end of a :class:`MemoryNetwork`."""
 
-    def __init__(self, network: MemoryNetwork, node_id: NodeId, incoming: trio.MemoryReceiveChannel):
+    def __init__(self, network: MemoryNetwork, node_id: NodeId, incoming: trio.MemoryReceiveChannel[Message]):
         self.network = network
         self.node_id = node_id
         self.incoming = incoming
 
-    async def send(self, to: NodeId, message: dict) -> None:
+    async def send(self, to: NodeId, message: Message) -> None:
         self.network.submit(self.node_id, to, message)
         await trio.lowlevel.checkpoint()
 
@@ -66,7 +70,7 @@ class MemoryNetwork:
         self.inbox_size = inbox_size
         self._links: dict[tuple[NodeId, NodeId], LinkFaults] = {}
         self._groups: dict[NodeId, int] = {}
-        self._inboxes: dict[NodeId, trio.MemorySendChannel] = {}
+        self._inboxes: dict[NodeId, trio.MemorySendChannel[Message]] = {}
         self._queue: list[tuple[float, int, NodeId, NodeId, bytes]] = []
         self._order = itertools.count()
         self._wake = trio.Event()
@@ -75,7 +79,7 @@ class MemoryNetwork:
     def endpoint(self, node_id: NodeId) -> MemoryTransport:
         """A fresh endpoint for ``node_id`` (replacing, and closing, any earlier one)."""
         self.disconnect(node_id)
-        send, receive = trio.open_memory_channel(self.inbox_size)
+        send, receive = trio.open_memory_channel[Message](self.inbox_size)
         self._inboxes[node_id] = send
         return MemoryTransport(self, node_id, receive)
 
@@ -89,8 +93,10 @@ class MemoryNetwork:
         """Set the default faults, or those of the link ``src -> dst``."""
         if src is None and dst is None:
             self.default = faults
-        else:
+        elif src is not None and dst is not None:
             self._links[(src, dst)] = faults
+        else:
+            raise ValueError("set_faults: give both src and dst (one link), or neither (the default)")
 
     def partition(self, *groups: Iterable[NodeId]) -> None:
         """Only nodes in the same group can talk (nodes in no group form one more group)."""
@@ -102,7 +108,7 @@ class MemoryNetwork:
     def can_talk(self, a: NodeId, b: NodeId) -> bool:
         return self._groups.get(a, -1) == self._groups.get(b, -1)
 
-    def submit(self, src: NodeId, dst: NodeId, message: dict) -> None:
+    def submit(self, src: NodeId, dst: NodeId, message: Message) -> None:
         self.stats["sent"] += 1
         faults = self._links.get((src, dst), self.default)
         rng = self.rng

@@ -397,7 +397,8 @@ _FROM_LEADER = frozenset({"append", "heartbeat", "snapshot"})
 def _well_formed(msg: Any) -> bool:
     if not isinstance(msg, dict):
         return False
-    fields = _MESSAGE_FIELDS.get(msg.get("t"))
+    kind = msg.get("t")
+    fields = _MESSAGE_FIELDS.get(kind) if isinstance(kind, str) else None
     return (fields is not None and isinstance(msg.get("term"), int) and isinstance(msg.get("src"), int)
             and all(f in msg for f in fields))
 
@@ -1003,6 +1004,7 @@ class RaftNode:
         index = min(at_most, self.last_index)
         while index > self._snap_index:
             t = self.entry_term(index)
+            assert t is not None  # (snapshot, last]: in the log
             if t == term:
                 return index
             if t < term:
@@ -1047,8 +1049,9 @@ class RaftNode:
 
     def _take_snapshot(self) -> None:
         index = self.last_applied
-        snap = Snapshot(index, self.entry_term(index), tuple(sorted(self._voters_at(index))),
-                        self._sessions.snapshot(index))
+        term = self.entry_term(index)
+        assert term is not None  # applied entries are in the log (or are the snapshot's last)
+        snap = Snapshot(index, term, tuple(sorted(self._voters_at(index))), self._sessions.snapshot(index))
         self._storage.save_snapshot(snap, keep_log=True)
         del self._log[:index - self._snap_index]
         self._install(snap, keep_configs=True)
@@ -1218,15 +1221,3 @@ def _rejection(reply: str) -> dict:
     if reply == "snapshot_reply":
         return {"match": 0, "round": 0}
     return {"round": 0}
-
-
-# The in-memory test network moved to memory_network.py; older imports from here still resolve
-# (lazily: that module imports this one).
-_MOVED = frozenset({"LinkFaults", "MemoryNetwork", "MemoryTransport"})
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        from . import memory_network
-        return getattr(memory_network, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

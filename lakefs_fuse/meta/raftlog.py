@@ -54,11 +54,11 @@ class Entry(NamedTuple):
     kind: int
     data: Any = None
 
-    def to_wire(self) -> list:
+    def to_wire(self) -> list[Any]:
         return [self.term, self.kind, self.data]
 
     @classmethod
-    def from_wire(cls, raw: Sequence) -> Entry:
+    def from_wire(cls, raw: Sequence[Any]) -> Entry:
         term, kind, data = raw
         return cls(int(term), int(kind), data)
 
@@ -205,7 +205,7 @@ class RocksStorage(RaftStorage):
                 self._first = unpack(meta)[0] + 1
                 self._last = self._first - 1
             for key in self.db.keys(backwards=True, from_key=_log_key(2**64 - 1)):  # the newest entry
-                if key.startswith(_LOG_PREFIX):
+                if isinstance(key, bytes) and key.startswith(_LOG_PREFIX):  # raw mode: keys are bytes
                     self._last = _INDEX.unpack(key[1:])[0]
                 break
         except Exception as exc:

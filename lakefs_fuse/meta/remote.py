@@ -304,7 +304,7 @@ class MetaService:
                 res, _ = await client.call("status", timeout=PROBE_TIMEOUT)
         except (OSError, wire.ConnectionLost, wire.ProtocolError, wire.RemoteError, trio.TooSlowError):
             res = {}
-        if res.get("role") != "leader":
+        if client is None or res.get("role") != "leader":  # (no client: the connect failed, res is {})
             if client is not None:
                 await client.aclose()
             return False
@@ -446,4 +446,4 @@ class RemoteMeta:
         return await self._query("next_chunk_id")
 
     def close(self) -> None:
-        pass  # connections end with the trio run that owns them
+        pass  # connections end with their owner's async with (rpc.Connections)

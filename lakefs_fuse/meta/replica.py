@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +82,14 @@ class ReplicatedState:
 class WireTransport(Transport):
     """Raft messages as one-way ``raft`` calls; one connection per destination, made on demand."""
 
-    def __init__(self, node_id: int, address: str, secret: bytes, addresses, *, ssl_context=None,
-                 connect_timeout: float = 1.0):
+    def __init__(self, node_id: int, address: str, secret: bytes, addresses: Callable[[int], str | None], *,
+                 ssl_context: ssl.SSLContext | None = None, connect_timeout: float = 1.0):
         self.node_id = node_id
         self.address = address
         self.secret = secret
         self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
-        self._addresses = addresses  # callable: id -> address or None
+        self._addresses = addresses  # id -> address (None: not a member it knows)
         self._learned: dict[int, str] = {}
         self._clients: dict[int, rpc.RpcClient] = {}
         self._retry_at: dict[int, float] = {}
@@ -101,7 +103,7 @@ class WireTransport(Transport):
     def address_of(self, node_id: int) -> str | None:
         return self._addresses(node_id) or self._learned.get(node_id)
 
-    async def send(self, to: int, message: dict) -> None:
+    async def send(self, to: int, message: dict[str, Any]) -> None:
         client = self._clients.get(to)
         if client is None or client.closed:
             client = await self._connect(to)

@@ -348,10 +348,9 @@ class MetaServer:
                 return self._redirect(exc), b""
             return {}, S.pack(value)
         if op == "query":
-            name = args.get("q")
-            encode = QUERIES.get(name) if isinstance(name, str) else None
-            if encode is None:
-                raise E.Invalid(f"unknown query {name!r}")
+            query = args.get("q")
+            if not isinstance(query, str) or (encode := QUERIES.get(query)) is None:
+                raise E.Invalid(f"unknown query {query!r}")
             qargs = _unpack_payload(payload)
             if not isinstance(qargs, list):
                 raise E.Invalid("query arguments must be a list")
@@ -360,9 +359,9 @@ class MetaServer:
             except RaftError as exc:
                 return self._redirect(exc), b""
             try:
-                result = getattr(self.state.sm, name)(*qargs)
+                result = getattr(self.state.sm, query)(*qargs)
             except TypeError as exc:
-                raise E.Invalid(f"bad arguments for {name}: {exc}") from None
+                raise E.Invalid(f"bad arguments for {query}: {exc}") from None
             return {}, S.pack(encode(result))
         if op == "dump":
             # The whole metadata as of now (for a dataset-mode mount that reads it locally).
@@ -467,10 +466,11 @@ class MetaServer:
         except Exception as exc:
             # Fail-stop: a storage error (disk full, I/O error) or a bug must not leave a member
             # half-working. Its log and snapshot are intact up to the last acknowledged write.
-            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]
-            log.error("member %d: Raft node failed, stopping", self.id, exc_info=exc)
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            cause: BaseException = exc
+            while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+                cause = cause.exceptions[0]
+            log.error("member %d: Raft node failed, stopping", self.id, exc_info=cause)
+            first = (str(cause).splitlines() or [type(cause).__name__])[0]
             raise E.UserError(f"metadata member {self.id} stopped: {first}") from None
 
     def close(self) -> None:

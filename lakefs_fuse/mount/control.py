@@ -120,7 +120,7 @@ class ControlFiles:
             return self.config_source()
         return self.plan_report(_writer(h))  # .prefetch, e.g. `cat .prefetch`
 
-    def write(self, h: ControlHandle, data: bytes) -> int:
+    def write(self, h: ControlHandle, data: bytes | memoryview) -> int:
         if h.ino != CONTROL_INO:
             raise E.LakeError("bad file handle", err=errno.EBADF)
         text = h.pending + bytes(data).decode("utf-8", errors="surrogateescape")
@@ -164,8 +164,7 @@ class ControlFiles:
     def plan_report(self, cred: Credentials) -> bytes:
         """The progress of the caller's own plan (JSON). The mount-wide counters, which move with
         every user's reads and plans, only for root and the daemon's own user."""
-        status = self._plan_of(cred).report()
-        status["plan_socket"] = self.plan_socket
+        status: dict[str, object] = {**self._plan_of(cred).report(), "plan_socket": self.plan_socket}
         if cred.uid in (0, os.geteuid()):
             status["read_requests"] = self._stats.reads  # READs that reached the daemon
             if self._pusher is not None:

@@ -2,7 +2,9 @@
 
 ``lakefs-fuse mount`` (without ``-f``) starts this module's :func:`serve` in a child process
 and returns once the child reports the mount live (or prints the child's reason and fails).
-SIGTERM/SIGINT to the daemon flush every buffered write and unmount.
+SIGTERM/SIGINT to the daemon flush every buffered write and unmount. The daemon is one trio run:
+the lake is opened in an ``async with`` that owns its connections, and the VFS and FUSE session
+start inside it.
 
 The kernel sees the mount as mount(8) tools expect: its source is the lake (the data directory,
 or ``meta:HOST:PORT,...``, as an fstab line names it), a read-only mount is ``ro``, and
@@ -68,7 +70,13 @@ log = logging.getLogger(__name__)
 def lake_source(cfg: MountConfig) -> str:
     """The mount's source in /proc/mounts: the lake, named as an fstab line names it, so
     ``findmnt -S DATA_DIR`` finds its mounts and two lakes' mounts can be told apart."""
-    return "meta:" + ",".join(cfg.meta) if cfg.meta else str(Path(cfg.data_dir).resolve())
+    return "meta:" + ",".join(cfg.meta) if cfg.meta else str(_data_dir(cfg).resolve())
+
+
+def _data_dir(cfg: MountConfig) -> Path:
+    """The embedded lake's data directory (a mount without ``meta`` names one: see the CLI)."""
+    assert cfg.data_dir is not None, "a mount names metadata servers or a data directory"
+    return Path(cfg.data_dir)
 
 
 def _escape_option(value: str) -> str:
@@ -97,7 +105,7 @@ def check_mountpoint(path: Path) -> Path:
     return path
 
 
-def _is_daemon(pid: object) -> bool:
+def _is_daemon(pid: int | str) -> bool:
     """``pid`` is a running lakefs-fuse process (not a zombie, not a reused pid)."""
     try:
         with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
@@ -136,7 +144,7 @@ def clear_dead_mount(path: Path) -> bool:
     if is_mounted(mnt) != FSTYPE:
         return False
     reg = read_registry(mnt)
-    if reg and _is_daemon(reg.get("pid")):
+    if reg and _is_daemon(reg.get("pid", "")):
         return False  # its daemon runs: a live mount, or a stuck one that is not ours to drop
     if _statfs_errno(mnt) != errno.ENOTCONN:
         return False
@@ -193,32 +201,44 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     readiness = Readiness(ready_fd)
     try:
         mountpoint = check_mountpoint(cfg.mountpoint)
-        if cfg.meta:
-            snapshot = None
-            if cfg.dataset:
-                snapshot = runtime_dir() / "snapshots" / hashlib.sha1(str(mountpoint).encode()).hexdigest()[:16]
-            lake = Lake.open_remote(list(cfg.meta), cfg.secret_file, tls_ca=cfg.tls_ca, io_threads=cfg.io_threads,
-                                    op_timeout=cfg.meta_timeout, snapshot_to=snapshot)
-        else:
-            lake = Lake.open(cfg.data_dir, io_threads=cfg.io_threads, lock=True)
-        if not cfg.read_only:
-            try:  # a lake never writes into storage that holds another lake's shards
-                lake.check_remote_owners()
-            except UserError:
-                lake.close()
-                raise
     except UserError as exc:
         readiness.report(f"error: {exc}")
         raise
+    return trio.run(_serve, cfg, mountpoint, readiness)
+
+
+async def _serve(cfg: MountConfig, mountpoint: Path, readiness: Readiness) -> int:
+    """The whole mount in one trio run: the lake is opened in an ``async with`` that owns its
+    connections and closes it at the end. A refusal before the mount is live is a UserError,
+    told on the ready pipe too."""
+    try:
+        async with _open_lake(cfg, mountpoint) as lake:
+            return await _serve_lake(cfg, mountpoint, readiness, lake)
+    except UserError as exc:
+        readiness.report(f"error: {exc}")  # (only the first report reaches the pipe)
+        raise
+
+
+def _open_lake(cfg: MountConfig, mountpoint: Path) -> contextlib.AbstractAsyncContextManager[Lake]:
     if not cfg.meta:
+        return Lake.open(_data_dir(cfg), io_threads=cfg.io_threads, lock=True).closing()
+    snapshot = None
+    if cfg.dataset:
+        snapshot = runtime_dir() / "snapshots" / hashlib.sha1(str(mountpoint).encode()).hexdigest()[:16]
+    return Lake.connect(list(cfg.meta), cfg.secret_file, tls_ca=cfg.tls_ca, io_threads=cfg.io_threads,
+                        op_timeout=cfg.meta_timeout, snapshot_to=snapshot)
+
+
+async def _serve_lake(cfg: MountConfig, mountpoint: Path, readiness: Readiness, lake: Lake) -> int:
+    if not cfg.read_only:  # a lake never writes into storage that holds another lake's shards
+        await lake.check_remote_owners()
+    if lake.sm is not None and not cfg.meta:
         # An embedded lake's metadata is read whole once (~0.2 s per million keys): a damaged
         # block refuses the mount here, instead of failing lookups with EIO once it is live.
         t = time.monotonic()
         try:
             keys = lake.sm.verify()
         except LakeError as exc:
-            lake.close()
-            readiness.report(f"error: {exc}")
             raise UserError(str(exc)) from None
         log.info("metadata checked: %d keys in %.2f s", keys, time.monotonic() - t)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -241,13 +261,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     heartbeat = Heartbeat()
     metrics_server = None
     if cfg.metrics:
-        try:
-            metrics_server = MetricsServer(cfg.metrics, observer.registry, alive=heartbeat.alive,
-                                           ready=readiness.is_live)
-        except UserError as exc:
-            lake.close()
-            readiness.report(f"error: {exc}")
-            raise
+        metrics_server = MetricsServer(cfg.metrics, observer.registry, alive=heartbeat.alive,
+                                       ready=readiness.is_live)
     options = set(pyfuse3.default_options) | {"fsname=" + _escape_option(lake_source(cfg)), "subtype=lakefs"}
     if cfg.allow_other:
         options.add("allow_other")
@@ -256,10 +271,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     options.update(cfg.extra_fuse_options)
     failure = _fuse_init(ops, mountpoint, options)
     if failure is not None:
-        lake.close()
         if metrics_server is not None:
             metrics_server.close()
-        readiness.report(f"error: cannot mount {mountpoint}: {failure}")
         raise UserError(f"cannot mount {mountpoint}: {failure}")
     reg = registry_file(mountpoint)
     reg.parent.mkdir(parents=True, exist_ok=True)
@@ -269,7 +282,9 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     status = 0
     try:
         repair = BackgroundRepair(lake, vfs, cfg.repair_delay, observer.count_repair)
-        trio.run(_main, vfs, cfg, mountpoint, readiness, lake, heartbeat, repair)
+        await _main(vfs, cfg, mountpoint, readiness, lake, heartbeat, repair)
+    except trio.Cancelled:
+        raise
     except BaseException:
         log.exception("mount daemon failed")
         status = 1
@@ -495,15 +510,21 @@ def start(cfg: MountConfig, options: list[str]) -> Path:
     check_mountpoint(cfg.mountpoint)
     mnt = Path(cfg.mountpoint).resolve()
     if cfg.meta:
-        Lake.open_remote(list(cfg.meta), cfg.secret_file, tls_ca=cfg.tls_ca).close()
+        trio.run(_check_cluster_lake, cfg)
         log_path = runtime_dir() / ("mount-" + str(mnt).strip("/").replace("/", "_") + ".log")
     else:
-        if in_use(cfg.data_dir):
+        if in_use(_data_dir(cfg)):
             raise UserError(f"{cfg.data_dir} is already mounted by another lakefs-fuse process")
-        Lake.open(cfg.data_dir, read_only=True).close()
-        log_path = Path(cfg.data_dir) / "mount.log"
+        Lake.open(_data_dir(cfg), read_only=True).close()
+        log_path = _data_dir(cfg) / "mount.log"
     spawn([str(mnt), *options], mnt, log_path)
     return log_path
+
+
+async def _check_cluster_lake(cfg: MountConfig) -> None:
+    """The cluster lake opens: its servers answer, hold a lake, and know our secret."""
+    async with Lake.connect(list(cfg.meta), cfg.secret_file, tls_ca=cfg.tls_ca):
+        pass
 
 
 def spawn(cfg_args: list[str], mountpoint: Path, log_path: Path, timeout: float = 60.0) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import trio
 
@@ -130,7 +131,7 @@ class InodeRefs:
             self._unlinked.discard(ino)
 
     @contextlib.contextmanager
-    def resolving(self):
+    def resolving(self) -> Iterator[None]:
         """Around a lookup or listing: inodes it may return are not freed meanwhile."""
         self._resolving += 1
         try:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from ..config import runtime_dir
 
@@ -79,13 +80,14 @@ def registry_file(mountpoint: Path) -> Path:
     return runtime_dir() / (hashlib.sha1(str(mountpoint).encode()).hexdigest()[:16] + ".json")
 
 
-def read_registry(mountpoint: Path) -> dict | None:
+def read_registry(mountpoint: Path) -> dict[str, Any] | None:
     """What the daemon serving ``mountpoint`` registered (pid, mountpoint, data_dir, meta,
-    secret_file); None if no daemon is registered there."""
+    secret_file); None if no daemon is registered there (or its entry is not a JSON object)."""
     try:
-        return json.loads(registry_file(mountpoint).read_text())
+        entry = json.loads(registry_file(mountpoint).read_text())
     except (OSError, ValueError):
         return None
+    return entry if isinstance(entry, dict) else None
 
 
 def mount_users(mnt: Path) -> list[str]:

@@ -21,6 +21,7 @@ import pyfuse3
 
 from ..errors import LakeError, NotFound
 from ..meta.budget import metadata_budget
+from ..meta.commands import AttrChanges
 from ..meta.schema import Inode
 from ..metrics import FuseRecorder
 from .vfs import VFS, Ctx
@@ -135,7 +136,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
-        changes = {}
+        changes: AttrChanges = {}
         if fields.update_mode:
             changes["mode"] = attr.st_mode
         if fields.update_uid:

@@ -42,7 +42,7 @@ class PageCachePusher:
 
     def __init__(self, store: Callable[[int, int, object], None], *, max_queued_bytes: int = 64 << 20):
         self._store = store  # pyfuse3.notify_store(inode, offset, data)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[int, bytes | bytearray | memoryview] | None] = queue.SimpleQueue()
         self._queued_bytes = 0
         self._lock = threading.Lock()
         self.max_queued_bytes = max_queued_bytes
@@ -50,7 +50,7 @@ class PageCachePusher:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def push(self, ino: int, data) -> bool:
+    def push(self, ino: int, data: bytes | bytearray | memoryview) -> bool:
         """Queue a whole file for the kernel; False (and nothing queued) when over the bound."""
         n = len(data)
         with self._lock:

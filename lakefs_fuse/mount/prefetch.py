@@ -201,7 +201,7 @@ class ReadPlan:
     def active(self) -> bool:
         return bool(self._paths)
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, int]:
         return {"planned": len(self._paths), "cursor": self.cursor, "files_ahead": self.files_ahead,
                 "bytes_ahead": self.bytes_ahead, **asdict(self.stats)}
 
@@ -241,6 +241,7 @@ class ReadPlan:
             return None
         try:
             if self.cred is not None and self._root is None:
+                assert self._stat is not None, "a plan with permission checks (cred) needs stat"
                 self._root = await self._stat(ROOT_INO)
             parent, parent_ino = self._root, ROOT_INO
             for name in parts[:-1]:

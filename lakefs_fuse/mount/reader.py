@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 Buffer = bytes | bytearray | memoryview
 
 #: The extents one read found in a cache / had to fetch: [hits, misses] (per-process hit ratio).
-_TALLY: ContextVar[list | None] = ContextVar("lakefs_read_tally", default=None)
+_TALLY: ContextVar[list[int] | None] = ContextVar("lakefs_read_tally", default=None)
 
 
 @dataclass(slots=True)
@@ -300,7 +300,7 @@ class Reader:
         if not inode.size:
             return 0
         exts = await self.meta.extents(ino, 0, (inode.size - 1) // self.chunk_size)
-        parts: list = [b""] * len(exts)
+        parts: list[Buffer] = [b""] * len(exts)
 
         async def one(i: int, ext: Extent) -> None:
             parts[i] = await self.extent_bytes(ext)

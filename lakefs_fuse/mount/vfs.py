@@ -40,7 +40,19 @@ from ..config import MountConfig
 from ..lake.compact import Compactor
 from ..lake.gc import collect_every, drain_delete_queue
 from ..meta.client import MetaClient
-from ..meta.commands import InitUsage, Link, Mknod, Removexattr, Rename, Rmdir, Setattr, Setxattr, Symlink, Unlink
+from ..meta.commands import (
+    AttrChanges,
+    InitUsage,
+    Link,
+    Mknod,
+    Removexattr,
+    Rename,
+    Rmdir,
+    Setattr,
+    Setxattr,
+    Symlink,
+    Unlink,
+)
 from ..meta.schema import ROOT_INO, Inode
 from ..meta.state import NAME_MAX
 from .control import CONTROL_FILES, ControlFiles, control_inode, is_control, is_control_name
@@ -199,7 +211,7 @@ class VFS:
             return control_inode(ino)
         return self._overlay_attr(await self.meta.getattr(ino))
 
-    async def setattr(self, ino: int, changes: dict, ctx: Ctx) -> Inode:
+    async def setattr(self, ino: int, changes: AttrChanges, ctx: Ctx) -> Inode:
         """``changes`` keys: mode, uid, gid, size, atime_ns, mtime_ns (UTIME_NOW already resolved)."""
         if is_control(ino):
             return self.control.setattr(ino)
@@ -320,7 +332,7 @@ class VFS:
         direct = bool(flags & getattr(os, "O_DIRECT", 0o40000))
         return fh, keep, direct
 
-    async def write(self, fh: int, off: int, data: bytes) -> int:
+    async def write(self, fh: int, off: int, data: bytes | memoryview) -> int:
         h = self.handles.get(fh)
         if isinstance(h, ControlHandle):
             return self.control.write(h, data)

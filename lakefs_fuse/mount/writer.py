@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..chunks.client import ChunkClient
+from ..chunks.layout import ChunkLayout
 from ..errors import LakeError, NoSpace
 from ..lake.records import record_of
 from ..meta.client import MetaClient
@@ -70,7 +71,7 @@ class DirtyFile:
     def end(self) -> int:
         return self.starts[-1] + len(self.segs[-1]) if self.starts else 0
 
-    def write(self, off: int, data: bytes) -> int:
+    def write(self, off: int, data: bytes | memoryview) -> int:
         """Merge ``data`` at ``off``; returns the growth in buffered bytes."""
         end = off + len(data)
         before = self.nbytes
@@ -294,7 +295,7 @@ class Writer:
 
     # -------------------------------------------------------------- buffering
 
-    async def write(self, ino: int, off: int, data: bytes, profile: tuple[int, int] | None = None) -> None:
+    async def write(self, ino: int, off: int, data: bytes | memoryview, profile: tuple[int, int] | None = None) -> None:
         """Buffer ``data``; raises NoSpace (nothing accepted) when the peers cannot take it."""
         self.admit(ino, len(data), profile)
         if self.buffered + len(data) > self.budget:
@@ -568,7 +569,7 @@ class Writer:
             async with self._space:
                 self._space.notify_all()
 
-    async def _drop_stored(self, layout) -> None:
+    async def _drop_stored(self, layout: ChunkLayout | None) -> None:
         """Shards of a seal that will never be committed: nothing can reference them."""
         if layout is None:
             return
