@@ -11,7 +11,6 @@ start without loading what the others need (RocksDB, erasure coding, pyfuse3).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -42,25 +41,11 @@ def install_mount_helper(directory: Path, remove: bool) -> None:
     """Install /sbin/mount.fuse.lakefs, so 'mount -t fuse.lakefs SOURCE DIR -o ...' and /etc/fstab
     lines of type fuse.lakefs mount lakes (SOURCE: a lake's data directory, meta:HOST:PORT,... or
     'lakefs' for the default lake; options: the mount command's, e.g. dataset,cache_size=20G)."""
-    path = directory / "mount.fuse.lakefs"
-    marker = "# installed by lakefs-fuse"
+    from .mounthelper import install, uninstall
     if remove:
-        if path.exists() and marker not in path.read_text(errors="replace"):
-            raise UserError(f"{path} was not installed by lakefs-fuse; leaving it")
-        path.unlink(missing_ok=True)
-        click.echo(f"removed {path}")
-        return
-    if path.exists() and marker not in path.read_text(errors="replace"):
-        raise UserError(f"{path} exists and was not installed by lakefs-fuse; leaving it")
-    text = f'#!/bin/sh\n{marker}\nexec {sys.executable} -m lakefs_fuse.cli.mounthelper "$@"\n'
-    try:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    click.echo(f"installed {path} (runs {sys.executable})")
+        click.echo(f"removed {uninstall(directory)}")
+    else:
+        click.echo(f"installed {install(directory)} (runs {sys.executable})")
 
 
 @click.command("format")

@@ -23,11 +23,42 @@ a remount: they cannot change while it is mounted); a dataset mount stays read-o
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from ..config import split_list
+from ..errors import UserError
+
+#: The first lines of a helper this package installed (another file of that name is left alone).
+INSTALLED_MARKER = "# installed by lakefs-fuse"
+
+
+def install(directory: Path) -> Path:
+    """Write ``DIRECTORY/mount.fuse.lakefs`` (atomically), running this interpreter's helper."""
+    path = directory / "mount.fuse.lakefs"
+    if path.exists() and INSTALLED_MARKER not in path.read_text(errors="replace"):
+        raise UserError(f"{path} exists and was not installed by lakefs-fuse; leaving it")
+    text = f'#!/bin/sh\n{INSTALLED_MARKER}\nexec {sys.executable} -m lakefs_fuse.cli.mounthelper "$@"\n'
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def uninstall(directory: Path) -> Path:
+    """Remove ``DIRECTORY/mount.fuse.lakefs`` if this package installed it."""
+    path = directory / "mount.fuse.lakefs"
+    if path.exists() and INSTALLED_MARKER not in path.read_text(errors="replace"):
+        raise UserError(f"{path} was not installed by lakefs-fuse; leaving it")
+    path.unlink(missing_ok=True)
+    return path
+
 
 #: Options mount(8) and systemd use for themselves, or that do not apply (default_permissions is
 #: always on; libfuse knows no relatime or lazytime): ignored.
@@ -134,7 +165,6 @@ def remount(argv: list[str]) -> None:
 
 
 def main() -> None:
-    from ..errors import UserError
     try:
         if "remount" in parse(sys.argv[1:])[1]:
             remount(sys.argv[1:])
