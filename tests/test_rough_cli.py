@@ -391,3 +391,21 @@ def test_setup_says_what_it_does_before_the_long_pip_install(tmp_path):
     assert "-m pip install" in (venv_bin / "calls").read_text()
     said = res.stdout + res.stderr
     assert re.search(r"setup: installing Python packages into .*\.venv", said), said
+
+
+def test_servers_on_a_port_in_use_say_so_in_one_line(tmp_path):
+    """A metadata or peer server whose port is taken fails with one line, not the traceback of the
+    exception group its nurseries wrap the OSError in."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(os.urandom(32))
+    secret.chmod(0o600)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        res = cli("meta", "serve", "--id", "1", "--data", str(tmp_path / "m"), "--listen", listen,
+                  "--peers", f"1={listen}", "--secret-file", str(secret), timeout=60)
+        one_line_error(res, "cannot listen on", listen, "in use")
+        res = cli("peer", "serve", "--data", str(tmp_path / "p"), "--listen", listen,
+                  "--secret-file", str(secret), timeout=60)
+        one_line_error(res, "cannot listen on", listen, "in use")

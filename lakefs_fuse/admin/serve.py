@@ -18,6 +18,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
@@ -54,8 +55,8 @@ def serve_peer(data_dir: Path, listen: str, *, secret_file: Path, zone: str = ""
                 nursery.start_soon(heartbeat.run)
             try:
                 bound = await nursery.start(partial(server.serve, ssl_context=ssl_context), host, port, secret)
-            except OSError as exc:
-                raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+            except (OSError, BaseExceptionGroup) as exc:
+                _cannot_listen(listen, exc)
             server.serving = True
             logging.getLogger("lakefs_fuse.peer").info("peer %s serving %s on %s:%s", server.ident, data_dir,
                                                        host, bound)
@@ -101,13 +102,25 @@ def serve_meta(node_id: int, data_dir: Path, listen: str, *, secret_file: Path, 
                 nursery.start_soon(heartbeat.run)
             try:
                 await nursery.start(server.run)
-            except OSError as exc:
-                raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+            except (OSError, BaseExceptionGroup) as exc:  # the server's own nursery wraps it in a group
+                _cannot_listen(listen, exc)
             await _until_stopped()
             logging.getLogger("lakefs_fuse.meta").info("member %d stopping", node_id)
             nursery.cancel_scope.cancel()
 
     _run(run, endpoint)
+
+
+def _cannot_listen(listen: str, exc: BaseException) -> NoReturn:
+    """A server that failed to start: one line if an OSError (a port in use, an address not here)
+    is why, found inside the groups its nurseries wrap it in; anything else as it was."""
+    cause: BaseException | None = exc
+    while isinstance(cause, BaseExceptionGroup):
+        cause = next((e for e in cause.exceptions
+                      if isinstance(e, OSError | BaseExceptionGroup)), None)
+    if isinstance(cause, OSError):
+        raise UserError(f"cannot listen on {listen}: {cause.strerror or cause}") from None
+    raise exc
 
 
 async def _until_stopped() -> None:
