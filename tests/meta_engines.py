@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import threading
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from lakefs_fuse.meta.commands import Command, decode
 from lakefs_fuse.meta.remote import MetaService, RemoteMeta
 from lakefs_fuse.meta.schema import ROOT_INO
 from lakefs_fuse.meta.server import MetaServer
+
+from test_metacluster import free_ports  # below the ephemeral range
 
 CS = 1 << 20
 FORMAT = {"ec_k": 4, "ec_m": 2, "chunk_size": CS, "min_shard": 65536}
@@ -89,19 +90,6 @@ class SyncMeta:
     def do(self, op: str, *args, sync: bool = False):
         """Apply one command; returns its result."""
         return self.portal.call(self.client.apply, command(op, *args), sync=sync)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def format_lake(meta: SyncMeta) -> None:
