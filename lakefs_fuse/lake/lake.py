@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -201,14 +202,20 @@ class Lake:
                                   weights={p.peer_id: p.weight for p in peers if p.state == "up"},
                                   threads=io_threads)
         self._lock_fd: int | None = None
-        self._snapshot_dir: Path | None = None  # dataset mode: the local copy of a cluster's metadata
+        #: Removed at close: dataset mode's local copy of a cluster's metadata, or a follower's own files.
+        self._snapshot_dir: Path | None = None
         self._nursery: trio.Nursery | None = None  # while ``async with lake``: connections and probes
         self._background: rpc.Background | None = None
 
     @classmethod
     def open(cls, data_dir: Path, *, io_threads: int = IO_THREADS, read_only: bool = False,
-             lock: bool = False) -> Lake:
-        """Open a lake; ``lock`` takes its exclusive lock first (the mount daemon does)."""
+             lock: bool = False, follow: bool = False) -> Lake:
+        """Open a lake; ``lock`` takes its exclusive lock first (the mount daemon does).
+
+        ``read_only`` sees the metadata as it was at the open; ``follow`` (read-only too) opens it
+        as a follower of the process that writes it, which sees later commits at each
+        ``lake.sm.catch_up()`` (the Python client reading beside a mount)."""
+        read_only = read_only or follow
         data_dir = Path(data_dir)
         if not data_dir.exists():
             raise UserError(f"{data_dir} does not exist")
@@ -223,11 +230,14 @@ class Lake:
                             f"v{marker.get('version')}")
         make_private(data_dir, PRIVATE_FILES)  # a lake made before they were owner-only
         lock_fd = _take_lock(data_dir) if lock else None
+        follow_dir = tempfile.mkdtemp(prefix="lakefs-follow.") if follow else None
         try:
-            sm = StateMachine(str(data_dir / "meta"), read_only=read_only)
+            sm = StateMachine(str(data_dir / "meta"), read_only=read_only, follow=follow_dir)
         except Exception as exc:  # rocksdict raises plain Exception for corrupt/locked DBs
             if lock_fd is not None:
                 os.close(lock_fd)
+            if follow_dir is not None:
+                shutil.rmtree(follow_dir, ignore_errors=True)
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if "lock" in msg.lower():
                 raise UserError(f"{data_dir} is in use by another process ({msg})") from None
@@ -239,6 +249,8 @@ class Lake:
             sm.close()
             if lock_fd is not None:
                 os.close(lock_fd)
+            if follow_dir is not None:
+                shutil.rmtree(follow_dir, ignore_errors=True)
             raise UserError(f"{data_dir}: metadata is corrupt or not formatted: {exc}") from None
         try:
             roots: dict[int, str] = {}
@@ -251,8 +263,11 @@ class Lake:
             sm.close()
             if lock_fd is not None:
                 os.close(lock_fd)
+            if follow_dir is not None:
+                shutil.rmtree(follow_dir, ignore_errors=True)
             raise
         lake._lock_fd = lock_fd
+        lake._snapshot_dir = Path(follow_dir) if follow_dir is not None else None  # removed at close
         return lake
 
     @classmethod
@@ -329,6 +344,14 @@ class Lake:
         if isinstance(self.meta, RemoteMeta):
             owners.append(self.meta.service)
         return owners
+
+    def forked(self) -> None:
+        """In a forked child that will not use this lake: close the child's copy of the lock's
+        descriptor (the lock itself stays the parent's) and nothing else."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     def close(self) -> None:
         if self.sm is None:

@@ -120,7 +120,7 @@ class StateMachine:
     """Owns the RocksDB of one metadata replica."""
 
     def __init__(self, path: str, *, create: bool = False, read_only: bool = False,
-                 block_cache: int = DEFAULT_BLOCK_CACHE):
+                 follow: str | None = None, block_cache: int = DEFAULT_BLOCK_CACHE):
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(create)
         opts.set_max_background_jobs(2)
@@ -141,7 +141,13 @@ class StateMachine:
         # Keys hold every file name: the database is owner-only (see lakefs_fuse.private).
         make_private(path)
         with owner_only_umask():
-            if read_only:  # a consistent view beside a running mount (RocksDB takes no lock then)
+            if follow is not None:
+                # A follower beside the mount that writes (RocksDB's secondary instance, its own
+                # files in the directory ``follow``): reads see what was committed up to the
+                # last :meth:`catch_up`; any write raises.
+                self.db = rocksdict.Rdict(path, options=opts, column_families=families,
+                                          access_type=rocksdict.AccessType.secondary(follow))
+            elif read_only:  # a consistent view beside a running mount (RocksDB takes no lock then)
                 self.db = rocksdict.Rdict(path, options=opts, column_families=families,
                                           access_type=rocksdict.AccessType.read_only())
             else:
@@ -149,6 +155,11 @@ class StateMachine:
         make_private(path)
         self._sync_opt = rocksdict.WriteOptions()
         self._sync_opt.sync = True
+
+    def catch_up(self) -> None:
+        """A follower (``follow=``): read what the writing process committed since the last call
+        (its write-ahead log and new table files; ~1 us when nothing changed)."""
+        self.db.try_catch_up_with_primary()
 
     def close(self) -> None:
         self.db.close()

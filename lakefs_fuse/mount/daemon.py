@@ -62,7 +62,7 @@ from .mounttab import mounts as mounts  # re-exported: older callers find the mo
 from .observe import MountObserver
 from .operations import Operations
 from .prefetch import Credentials
-from .vfs import VFS
+from .vfs import VFS, open_disk_cache
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ async def _serve_lake(cfg: MountConfig, mountpoint: Path, readiness: Readiness, 
         t = time.monotonic()
         got = lake.sm.preload()
         log.info("dataset mode: %d MiB of metadata read and cached in %.2f s", got >> 20, time.monotonic() - t)
-    disk = _open_disk_cache(cfg, lake)
+    disk = open_disk_cache(cfg, lake.uuid)
     vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(cfg.meta),
               disk_cache=disk, page_store=pyfuse3.notify_store)
     observer = MountObserver(vfs, lake_info={
@@ -305,26 +305,6 @@ async def _serve_lake(cfg: MountConfig, mountpoint: Path, readiness: Readiness, 
         readiness.report("error: mount daemon stopped before the mount was live (see its log)")
         log.info("mount daemon for %s stopped", mountpoint)
     return status
-
-
-def _open_disk_cache(cfg: MountConfig, lake: Lake):
-    """The mount's disk cache, in a directory of its own per lake; None when off or in use."""
-    from ..chunks.diskcache import DiskCache
-    from ..errors import Busy
-    if cfg.cache_dir is None:
-        return None
-    directory = Path(cfg.cache_dir) / (lake.uuid or "lake")
-    try:
-        cache = DiskCache(directory, cfg.cache_size, free_floor=cfg.cache_free_floor)
-    except Busy:
-        log.warning("disk cache %s is used by another mount of this lake; this mount runs without one",
-                    directory)
-        return None
-    except OSError as exc:
-        log.warning("cannot open the disk cache %s (%s); running without one", directory, exc)
-        return None
-    log.info("disk cache %s: %d MiB of %d MiB used", directory, cache.stats()["used"] >> 20, cfg.cache_size >> 20)
-    return cache
 
 
 def _fuse_init(ops: Operations, mountpoint: Path, options: set[str]) -> str | None:

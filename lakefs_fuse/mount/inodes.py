@@ -54,14 +54,15 @@ class InodeRefs:
         self._release_at: dict[int, float] = {}
         self._nursery: trio.Nursery | None = None
 
-    async def start(self, nursery: trio.Nursery) -> None:
+    async def start(self, nursery: trio.Nursery, *, free_orphans: bool = True) -> None:
         """Deferred releases run in ``nursery``. After a restart of an embedded lake nothing can
         reference an orphan: free what a crash left behind (on a shared lake another mount may
-        still have it open; there the grace loop runs instead)."""
+        still have it open; there the grace loop runs instead). A read-only VFS changes nothing:
+        ``free_orphans=False``."""
         self._nursery = nursery
         if self.shared:
             nursery.start_soon(self._release_loop)
-        else:
+        elif free_orphans:
             for ino in await self.meta.orphans():
                 await self.meta.apply(Release(ino, time.time_ns()))
 

@@ -82,6 +82,25 @@ class Ctx:
 POSIX_ACL_XATTRS = frozenset({b"system.posix_acl_access", b"system.posix_acl_default"})
 
 
+def open_disk_cache(cfg: MountConfig, lake_id: str | None, *, busy_level: int = logging.WARNING) -> DiskCache | None:
+    """The disk cache of a mount (or client), in a directory of its own per lake; None when off
+    or when another process has it (logged at ``busy_level``) or it cannot be opened."""
+    if cfg.cache_dir is None:
+        return None
+    directory = cfg.cache_dir / (lake_id or "lake")
+    try:
+        cache = DiskCache(directory, cfg.cache_size, free_floor=cfg.cache_free_floor)
+    except E.Busy:
+        log.log(busy_level, "disk cache %s is used by another process of this lake; running without one",
+                directory)
+        return None
+    except OSError as exc:
+        log.warning("cannot open the disk cache %s (%s); running without one", directory, exc)
+        return None
+    log.info("disk cache %s: %d MiB of %d MiB used", directory, cache.stats()["used"] >> 20, cfg.cache_size >> 20)
+    return cache
+
+
 def _delegate(owner: str, name: str) -> property:
     """An attribute kept by the component ``owner`` (read and set through the VFS)."""
     return property(lambda self: getattr(getattr(self, owner), name),
@@ -157,7 +176,9 @@ class VFS:
         self.writer.start(nursery)
         self.reader.start(nursery)
         self.control.start(nursery)
-        await self.refs.start(nursery)  # frees what a crash left behind (embedded lakes)
+        # Frees what a crash left behind (embedded lakes). A read-only VFS leaves the lake as it
+        # is: it may be the Python client reading beside the mount that owns the lake.
+        await self.refs.start(nursery, free_orphans=not self.cfg.read_only)
         if not self.cfg.read_only and await self.meta.stored_data() is None:
             await self.meta.apply(InitUsage())  # a lake from before `df` counted its own data
         nursery.start_soon(collect_every, max(1.0, self.gc_grace / 3), self.collect_garbage)
@@ -540,6 +561,8 @@ class VFS:
 
     async def collect_garbage(self, grace: float | None = None) -> int:
         """Delete shards of chunks that nothing has referenced for ``grace`` seconds."""
+        if self.cfg.read_only:
+            return 0  # changes nothing (see start); a remount read-write collects again
         grace = self.gc_grace if grace is None else grace
         drained = await drain_delete_queue(self.meta, self.chunks, limit=256,
                                            older_than_ns=self._now() - int(grace * 1e9),
