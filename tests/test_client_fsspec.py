@@ -1,4 +1,5 @@
-"""The ``lakefs://`` fsspec filesystem: found through the entry point, round trips, errors, pickling.
+"""The ``lakefs://`` fsspec filesystem (found through the entry point, round trips, errors) and
+pickling of the filesystem and of a client.
 
 No mount: the filesystem is the in-process client over an embedded lake formatted here.
 """
@@ -116,3 +117,16 @@ def test_a_pickled_filesystem_reconnects_in_another_process(lake_dir, fs):
         assert again.cat_file("shared/child") == b"child"
     finally:
         again.close()
+
+
+def test_a_pickled_client_opens_the_lake_in_the_process_that_unpickles_it(lake_dir):
+    import lakefs_fuse
+
+    with lakefs_fuse.connect(data=lake_dir) as lake:
+        lake.write_bytes("p", b"pickled")
+        blob = pickle.dumps(lake)
+    code = ("import pickle, sys; lake = pickle.loads(sys.stdin.buffer.read()); "
+            "sys.stdout.buffer.write(lake.read_bytes('p')); lake.close()")
+    res = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout == b"pickled"

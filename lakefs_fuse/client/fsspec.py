@@ -89,7 +89,7 @@ class LakeFileSystem(AbstractFileSystem):
         if not st.S_ISDIR(s.st_mode):
             entries = [self._info_of(path, s)]
         else:
-            entries = [self._info_of(e.path, e.stat()) for e in self.lake.scandir(path)]
+            entries = [self._info_of(e.path, e.stat(follow_symlinks=False)) for e in self.lake.scandir(path)]
         entries.sort(key=lambda e: e["name"])
         return entries if detail else [e["name"] for e in entries]
 

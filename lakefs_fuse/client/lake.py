@@ -23,7 +23,11 @@ interpreter exit) syncs the lake.
 Fork safety: a child process (a DataLoader worker) must not use the parent's trio thread,
 sockets or RocksDB handle. Every call checks the process id; the first call in a child opens the
 lake afresh there (an embedded lake the parent holds for writing is then opened as a follower)
-and abandons the inherited objects without closing them (:func:`.portal.abandon`).
+and abandons the inherited objects without closing them (:func:`.portal.abandon`). At the fork
+itself the child drops its copies of the lake locks' descriptors (an idle child must not keep a
+closed lake locked), and a multiprocessing child closes what it opened at its exit (it ends with
+``os._exit``: no ``atexit``). :meth:`LakeClient.close` closes the files still open first, so
+their buffered bytes are written, as the interpreter writes those of files left open at exit.
 
 Imports the mount layer (VFS, disk cache, config), lake, and the client's own modules.
 """
@@ -64,9 +68,12 @@ CLIENT_MEMORY_CACHE = 256 * MiB
 
 
 def _fspath(path: PathArg) -> str | bytes:
+    """The path as str or bytes; ValueError for a NUL byte, as every ``os`` call and ``open`` give."""
     p = os.fspath(path)
     if isinstance(p, str) and p.startswith("lakefs://"):
         raise ValueError(f"{p}: a lake path, not a URL (fsspec takes URLs: fsspec.open('lakefs://...'))")
+    if ("\0" if isinstance(p, str) else b"\0") in p:  # type: ignore[operator]
+        raise ValueError("embedded null byte")
     return p
 
 
@@ -147,18 +154,65 @@ def _close_all() -> None:
             client.close()
 
 
+def _release_locks_in_child() -> None:
+    """After a fork, in the child: drop its copies of the lake locks' descriptors at once. A child
+    that never uses its inherited client (a DataLoader worker of another dataset, a subprocess
+    helper) would otherwise keep an embedded lake locked after the parent closed it."""
+    for client in list(_OPEN):  # (no lock taken: another thread of the parent may have held it)
+        session = client._session
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session.lake.forked()
+
+
+os.register_at_fork(after_in_child=_release_locks_in_child)
+
+
+def _close_at_child_exit(client: LakeClient) -> None:
+    """In a multiprocessing child (a DataLoader worker) the client is closed by multiprocessing's
+    exit hook: such a child ends with ``os._exit``, which runs no ``atexit`` function, and a
+    follower left open would leave its files in the temporary directory (one per worker per
+    epoch) and a writer its buffered bytes unsealed."""
+    import multiprocessing
+    from multiprocessing import util
+
+    if multiprocessing.parent_process() is None:
+        return
+    ref = weakref.ref(client)
+
+    def close() -> None:
+        c = ref()
+        if c is not None:
+            with contextlib.suppress(Exception):
+                c.close()
+
+    util.Finalize(client, close, exitpriority=10)
+
+
+def _unpickled(config: ClientConfig) -> LakeClient:
+    return LakeClient(config, open_now=False)
+
+
 class LakeClient:
     """An opened lake. Use :func:`connect` to make one; ``with connect(...) as lake:`` closes it."""
 
-    def __init__(self, config: ClientConfig):
+    def __init__(self, config: ClientConfig, *, open_now: bool = True):
         self.config = config
         self._lock = threading.Lock()
         self._portal: Portal[Session] | None = None
         self._session: Session | None = None
         self._closed = False
-        self._portal_now()
+        #: File objects :meth:`open` returned in this process, flushed and closed by :meth:`close`.
+        self._files: weakref.WeakSet[Any] = weakref.WeakSet()
+        if open_now:
+            self._portal_now()
         with _OPEN_LOCK:
             _OPEN.add(self)
+
+    def __reduce__(self) -> tuple[Any, tuple[ClientConfig]]:
+        """Pickled (a dataset sent to spawned workers), a client travels as its ``connect``
+        arguments and opens the lake in the receiving process at its first call."""
+        return _unpickled, (self.config,)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -174,6 +228,7 @@ class LakeClient:
             if portal is not None and portal.pid != os.getpid():
                 # A forked child: the parent's thread, sockets and RocksDB handle are not ours.
                 abandon(portal)
+                self._files = weakref.WeakSet()  # the parent's: its buffers are not ours to flush
                 if session is not None:
                     abandon(session)
                     session.lake.forked()  # the inherited lock fd (the lock stays the parent's)
@@ -186,6 +241,7 @@ class LakeClient:
                 except UserError as exc:
                     raise _open_error(exc) from None
                 self._portal, self._session = portal, session
+                _close_at_child_exit(self)
             return portal, session
 
     def _call(self, fn: Any, *args: Any, path: object = None) -> Any:
@@ -207,8 +263,10 @@ class LakeClient:
         return self.session.read_only
 
     def close(self) -> None:
-        """Seal and sync what this process wrote, then close the lake. Raises if bytes that were
-        accepted could not be stored."""
+        """Close the files still open (their buffers written, as the interpreter does for files
+        left open at exit), seal and sync what this process wrote, then close the lake. Raises if
+        bytes that were accepted could not be stored."""
+        failure = self._close_files()
         with self._lock:
             if self._closed:
                 return
@@ -221,6 +279,23 @@ class LakeClient:
                 portal.close()
             except E.LakeError as exc:
                 raise _oserror(exc) from None
+        if failure is not None:
+            raise failure
+
+    def _close_files(self) -> OSError | None:
+        """Close this process's open files; the first write-back error, if any."""
+        portal = self._portal
+        if self._closed or portal is None or portal.pid != os.getpid():
+            return None
+        failure = None
+        for f in list(self._files):
+            try:
+                f.close()
+            except OSError as exc:
+                failure = failure or exc
+            except ValueError:
+                pass  # closed meanwhile by another thread
+        return failure
 
     def __enter__(self) -> LakeClient:
         return self
@@ -241,24 +316,27 @@ class LakeClient:
     def lstat(self, path: PathArg) -> os.stat_result:
         return self.stat(path, follow_symlinks=False)
 
-    def exists(self, path: PathArg) -> bool:
+    def _stat_or_none(self, path: PathArg) -> os.stat_result | None:
+        """For exists/isdir/isfile: None where the name is not there (a NUL byte is in no name,
+        as ``os.path.exists`` says)."""
+        p = os.fspath(path)
+        if ("\0" if isinstance(p, str) else b"\0") in p:  # type: ignore[operator]
+            return None
         try:
-            self.stat(path)
+            return self.stat(p)
         except (FileNotFoundError, NotADirectoryError):
-            return False
-        return True
+            return None
+
+    def exists(self, path: PathArg) -> bool:
+        return self._stat_or_none(path) is not None
 
     def isdir(self, path: PathArg) -> bool:
-        try:
-            return st.S_ISDIR(self.stat(path).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+        s = self._stat_or_none(path)
+        return s is not None and st.S_ISDIR(s.st_mode)
 
     def isfile(self, path: PathArg) -> bool:
-        try:
-            return st.S_ISREG(self.stat(path).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+        s = self._stat_or_none(path)
+        return s is not None and st.S_ISREG(s.st_mode)
 
     def readlink(self, path: PathArg) -> str:
         p = _fspath(path)
@@ -277,11 +355,13 @@ class LakeClient:
     def scandir(self, path: PathArg = "") -> Iterator[DirEntry]:
         """Entries with their attributes, read with the listing (no call per ``stat()``)."""
         p, entries = self._entries(path)
-        return iter([DirEntry(p, name, inode) for name, inode in entries])
+        return iter([DirEntry(p, name, inode, self) for name, inode in entries])
 
     def walk(self, top: PathArg = "", topdown: bool = True, onerror: Any = None,
              followlinks: bool = False) -> Iterator[tuple[str, list[str], list[str]]]:
-        """os.walk over the lake: one listing call per directory."""
+        """os.walk over the lake: one listing call per directory (plus a stat per symlink). As
+        os.walk, a link to a directory is listed among the directories and entered only with
+        ``followlinks``."""
         top_s = os.fsdecode(_fspath(top))
         try:
             entries = list(self.scandir(top_s))
@@ -289,12 +369,22 @@ class LakeClient:
             if onerror is not None:
                 onerror(exc)
             return
-        dirs = [e.name for e in entries if e.is_dir(follow_symlinks=followlinks)]
-        files = [e.name for e in entries if not e.is_dir(follow_symlinks=followlinks)]
+        dirs: list[str] = []
+        files: list[str] = []
+        links: set[str] = set()
+        for e in entries:
+            try:
+                is_dir = e.is_dir()
+            except OSError:  # a link the client cannot follow (absolute, a loop): not a directory
+                is_dir = False
+            (dirs if is_dir else files).append(e.name)
+            if is_dir and e.is_symlink():
+                links.add(e.name)
         if topdown:
             yield top_s, dirs, files
-        for name in dirs:
-            yield from self.walk(_join(top_s, name), topdown, onerror, followlinks)
+        for name in dirs:  # (topdown: as the caller left the list)
+            if followlinks or name not in links:
+                yield from self.walk(_join(top_s, name), topdown, onerror, followlinks)
         if not topdown:
             yield top_s, dirs, files
 
@@ -314,6 +404,7 @@ class LakeClient:
             if not binary:
                 raw.close()
                 raise ValueError("can't have unbuffered text I/O")
+            self._files.add(raw)
             return raw
         size = buffering if buffering > 1 else 1 << 20
         buffered: io.BufferedIOBase
@@ -324,9 +415,11 @@ class LakeClient:
         else:
             buffered = io.BufferedReader(raw, size)
         if binary:
+            self._files.add(buffered)
             return buffered
         text = io.TextIOWrapper(buffered, encoding=encoding or "utf-8", errors=errors, newline=newline)
         text.mode = mode  # type: ignore[misc]
+        self._files.add(text)
         return text
 
     def read_bytes(self, path: PathArg) -> bytes:
@@ -415,13 +508,13 @@ def stat_result(inode: Inode) -> os.stat_result:
 
 
 class DirEntry:
-    """One entry of :meth:`LakeClient.scandir`, like ``os.DirEntry`` (its stat came with the listing;
-    ``follow_symlinks`` for a link reports the link itself: a lake link's target is a path only a
-    walk resolves)."""
+    """One entry of :meth:`LakeClient.scandir`, like ``os.DirEntry``: its attributes came with the
+    listing; only a symbolic link, when followed, costs a ``stat`` of its target (kept, as
+    os.DirEntry keeps it). A link to nothing is neither a directory nor a file."""
 
-    __slots__ = ("_inode", "name", "path")
+    __slots__ = ("_client", "_inode", "_target", "name", "path")
 
-    def __init__(self, parent: str | bytes, name: bytes, inode: Inode):
+    def __init__(self, parent: str | bytes, name: bytes, inode: Inode, client: LakeClient):
         if isinstance(parent, bytes):
             self.name: Any = name
             self.path: Any = parent.rstrip(b"/") + b"/" + name if parent.strip(b"/") else name
@@ -429,20 +522,34 @@ class DirEntry:
             self.name = os.fsdecode(name)
             self.path = _join(parent, self.name)
         self._inode = inode
+        self._client = client
+        self._target: os.stat_result | None = None
 
     def inode(self) -> int:
         return self._inode.ino
 
+    def _mode(self, follow_symlinks: bool) -> int:
+        if not (follow_symlinks and st.S_ISLNK(self._inode.mode)):
+            return self._inode.mode
+        try:
+            return self.stat().st_mode
+        except FileNotFoundError:
+            return 0
+
     def is_dir(self, *, follow_symlinks: bool = True) -> bool:
-        return st.S_ISDIR(self._inode.mode)
+        return st.S_ISDIR(self._mode(follow_symlinks))
 
     def is_file(self, *, follow_symlinks: bool = True) -> bool:
-        return st.S_ISREG(self._inode.mode)
+        return st.S_ISREG(self._mode(follow_symlinks))
 
     def is_symlink(self) -> bool:
         return st.S_ISLNK(self._inode.mode)
 
     def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        if follow_symlinks and st.S_ISLNK(self._inode.mode):
+            if self._target is None:
+                self._target = self._client.stat(self.path)
+            return self._target
         return stat_result(self._inode)
 
     def __fspath__(self) -> Any:

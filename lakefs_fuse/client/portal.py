@@ -116,11 +116,23 @@ class Portal(Generic[S]):
         async def task() -> None:
             reply.put(await outcome.acapture(fn, *args))
 
+        def launch() -> None:  # in the trio thread; must not raise (that would crash the run)
+            try:
+                nursery.start_soon(task)
+            except RuntimeError:  # the nursery closed: the lake is closing
+                reply.put(outcome.Error(PortalClosed("the lake is closed")))
+
         try:
-            self._token.run_sync_soon(nursery.start_soon, task)
+            self._token.run_sync_soon(launch)
         except trio.RunFinishedError:
             raise PortalClosed("the lake is closed") from None
-        got = reply.get()
+        while True:
+            try:
+                got = reply.get(timeout=1.0)
+                break
+            except queue.Empty:  # a run that ended before it took the call never answers
+                if self._thread is None or not self._thread.is_alive():
+                    raise PortalClosed("the lake was closed during the call") from None
         if isinstance(got, outcome.Error) and isinstance(got.error, trio.Cancelled):
             raise PortalClosed("the lake was closed during the call")
         return got.unwrap()

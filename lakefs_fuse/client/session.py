@@ -6,7 +6,8 @@ A mount gets paths cut into (directory inode, name) steps, permission checks
 does that part itself and then calls the VFS exactly as ``mount/operations.py`` does, so the
 bytes, the commands and the errors are the mount's. What the kernel would refuse before asking
 the daemon is refused here in the same order (walk: ENOENT, ENOTDIR, EACCES on a directory without
-search permission; open: EEXIST, EISDIR, EROFS, EACCES; create: EROFS, then EACCES).
+search permission; open: EEXIST, EISDIR, EROFS, EACCES; create: EROFS, then EACCES; unlink,
+rmdir, rename: the parents walked, then EROFS, then the names looked up).
 
 A follower (an embedded lake read beside the mount that owns it) catches up with the mount's
 commits before it resolves a path: what the mount committed before the call is seen.
@@ -224,13 +225,21 @@ class Session:
 
     async def open(self, path: str | bytes, flags: int, mode: int, who: Caller) -> tuple[int, Inode]:
         """A handle of the file ``path`` names (created with O_CREAT), and its attributes."""
+        slash, parts = split(path)
+        if not parts or parts[-1] == b"..":  # the root, or a '..': a directory
+            await self.resolve(path, who)
+            raise E.IsADir()
         parent, name = await self.parent_of(path, who)
+        if slash and flags & os.O_CREAT:
+            raise E.IsADir()  # the kernel's answer to creating 'name/', before it looks
         node = await self._child(parent, name)
         writing = flags & O_ACCMODE != os.O_RDONLY
         if node is not None and st.S_ISLNK(node.mode) and not flags & os.O_NOFOLLOW:
             if flags & os.O_CREAT and flags & os.O_EXCL:
                 raise E.Exists()
             node = await self.resolve(path, who, follow=True)
+        if node is not None and slash and not node.is_dir:
+            raise E.NotADir()
         if node is None:
             if not flags & os.O_CREAT:
                 raise E.NotFound()
@@ -326,6 +335,7 @@ class Session:
     async def remove(self, path: str | bytes, who: Caller, directory: bool) -> None:
         """unlink(2) (``directory=False``) or rmdir(2)."""
         parent, name = await self.parent_of(path, who)
+        self._writable()  # the kernel asks for a writable mount before it looks the name up
         node = await self._child(parent, name)
         if node is None:
             raise E.NotFound()
@@ -333,7 +343,8 @@ class Session:
             raise E.NotADir()
         if not directory and node.is_dir:
             raise E.IsADir()
-        self._writable()
+        if split(path)[0] and not node.is_dir:
+            raise E.NotADir()  # 'file/' names a directory
         self._may_change(parent, who, node)
         if directory:
             await self.vfs.rmdir(parent.ino, name, who.ctx)
@@ -341,13 +352,16 @@ class Session:
             await self.vfs.unlink(parent.ino, name, who.ctx)
 
     async def rename(self, src: str | bytes, dst: str | bytes, who: Caller) -> None:
+        # The kernel's order: both parents walked, a writable mount asked for, then the names.
         sparent, sname = await self.parent_of(src, who)
+        dparent, dname = await self.parent_of(dst, who)
+        self._writable()
         node = await self._child(sparent, sname)
         if node is None:
             raise E.NotFound()
-        dparent, dname = await self.parent_of(dst, who)
         victim = await self._child(dparent, dname)
-        self._writable()
+        if not node.is_dir and (split(src)[0] or split(dst)[0]):
+            raise E.NotADir()  # 'file/' names a directory
         self._may_change(sparent, who, node)
         self._may_change(dparent, who, victim)
         if node.is_dir and sparent.ino != dparent.ino and not who.cred.may(node, os.W_OK):
@@ -358,6 +372,8 @@ class Session:
         parent, name = await self.parent_of(path, who)
         if await self._child(parent, name) is not None:
             raise E.Exists()
+        if split(path)[0]:
+            raise E.NotFound("'name/' names a directory; a symbolic link is not one")
         self._writable()
         self._may_change(parent, who)
         inode = await self.vfs.symlink(parent.ino, name, os.fsencode(target), who.ctx)
