@@ -28,9 +28,22 @@ may not read (each user has a plan of their own). On a read-only mount the kerne
 the file for writing (EROFS); the same lines then go to the daemon's Unix socket, whose path
 ``cat .prefetch`` shows as ``plan_socket``.
 
-This module is a client of the mount's *files* only: it imports nothing else from lakefs_fuse, and
-imports torch only when :class:`PrefetchSampler` is first used, so ``prefetch`` and ``mount_root``
-work without torch installed.
+Without a mount, the in-process client (``lakefs_fuse.client``) serves the same training loop::
+
+    from lakefs_fuse.torch import LakeImageFolder, loader
+
+    ds = LakeImageFolder("imagenet/train", connect={"data": "/srv/lake"}, transform=transforms.ToTensor())
+    for images, labels in loader(ds, batch_size=256, num_workers=8):   # shuffled; each epoch planned
+        ...
+
+:class:`LakeImageFolder` has ImageFolder's classes, samples and order; :func:`loader` is a
+DataLoader whose sampler hands each epoch's order to the read plan of the worker that reads each
+sample (``lakefs_fuse.client.dataset`` explains how); :class:`PlanSampler` is that sampler.
+
+This module is a client of the mount's *files* only: it imports nothing else from lakefs_fuse at
+import time, and imports torch only when :class:`PrefetchSampler` is first used, so ``prefetch``
+and ``mount_root`` work without torch installed. The client's names (:class:`LakeImageFolder`,
+:func:`loader`, :class:`PlanSampler`) are looked up in ``lakefs_fuse.client.dataset`` on first use.
 """
 
 from __future__ import annotations
@@ -47,7 +60,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch.utils.data import Sampler
 
-__all__ = ["PrefetchSampler", "PrefetchUnavailable", "mount_root", "prefetch"]
+# The client's names are served by __getattr__ (below), so no import here can load the client.
+__all__ = ["LakeImageFolder", "PlanSampler", "PrefetchSampler", "PrefetchUnavailable", "loader",  # noqa: F822
+           "mount_root", "prefetch"]
+
+#: Names served by the in-process client's dataset module, imported on first use (it imports torch).
+_CLIENT_NAMES = frozenset({"LakeImageFolder", "PlanSampler", "loader"})
 
 #: Mirrors ``lakefs_fuse.mount.prefetch`` (not imported: this module must not load the daemon's code).
 FSTYPE = "fuse.lakefs"
@@ -289,4 +307,9 @@ def __getattr__(name: str) -> Any:
     if name == "PrefetchSampler":
         cls = globals()["PrefetchSampler"] = _make_prefetch_sampler()
         return cls
+    if name in _CLIENT_NAMES:  # the client (and torch with it) only for those who use it
+        from .client import dataset
+
+        value = globals()[name] = getattr(dataset, name)
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -96,6 +96,25 @@ def test_bad_input_gives_python_errors(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_read_many_is_read_bytes_for_a_batch(tmp_path):
+    data = tmp_path / "data"
+    cli("format", "--data", str(data), check=True)
+    files = {f"b/{i}": os.urandom(i * 7919) for i in range(20)}  # 0 B up to ~150 KB
+    with connect(data=data) as lake:
+        lake.mkdir("b")
+        for name, blob in files.items():
+            lake.write_bytes(name, blob)
+        names = list(files)[::-1]
+        assert lake.read_many(names) == [files[n] for n in names] == [lake.read_bytes(n) for n in names]
+        assert lake.read_many([]) == []
+        with pytest.raises(FileNotFoundError) as exc:
+            lake.read_many(["b/1", "b/missing", "b/2"])
+        assert exc.value.filename == "b/missing"
+        with pytest.raises(IsADirectoryError):
+            lake.read_many(["b"])
+
+
+@pytest.mark.timeout(120)
 def test_interpreter_exit_without_close_keeps_the_files(tmp_path):
     data = tmp_path / "data"
     cli("format", "--data", str(data), check=True)
