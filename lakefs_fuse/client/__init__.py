@@ -5,6 +5,7 @@
 * :mod:`.session` -- paths, permissions and error order over the mount's VFS (trio side);
 * :mod:`.portal` -- the trio thread calls are handed to;
 * :mod:`.fsspec` -- the ``lakefs://`` fsspec filesystem;
+* :mod:`.dataset` -- ``LakeImageFolder`` and the planning DataLoader (``lakefs_fuse.torch``; imports torch);
 * :mod:`.errmap` -- lake errors as OSErrors.
 
 This layer sits beside ``admin``: it imports ``mount`` (the VFS, never pyfuse3), ``lake`` and the
