@@ -13,7 +13,7 @@ from lakefs_fuse.chunks.client import ChunkClient
 from lakefs_fuse.chunks.layout import ChunkLayout, data_shards_for, shard_len_for
 from lakefs_fuse.chunks.placement import PeerChoice, place
 from lakefs_fuse.chunks.shardfile import ShardCorrupt, ShardMissing, ShardReader, write_shard
-from lakefs_fuse.chunks.store import LocalDirStore, PeerFull
+from lakefs_fuse.chunks.store import LocalDirStore, PeerFull, ShardDir
 from lakefs_fuse.errors import DataUnavailable, NoSpace
 
 MiB = 1 << 20
@@ -155,4 +155,113 @@ def test_full_peer_gets_skipped_and_no_space_when_too_few(tmp_path):
             s.put = full
         with pytest.raises(NoSpace):
             await client.put_chunk(4, b"y" * 300_000)
+    trio.run(main)
+
+
+def test_shard_read_into_place_checks_whole_blocks(tmp_path):
+    """Ranges are read straight into the caller's buffer, but every block they touch is checked
+    whole: a flipped byte outside the range, in a block the range touches, is still caught."""
+    block = 65536
+    payload = os.urandom(5 * block + 12345)
+    path = str(tmp_path / "s")
+    write_shard(path, str(tmp_path), 9, 1, payload)
+    r = ShardReader(path, 9, 1)
+    rng = random.Random(5)
+    ranges = [(0, len(payload)), (0, block), (block, 2 * block), (10, 20), (block - 1, 2), (3 * block + 7, block),
+              (5 * block, 12345), (5 * block + 100, 12245), (len(payload) - 1, 1)]
+    ranges += [(a, rng.randrange(1, len(payload) - a + 1)) for a in (rng.randrange(len(payload)) for _ in range(200))]
+    for off, n in ranges:
+        out = bytearray(n + 3)
+        r.read_into(off, n, memoryview(out))
+        assert out[:n] == payload[off:off + n] and out[n:] == b"\0\0\0", (off, n)
+    r.close()
+    data_off = os.path.getsize(path) - len(payload)
+    with open(path, "r+b") as f:  # flip a byte at the start of block 2 and one at the end of block 3
+        for pos in (2 * block + 3, 4 * block - 2):
+            f.seek(data_off + pos)
+            f.write(bytes([payload[pos] ^ 0xFF]))
+    r = ShardReader(path, 9, 1)
+    for off, n in ((2 * block + 10, 100), (3 * block, 100), (block + 5, block), (4 * block - 100, 50)):
+        with pytest.raises(ShardCorrupt):  # the flip is outside [off, off+n) but inside a block it touches
+            r.read(off, n)
+    assert r.read(block, block) == payload[block:2 * block]  # untouched blocks still read
+    assert r.read(4 * block, 10) == payload[4 * block:4 * block + 10]
+    r.close()
+
+
+def test_shard_dir_keeps_files_open_but_never_serves_a_replaced_or_removed_file(tmp_path):
+    root = tmp_path / "peer"
+    root.mkdir()
+    d = ShardDir(0, str(root), durable=False, reserve=0, open_files=4)
+    a, b = os.urandom(300_000), os.urandom(300_000)
+    d.put(1, 0, a)
+    assert d.get(1, 0, 1000, 5000) == a[1000:6000]
+    assert d.get(1, 0, 200_000, 90_000) == a[200_000:290_000]
+    assert (d.open.opens, d.open.hits) == (1, 1)  # the second read reused the open file
+    d.put(1, 0, b)  # a put (repair) renames a new file over the name: read afresh
+    assert d.get(1, 0, 1000, 5000) == b[1000:6000]
+    # another process replaces the file under the same name: the name is checked before reuse
+    write_shard(d.shard_path(1, 0), d.tmp, 1, 0, a, durable=False)
+    assert d.get(1, 0, 1000, 5000) == a[1000:6000]
+    # ... or removes it: a missing shard, not the old bytes
+    os.unlink(d.shard_path(1, 0))
+    with pytest.raises(ShardMissing):
+        d.get(1, 0, 0, 10)
+    d.put(1, 0, a)
+    assert d.get(1, 0, 0, 10) == a[:10]
+    # a byte flipped in place is caught by the file kept open, which is then given up
+    path = d.shard_path(1, 0)
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) - len(a) + 7)
+        f.write(bytes([a[7] ^ 1]))
+    with pytest.raises(ShardCorrupt):
+        d.get(1, 0, 0, 100)
+    assert len(d.open) == 0
+    d.delete(1, 0)
+    with pytest.raises(ShardMissing):
+        d.get(1, 0, 0, 10)
+    # bounded: at most open_files descriptors, all given back by close()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for cid in range(2, 12):
+        d.put(cid, 0, a[:70_000])
+        assert d.get(cid, 0, 0, 70_000) == a[:70_000]
+    assert len(d.open) == 4 and len(os.listdir("/proc/self/fd")) == fds_before + 4
+    d.close()
+    assert len(d.open) == 0 and len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_advise_opens_lazily_and_the_read_checks_the_header(tmp_path):
+    root = tmp_path / "peer"
+    root.mkdir()
+    d = ShardDir(0, str(root), durable=False, reserve=0)
+    data = os.urandom(400_000)
+    d.put(3, 2, data)
+    d.advise(3, 2, 150_000, 110_000, len(data))  # opened, header not read yet
+    assert len(d.open) == 1
+    assert d.get(3, 2, 150_000, 110_000) == data[150_000:260_000]
+    assert d.open.opens == 1
+    d.advise(3, 2, 0, 10, len(data))  # held open: only the hint
+    d.advise(4, 0, 0, 10, 100)  # no such shard: nothing happens
+    assert len(d.open) == 1
+    os.makedirs(os.path.dirname(d.shard_path(5, 0)), exist_ok=True)
+    write_shard(d.shard_path(5, 0), d.tmp, 6, 0, data, durable=False)  # holds another chunk
+    d.advise(5, 0, 0, 100, len(data))
+    with pytest.raises(ShardCorrupt):
+        d.get(5, 0, 0, 100)
+    d.close()
+
+
+def test_small_reads_across_two_local_shards_take_the_straight_path(tmp_path):
+    """A range over two data shards of local peers is read without a nursery (piece after piece)
+    and, when a piece fails, still decodes around it."""
+    client, stores = make_client(tmp_path)
+    data = os.urandom(4 * MiB - 4096)
+
+    async def main():
+        lay = await client.put_chunk(7, data)
+        edge = lay.shard_len
+        assert await client.read(lay, edge - 50_000, 100_000) == data[edge - 50_000:edge + 50_000]
+        os.unlink(stores[lay.peers[1]].shard_path(7, 1))
+        assert await client.read(lay, edge - 50_000, 100_000) == data[edge - 50_000:edge + 50_000]
+        assert client.degraded_reads == 1
     trio.run(main)

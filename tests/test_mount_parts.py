@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import trio
+import trio.testing
 
 from lakefs_fuse import errors as E
 from lakefs_fuse.chunks.client import ChunkClient
@@ -133,3 +134,72 @@ def test_drain_delete_queue_deletes_only_unreferenced_chunks_past_their_grace():
         assert (got.queued, got.deleted, got.done) == (2, 0, 2) and not chunks.deleted and not meta.applied
 
     trio.run(main)
+
+
+def test_open_hints_the_local_peers_and_the_read_verifies(tmp_path):
+    """Opening a file for reading has the local peers holding its extents open (headers unread)
+    and reading its blocks ahead; the read then returns the right bytes. A write-only open hints
+    nothing; a file whose shard is gone still opens, and its read decodes around the shard."""
+    from lakefs_fuse.config import LakeConfig, MountConfig
+    from lakefs_fuse.lake.format import format_lake
+    from lakefs_fuse.lake.lake import Lake
+    from lakefs_fuse.meta.schema import ROOT_INO
+    from lakefs_fuse.mount.vfs import VFS, Ctx
+
+    ctx = Ctx(0, 0, 1, 0o022)
+    peers = [tmp_path / f"p{i}" for i in range(6)]
+    for p in peers:
+        p.mkdir()
+    data = tmp_path / "lake"
+    format_lake(data, LakeConfig(ec_k=4, ec_m=2), [str(p) for p in peers])
+    files = {b"f%d" % i: os.urandom(110_000 + i) for i in range(3)}
+
+    async def session(fn):
+        lake = Lake.open(data)
+        vfs = VFS(lake.meta, lake.chunks, MountConfig(mountpoint=tmp_path, data_dir=data, pack_delay=0.0),
+                  chunk_size=lake.config.chunk_size, gc_grace=30)
+        try:
+            async with trio.open_nursery() as nursery:
+                await vfs.start(nursery)
+                with trio.fail_after(30):
+                    await fn(vfs, lake)
+                await vfs.shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            lake.close()
+
+    async def write(vfs, lake):
+        for name, blob in files.items():
+            fh, _inode, _ = await vfs.create(ROOT_INO, name, 0o644, os.O_WRONLY, ctx)
+            await vfs.write(fh, 0, blob)
+            await vfs.release(fh)
+
+    def held(lake) -> int:
+        return sum(len(s.dir.open) for s in lake.chunks.stores.values())
+
+    async def read(vfs, lake):
+        ino2 = (await vfs.lookup(ROOT_INO, b"f2", ctx)).ino
+        fh = (await vfs.open(ino2, os.O_WRONLY, ctx))[0]
+        await trio.testing.wait_all_tasks_blocked()
+        assert held(lake) == 0  # nothing to read ahead for a writer
+        await vfs.release(fh)
+        ino = (await vfs.lookup(ROOT_INO, b"f0", ctx)).ino
+        fh = (await vfs.open(ino, os.O_RDONLY, ctx))[0]
+        await trio.testing.wait_all_tasks_blocked()  # the hint runs right after the open
+        readers = [r for s in lake.chunks.stores.values() for r in s.dir.open._lru.values()]
+        assert readers and not any(r.parsed for r in readers)  # opened, headers not read yet
+        assert bytes(await vfs.read(fh, 0, 1 << 20)) == files[b"f0"]
+        assert all(r.parsed for r in readers)
+        await vfs.release(fh)
+        ino1 = (await vfs.lookup(ROOT_INO, b"f1", ctx)).ino
+        exts = await vfs.meta.extents(ino1, 0, 0)
+        layout = await vfs.reader._layout(exts[0].chunk_id)
+        for index, _off, _n in layout.covering(exts[0].chunk_off, exts[0].length):
+            os.unlink(lake.chunks.stores[layout.peers[index]].shard_path(layout.chunk_id, index))
+        fh = (await vfs.open(ino1, os.O_RDONLY, ctx))[0]
+        assert bytes(await vfs.read(fh, 0, 1 << 20)) == files[b"f1"]
+        await vfs.release(fh)
+        assert lake.chunks.degraded_reads >= 1
+
+    trio.run(session, write)
+    trio.run(session, read)

@@ -295,6 +295,11 @@ class RangeCache:
         return self._policy.used
 
     def get(self, chunk_id: int, offset: int, length: int) -> memoryview | None:
+        exact = self._data.get((chunk_id, offset))  # the usual hit: the extent that was put
+        if exact is not None and length <= len(exact):
+            self._policy.record_hit((chunk_id, offset))
+            self.hits += 1
+            return memoryview(exact)[:length]
         for start in self._by_chunk.get(chunk_id, ()):
             data = self._data[(chunk_id, start)]
             if start <= offset and offset + length <= start + len(data):
@@ -304,6 +309,12 @@ class RangeCache:
         self._policy.record_miss((chunk_id, offset))
         self.misses += 1
         return None
+
+    def holds(self, chunk_id: int, offset: int, length: int) -> bool:
+        """Whether the range was put as such (counts nothing, changes no recency; a range held
+        inside a larger entry is not looked for: this is the cheap check of a hint)."""
+        exact = self._data.get((chunk_id, offset))
+        return exact is not None and length <= len(exact)
 
     def put(self, chunk_id: int, offset: int, data: bytes | bytearray) -> None:
         if len(data) > self.budget // 4:

@@ -24,7 +24,9 @@ of :meth:`capacity` (the mount asks each second) recheck it: room for the shard 
 it take shards again, none keeps it out; without figures it is tried again when the backoff ends.
 A put that succeeds ends the episode.
 
-Concurrent reads of the same chunk range share one fetch (single flight).
+Concurrent reads of the same chunk range share one fetch (single flight). A small range on
+local peers (a small file: one data shard, or two) is read piece after piece on the event loop,
+without a nursery; :meth:`ChunkClient.advise` lets an open start the local disks' reads early.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from .codec import NotEnoughShards, get_codec
 from .layout import ChunkLayout, data_shards_for, shard_len_for
 from .placement import PeerChoice, place
 from .shardfile import ShardCorrupt, ShardMissing, header_size
-from .store import PeerFull, PeerUnavailable, ShardStore
+from .store import INLINE_READ, LocalDirStore, PeerFull, PeerUnavailable, ShardStore
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +349,18 @@ class ChunkClient:
             del self._inflight[key]
             flight.done.set()
 
+    def advise(self, layout: ChunkLayout, offset: int, length: int) -> bool:
+        """A read of chunk bytes [offset, offset+length) is coming: the local peers that hold them
+        start reading them from their disks now (see :meth:`~.store.ShardDir.advise`). False: no
+        peer of the chunk takes such hints (peer servers, buckets)."""
+        advised = False
+        for index, shard_off, n in layout.covering(offset, length):
+            advise = getattr(self.stores.get(layout.peers[index]), "advise", None)
+            if advise is not None:
+                advise(layout.chunk_id, index, shard_off, n, layout.shard_len)
+                advised = True
+        return advised
+
     async def _get(self, layout: ChunkLayout, index: int, offset: int, length: int) -> bytearray:
         out = bytearray(length)
         await self._get_into(layout, index, offset, length, memoryview(out))
@@ -413,6 +427,12 @@ class ChunkClient:
             await fetch(0, *pieces[0])
         elif hedged:
             await self._fetch_hedged(layout, pieces, fetch, bad)
+        elif all(n <= INLINE_READ and isinstance(self.stores.get(layout.peers[index]), LocalDirStore)
+                 for index, _off, n in pieces):
+            # Local reads this small run on the event loop anyway (LocalDirStore.get_into): one
+            # after the other, without a nursery and a task per piece (a small file across two shards).
+            for i, piece in enumerate(pieces):
+                await fetch(i, *piece)
         elif pieces:
             async with trio.open_nursery() as nursery:
                 for i, piece in enumerate(pieces):

@@ -15,7 +15,9 @@
     ...           payload (the raw shard bytes)
 
 Per-block checksums (rather than one per shard) let a 100 KB read from a 1 MiB shard verify
-only the blocks it touches. A file is written to a temporary name, fsynced and renamed,
+only the blocks it touches. A range is read straight into the caller's buffer (the untouched
+parts of its first and last block into per-thread scratch buffers) and every block it touches
+is checked whole before the call returns. A file is written to a temporary name, fsynced and renamed,
 so a crash leaves either the whole shard or none of it.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from collections.abc import Callable
 
 import xxhash
@@ -105,23 +108,41 @@ def parse_header(first: bytes, where: str, chunk_id: int, index: int,
 
 
 class ShardReader:
-    """Reads and verifies byte ranges of one shard file."""
+    """Reads and verifies byte ranges of one shard file (an open descriptor and its parsed header).
 
-    def __init__(self, path: str, chunk_id: int, index: int):
+    ``users`` and ``cached`` belong to the owner that shares one reader between callers
+    (:class:`~.store.OpenShards`); a reader used once and closed ignores them.
+    """
+
+    def __init__(self, path: str, chunk_id: int, index: int, *, lazy: bool = False):
         try:
             self.fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise ShardMissing(path) from None
-        try:
-            # One read for the fixed header and (for shards up to ~32 MiB) the whole block table:
-            # on a cold disk every extra pread is another seek before the data.
-            first = os.pread(self.fd, _HEAD_GUESS, 0)
-            self.length, self.block, self.sums, self.data_off = parse_header(
-                first, path, chunk_id, index, lambda off, n: os.pread(self.fd, n, off))
-            self.path = path
-        except BaseException:
-            os.close(self.fd)
-            raise
+        self.path, self.chunk_id, self.index = path, chunk_id, index
+        st = os.fstat(self.fd)
+        #: Which file this is: a reader kept open is reused only while its name still names it.
+        self.ident = (st.st_dev, st.st_ino)
+        self.length = self.block = self.data_off = 0
+        self.sums: tuple[int, ...] = ()
+        self.parsed = False
+        self.users = 0
+        self.cached = False
+        if not lazy:  # lazy: the header is read at the first read_into (its blocks may be on their way)
+            try:
+                self.parse()
+            except BaseException:
+                os.close(self.fd)
+                raise
+
+    def parse(self) -> None:
+        """Read and check the header (once)."""
+        # One read for the fixed header and (for shards up to ~32 MiB) the whole block table:
+        # on a cold disk every extra pread is another seek before the data.
+        first = os.pread(self.fd, _HEAD_GUESS, 0)
+        self.length, self.block, self.sums, self.data_off = parse_header(
+            first, self.path, self.chunk_id, self.index, lambda off, n: os.pread(self.fd, n, off))
+        self.parsed = True
 
     def close(self) -> None:
         os.close(self.fd)
@@ -134,23 +155,55 @@ class ShardReader:
     def read_into(self, offset: int, length: int, out: memoryview) -> None:
         """Verify and copy payload bytes [offset, offset+length) into ``out``.
 
-        Block-aligned ranges (whole shards, in particular) are read straight into ``out``;
-        others go through a small buffer of the covering blocks.
+        One ``preadv`` puts the wanted bytes straight into ``out``; the rest of the first and last
+        64 KiB blocks (needed to check them) goes to this thread's scratch buffers, and those two
+        blocks are hashed piecewise. Nothing is copied after the read. Thread-safe (positional
+        reads; the scratch buffers are per thread).
         """
+        if not self.parsed:
+            self.parse()
         if offset < 0 or offset + length > self.length:
             raise ShardCorrupt(f"{self.path}: range {offset}+{length} outside shard of {self.length}")
         if length == 0:
             return
-        first, last = offset // self.block, (offset + length - 1) // self.block
-        start = first * self.block
-        span = min(self.length, (last + 1) * self.block) - start
-        direct = offset == start and length == span
-        target = out[:length] if direct else memoryview(bytearray(span))
-        if os.preadv(self.fd, [target], self.data_off + start) != span:
+        block = self.block
+        first, last = offset // block, (offset + length - 1) // block
+        start = first * block
+        end = min(self.length, (last + 1) * block)
+        stop = offset + length
+        head_n, tail_n = offset - start, end - stop
+        dest = out[:length]
+        head, tail = _scratch(block)
+        iov = [dest]
+        if head_n:
+            iov.insert(0, head[:head_n])
+        if tail_n:
+            iov.append(tail[:tail_n])
+        if os.preadv(self.fd, iov, self.data_off + start) != end - start:
             raise ShardCorrupt(f"{self.path}: truncated payload")
+        sums = self.sums
         for b in range(first, last + 1):
-            lo = (b - first) * self.block
-            if xxhash.xxh3_64_intdigest(target[lo:lo + self.block]) != self.sums[b]:
+            lo, hi = b * block, min(self.length, (b + 1) * block)
+            if lo >= offset and hi <= stop:  # a whole block inside the wanted range
+                digest = xxhash.xxh3_64_intdigest(dest[lo - offset:hi - offset])
+            else:  # the first or last block: scratch head + wanted bytes + scratch tail
+                h = xxhash.xxh3_64()
+                if lo < offset:
+                    h.update(head[lo - start:head_n])
+                h.update(dest[max(lo, offset) - offset:min(hi, stop) - offset])
+                if hi > stop:
+                    h.update(tail[:hi - stop])
+                digest = h.intdigest()
+            if digest != sums[b]:
                 raise ShardCorrupt(f"{self.path}: block {b} checksum mismatch")
-        if not direct:
-            out[:length] = target[offset - start:offset - start + length]
+
+
+_local = threading.local()
+
+
+def _scratch(block: int) -> tuple[memoryview, memoryview]:
+    """This thread's two buffers of ``block`` bytes for the parts of edge blocks nobody asked for."""
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None or len(bufs[0]) < block:
+        bufs = _local.bufs = (memoryview(bytearray(block)), memoryview(bytearray(block)))
+    return bufs

@@ -3,7 +3,13 @@
 :class:`ShardDir` is a directory of shard files with a blocking API; it is what a peer
 server keeps on its disk and what an embedded lake uses directly. :class:`ShardStore` is the
 async interface the chunk client talks to: :class:`LocalDirStore` runs a ShardDir's calls in
-worker threads; network peers (``netstore``) implement the same methods over the wire.
+worker threads (small reads on the event loop); network peers (``netstore``) implement the same
+methods over the wire.
+
+The read path of a small file is one ``stat`` and one ``preadv`` per shard range: a ShardDir keeps
+recently read shard files open with their headers parsed (:class:`OpenShards`, which says why a
+held descriptor never serves a file its name no longer names), and ``advise`` lets an open start
+the disk reads of a file's blocks before its read request arrives.
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ import contextlib
 import errno
 import json
 import os
+import resource
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
 import xxhash
 
-from .shardfile import ShardCorrupt, ShardMissing, ShardReader, write_shard
+from .shardfile import BLOCK, ShardCorrupt, ShardMissing, ShardReader, header_size, write_shard
 
 
 class PeerUnavailable(Exception):
@@ -82,6 +92,136 @@ class ShardStore(Protocol):
 INLINE_READ = 128 * 1024
 
 
+def default_open_shards() -> int:
+    """Shard files one :class:`ShardDir` keeps open: 256, less when the descriptor limit is low
+    (a lake has about ten peer directories; the limit must leave room for everything else)."""
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        soft = 1024
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(4, min(256, soft // 40))
+
+
+def _close_readers(lru: OrderedDict[tuple[int, int], ShardReader]) -> None:
+    for reader in lru.values():
+        with contextlib.suppress(OSError):
+            reader.close()
+    lru.clear()
+
+
+class OpenShards:
+    """An LRU of open shard files with their headers parsed, so a read of a shard seen recently
+    costs a ``stat`` and one ``preadv`` (no ``open``, no header read and parse, no ``close``).
+
+    Why an open descriptor may be reused: a shard file never changes in place. A put writes a new
+    file and renames it over the name (repair does the same); a delete unlinks it. Before a held
+    reader is reused, the name is ``stat``-ed (~4 us, against ~50 us for open + header + close):
+    a name that is gone makes the read fail as a missing shard, a name that now names another
+    file (replaced by a rename, in this process or another: a repair, a test) is opened afresh.
+    So a reader never reads a file that its name no longer names, and every read still checks
+    each 64 KiB block against the header's checksums (a byte flipped in place is caught as
+    before). The puts and deletes of this process also drop their entries at once, and a read
+    that finds a damaged block drops its entry. ``verify`` (scrub, fsck) opens the file afresh.
+
+    A reader evicted or dropped while another thread reads from it is closed by the last user
+    (``users``); the lock is held only around the table, never around I/O.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._lru: OrderedDict[tuple[int, int], ShardReader] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.opens = 0
+        # A store dropped without close() (a lake closed, a test's store) gives its descriptors back.
+        self._finalizer = weakref.finalize(self, _close_readers, self._lru)
+
+    def acquire(self, path: str, chunk_id: int, index: int, *, lazy: bool = False,
+                check: bool = True) -> ShardReader:
+        """The reader of shard (chunk_id, index) at ``path``, opened if not held or if ``path`` now
+        names another file (``lazy``: its header not read yet; ``check`` False: a held reader is
+        taken without looking at the name -- for hints only, never for bytes); :meth:`release` it."""
+        key = (chunk_id, index)
+        with self._lock:
+            reader = self._lru.get(key)
+            if reader is not None:
+                self._lru.move_to_end(key)
+                reader.users += 1
+        if reader is not None and not check:
+            return reader
+        if reader is not None:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                self._discard(key, reader)
+                raise ShardMissing(path) from None
+            except BaseException:
+                self.release(reader)
+                raise
+            if (st.st_dev, st.st_ino) == reader.ident:
+                self.hits += 1
+                return reader
+            self._discard(key, reader)  # replaced under its name: open the file there now
+        reader = ShardReader(path, chunk_id, index, lazy=lazy)  # (I/O outside the lock)
+        reader.users = 1
+        closing = []
+        with self._lock:
+            self.opens += 1
+            if key in self._lru or self.capacity <= 0:
+                return reader  # another thread opened it meanwhile (or no caching): this one is closed after use
+            reader.cached = True
+            self._lru[key] = reader
+            while len(self._lru) > self.capacity:
+                _, old = self._lru.popitem(last=False)
+                old.cached = False
+                if not old.users:
+                    closing.append(old)
+        for old in closing:
+            old.close()
+        return reader
+
+    def _discard(self, key: tuple[int, int], reader: ShardReader) -> None:
+        """Give up ``reader`` (acquired): out of the table if it is still there, closed when unused."""
+        with self._lock:
+            if self._lru.get(key) is reader:
+                del self._lru[key]
+                reader.cached = False
+        self.release(reader)
+
+    def release(self, reader: ShardReader) -> None:
+        with self._lock:
+            reader.users -= 1
+            close = not reader.users and not reader.cached
+        if close:
+            reader.close()
+
+    def drop(self, chunk_id: int, index: int) -> None:
+        """Forget shard (chunk_id, index): its file was replaced, removed or found damaged."""
+        with self._lock:
+            reader = self._lru.pop((chunk_id, index), None)
+            if reader is None:
+                return
+            reader.cached = False
+            close = not reader.users
+        if close:
+            reader.close()
+
+    def clear(self) -> None:
+        """Close every file held (a reader in use is closed by its last user)."""
+        with self._lock:
+            readers = list(self._lru.values())
+            self._lru.clear()
+            for r in readers:
+                r.cached = False
+            idle = [r for r in readers if not r.users]
+        for r in idle:
+            r.close()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+
 class ShardDir:
     """A directory of shard files: ``<root>/<aa>/<chunk_id:016x>.<index>`` (blocking API).
 
@@ -92,8 +232,10 @@ class ShardDir:
     """
 
     def __init__(self, peer_id: int, root: str, *, durable: bool = True, reserve: int | None = None,
-                 label: str | None = None):
+                 label: str | None = None, open_files: int | None = None):
         self.peer_id = peer_id
+        #: Shard files kept open for reads (see :class:`OpenShards`); put and delete drop theirs.
+        self.open = OpenShards(default_open_shards() if open_files is None else open_files)
         self.root = root
         self.label = label or f"peer {peer_id}"
         self.durable = durable
@@ -132,6 +274,7 @@ class ShardDir:
                 raise PeerFull(f"{self.label}: no space")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_shard(path, self.tmp, chunk_id, index, payload, durable=self.durable)
+            self.open.drop(chunk_id, index)  # (a descriptor held open reads the file renamed over)
             self._unsynced_dirs.add(os.path.dirname(path))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -144,17 +287,48 @@ class ShardDir:
         return out
 
     def get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None:
-        """Verified shard bytes [offset, offset+length) written into ``out``."""
+        """Verified shard bytes [offset, offset+length) written into ``out`` (from a shard file kept
+        open, see :class:`OpenShards`)."""
         try:
-            reader = ShardReader(self._path(chunk_id, index), chunk_id, index)
+            reader = self.open.acquire(self._path(chunk_id, index), chunk_id, index)
         except OSError as exc:
             raise PeerUnavailable(f"{self.label}: {exc}") from exc
         try:
             reader.read_into(offset, length, out)
+        except ShardCorrupt:
+            self.open.drop(chunk_id, index)
+            raise
         except OSError as exc:
+            self.open.drop(chunk_id, index)
             raise PeerUnavailable(f"{self.label}: {exc}") from exc
         finally:
-            reader.close()
+            self.open.release(reader)
+
+    def advise(self, chunk_id: int, index: int, offset: int, length: int, payload_len: int) -> None:
+        """A read of payload bytes [offset, offset+length) is coming: have the kernel start reading
+        their 64 KiB blocks (and the header of a file not held open yet, which is then held open,
+        its header parsed at the read) from the disk now, without waiting for them
+        (``POSIX_FADV_WILLNEED``). Only a hint: errors are ignored."""
+        start = offset // BLOCK * BLOCK
+        end = min(payload_len, -(-(offset + length) // BLOCK) * BLOCK)
+        try:
+            reader = self.open.acquire(self._path(chunk_id, index), chunk_id, index, lazy=True, check=False)
+        except (OSError, ShardMissing):
+            return
+        try:
+            if reader.parsed:
+                os.posix_fadvise(reader.fd, reader.data_off + start, end - start, os.POSIX_FADV_WILLNEED)
+            else:
+                data_off = header_size(payload_len)
+                if start <= 4 * BLOCK:  # the header and the blocks close together: one request
+                    os.posix_fadvise(reader.fd, 0, data_off + end, os.POSIX_FADV_WILLNEED)
+                else:
+                    os.posix_fadvise(reader.fd, 0, data_off, os.POSIX_FADV_WILLNEED)
+                    os.posix_fadvise(reader.fd, data_off + start, end - start, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            self.open.release(reader)
 
     def verify(self, chunk_id: int, index: int, checksum: int) -> str:
         """'ok', 'missing', 'corrupt' or 'unreachable' for one shard (reads it whole)."""
@@ -177,6 +351,7 @@ class ShardDir:
         return "ok" if xxhash.xxh3_64_intdigest(data) == checksum else "corrupt"
 
     def delete(self, chunk_id: int, index: int) -> None:
+        self.open.drop(chunk_id, index)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(chunk_id, index))
 
@@ -204,6 +379,10 @@ class ShardDir:
 
     def shard_path(self, chunk_id: int, index: int) -> str:
         return self._path(chunk_id, index)
+
+    def close(self) -> None:
+        """Close the shard files held open for reads (the directory stays usable)."""
+        self.open.clear()
 
     def list(self, after: tuple[int, int] = (-1, -1), limit: int = 1000) -> list[tuple[int, int, int]]:
         """Shards stored here, ordered by (chunk id, index), after ``after``: (chunk, index, bytes)."""
@@ -256,11 +435,16 @@ class LocalDirStore:
     async def get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None:
         if length <= INLINE_READ:
             # A small read costs less than the hand-off to a worker thread and back (two context
-            # switches and the GIL on a 2-core machine); it runs on the event loop, yielding first.
+            # switches and the GIL on a 2-core machine); it runs on the event loop, yielding first
+            # (so that concurrent readers of the same range find its flight and share it).
             await trio.lowlevel.checkpoint()
             self.dir.get_into(chunk_id, index, offset, length, out)
             return
         await self._run(self.dir.get_into, chunk_id, index, offset, length, out)
+
+    def advise(self, chunk_id: int, index: int, offset: int, length: int, payload_len: int) -> None:
+        """See :meth:`ShardDir.advise` (runs here, on the event loop: it does not wait for the disk)."""
+        self.dir.advise(chunk_id, index, offset, length, payload_len)
 
     async def verify(self, chunk_id: int, index: int, checksum: int) -> str:
         return await self._run(self.dir.verify, chunk_id, index, checksum)
@@ -279,3 +463,6 @@ class LocalDirStore:
 
     def shard_path(self, chunk_id: int, index: int) -> str:
         return self.dir.shard_path(chunk_id, index)
+
+    def close(self) -> None:
+        self.dir.close()

@@ -272,7 +272,9 @@ class Session:
         if not st.S_ISREG(node.mode):
             raise _err(errno.ENXIO, "only regular files can be opened through the client")
         fh, _keep, _direct = await self.vfs.open(node.ino, flags & ~os.O_CREAT, who.ctx)
-        return fh, self.vfs._overlay_attr(await self.meta.getattr(node.ino))
+        if flags & os.O_TRUNC:  # the open changed the size
+            node = await self.meta.getattr(node.ino)
+        return fh, self.vfs._overlay_attr(node)
 
     async def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
         return await self.vfs.read(fh, off, size)

@@ -354,6 +354,10 @@ class Lake:
             self._lock_fd = None
 
     def close(self) -> None:
+        for store in self.chunks.stores.values():
+            close = getattr(store, "close", None)  # local peers: the shard files they hold open
+            if close is not None:
+                close()
         if self.sm is None:
             return
         self.sm.close()

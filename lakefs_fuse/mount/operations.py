@@ -4,7 +4,7 @@ Every handler goes through :func:`fuse_errors`: a :class:`LakeError` becomes its
 other exception is logged with its traceback and answered with EIO, because an exception
 other than ``FUSEError`` escaping a handler ends ``pyfuse3.main`` and kills the mount. It also
 opens the request's metadata budget: all metadata calls of one request share one
-``--meta-timeout`` of waiting (``meta/budget.py``).
+``--meta-timeout`` of waiting (``meta/budget.py``; not for embedded metadata, whose calls never wait).
 In-process tests set ``LAKEFS_FUSE_STRICT=1`` to re-raise instead.
 """
 
@@ -21,6 +21,7 @@ import pyfuse3
 
 from ..errors import LakeError, NotFound
 from ..meta.budget import metadata_budget
+from ..meta.client import LocalMeta
 from ..meta.commands import AttrChanges
 from ..meta.schema import Inode
 from ..metrics import FuseRecorder
@@ -42,6 +43,8 @@ def fuse_errors(fn):
         t0 = time.perf_counter()
         err = 0
         try:
+            if not self.budgeted:  # embedded metadata: calls never wait for a service
+                return await fn(self, *args, **kwargs)
             with metadata_budget():
                 return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError as exc:
@@ -77,6 +80,9 @@ class Operations(pyfuse3.Operations):
         self.on_init = None
         #: FUSE request latency/errors by op and time per process (metrics, .stats, `top`).
         self.recorder = recorder
+        #: Requests share a metadata budget only when metadata calls can wait (a metadata service):
+        #: with the embedded lake's local state machine there is nothing to bound.
+        self.budgeted = not isinstance(vfs.meta, LocalMeta)
 
     def _pid(self, op: str, args: tuple) -> int:
         if not args:

@@ -7,7 +7,8 @@ disk falls behind), the per-handle sequential read-ahead (:class:`ReadAhead`: th
 while reads stay sequential, up to ``readahead_max``, and resets on a seek), the in-flight budget
 read-ahead shares with the read plans (:class:`~.prefetch.AheadBudget`), and whole-file fetches
 for the read plan (:meth:`Reader.fetch_file`, which in dataset mode also hands the file to the
-kernel's page cache).
+kernel's page cache), and the open-time hint (:meth:`Reader.opened`: the local peers start
+reading a file's first extents from disk while the open is answered).
 
 A read copies the writer's buffered bytes of the range *before* it looks up the extents and lays
 them over the committed bytes after: a seal that commits meanwhile is still seen (see
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 
 #: File bytes as the tiers hand them out: cache hits are views, fetched bytes are fresh buffers.
 Buffer = bytes | bytearray | memoryview
+
+#: An open hints the local peers to read this much of the file ahead (the kernel's first read
+#: request is at most 1 MiB; a read fetches the whole extents it touches, a small file's at once).
+OPEN_AHEAD = 1 << 20
 
 #: The extents one read found in a cache / had to fetch: [hits, misses] (per-process hit ratio).
 _TALLY: ContextVar[list[int] | None] = ContextVar("lakefs_read_tally", default=None)
@@ -107,6 +112,9 @@ class Reader:
         self._ahead_limiter = trio.CapacityLimiter(8)
         #: Bytes being fetched ahead of readers: sequential read-ahead and the read plan share it.
         self.ahead = AheadBudget(config.readahead_budget)
+        #: Opens hint the peers to start reading a file's first bytes from disk (local peers only;
+        #: not with a disk cache, which may hold them).
+        self._advise = disk_cache is None and any(hasattr(s, "advise") for s in chunks.stores.values())
         #: Told (pid, bytes, extents from a cache, extents fetched) after every read (metrics, `top`).
         self.on_read: Callable[[int, int, int, int], None] | None = None
         self._nursery: trio.Nursery | None = None
@@ -148,6 +156,25 @@ class Reader:
         if self.pusher is not None and off == 0 and size == inode.size:
             self.kernel.got_whole(ino)  # a small file read whole: its pages are in the kernel now
         return data
+
+    def opened(self, ino: int, size: int) -> None:
+        """``ino`` (``size`` bytes) was opened for reading, its pages not in the kernel: right after
+        the open is answered (a task: the open's reply does not wait for it), the local peers start
+        reading the extents of its first :data:`OPEN_AHEAD` bytes from their disks, so the disk
+        works while the reader's read request comes back (and, with several readers, while other
+        requests are served); the read then finds the blocks in the page cache or on their way.
+        Only a hint: nothing is read into memory here and nothing fails."""
+        if self._advise and size > 0 and self._nursery is not None:
+            self._nursery.start_soon(self._advise_open, ino, size)
+
+    async def _advise_open(self, ino: int, size: int) -> None:
+        try:
+            head = min(size, OPEN_AHEAD)
+            for ext in await self.meta.extents(ino, 0, (head - 1) // self.chunk_size):
+                if ext.file_off < head and not self.cache.holds(ext.chunk_id, ext.chunk_off, ext.length):
+                    self.chunks.advise(await self._layout(ext.chunk_id), ext.chunk_off, ext.length)
+        except Exception as exc:  # the read that follows reports real problems
+            log.debug("open-time read hint for inode %d failed: %s", ino, exc)
 
     async def _read_committed(self, ino: int, off: int, size: int) -> Buffer:
         end = off + size

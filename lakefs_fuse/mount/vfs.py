@@ -345,7 +345,10 @@ class VFS:
             raise E.IsADir()
         if flags & os.O_TRUNC and flags & O_ACCMODE != os.O_RDONLY and inode.size:
             inode = await self.setattr(ino, {"size": 0}, ctx)
-        return await self._open_handle(self._overlay_attr(inode), flags, ctx.pid)
+        opened = await self._open_handle(self._overlay_attr(inode), flags, ctx.pid)
+        if not opened[1] and flags & O_ACCMODE != os.O_WRONLY:  # a read will come to us, not the page cache
+            self.reader.opened(ino, inode.size)
+        return opened
 
     async def _open_handle(self, inode: Inode, flags: int, pid: int = 0) -> tuple[int, bool, bool]:
         fh = self.handles.add(Handle(inode.ino, flags, pid, profile=inode.profile))
