@@ -128,6 +128,10 @@ async def open_session(cc: ClientConfig) -> AsyncIterator[Session]:
         disk = open_disk_cache(cfg, lake.uuid, busy_level=logging.DEBUG)  # a mount or a sibling has it
         vfs = VFS(lake.meta, lake.chunks, cfg, chunk_size=lake.config.chunk_size, shared=bool(cc.meta),
                   disk_cache=disk)
+        # A mount's open-time read hint overlaps the disk with the kernel's round trip to the next
+        # READ; the client reads right after its open, in the same call, so the hint would only
+        # cost (measured: 1,000 cold 110 KiB files, -80..110 us of CPU and +8..34 % files/s off).
+        vfs.reader.hint_opens = False
         sm = lake.sm
         catch_up = sm.catch_up if sm is not None and not cc.meta and read_only else None
         try:

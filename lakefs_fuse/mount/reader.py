@@ -114,7 +114,7 @@ class Reader:
         self.ahead = AheadBudget(config.readahead_budget)
         #: Opens hint the peers to start reading a file's first bytes from disk (local peers only;
         #: not with a disk cache, which may hold them).
-        self._advise = disk_cache is None and any(hasattr(s, "advise") for s in chunks.stores.values())
+        self.hint_opens = disk_cache is None and any(hasattr(s, "advise") for s in chunks.stores.values())
         #: Told (pid, bytes, extents from a cache, extents fetched) after every read (metrics, `top`).
         self.on_read: Callable[[int, int, int, int], None] | None = None
         self._nursery: trio.Nursery | None = None
@@ -164,7 +164,7 @@ class Reader:
         works while the reader's read request comes back (and, with several readers, while other
         requests are served); the read then finds the blocks in the page cache or on their way.
         Only a hint: nothing is read into memory here and nothing fails."""
-        if self._advise and size > 0 and self._nursery is not None:
+        if self.hint_opens and size > 0 and self._nursery is not None:
             self._nursery.start_soon(self._advise_open, ino, size)
 
     async def _advise_open(self, ino: int, size: int) -> None:
