@@ -179,3 +179,15 @@ def test_full_disk_fails_a_write_or_close_and_keeps_what_was_accepted(small_disk
     with connect(data=data) as client:
         for name, blob in accepted.items():
             assert client.read_bytes(name) == blob, name
+
+
+def test_a_failed_shutdown_reaches_close_as_an_oserror():
+    """The lake's shutdown (sealing what was buffered) runs in a nursery, which wraps its error in
+    an exception group: close() still raises the plain OSError of the lake error inside."""
+    from lakefs_fuse import errors as E
+    from lakefs_fuse.client.lake import lake_error_of
+
+    inner = E.NoSpace("no peer takes the shard")
+    assert lake_error_of(BaseExceptionGroup("shutdown", [ValueError("x"), ExceptionGroup("seal", [inner])])) is inner
+    assert lake_error_of(inner) is inner
+    assert lake_error_of(ExceptionGroup("other", [ValueError("x")])) is None

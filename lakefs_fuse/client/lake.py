@@ -193,6 +193,19 @@ def _close_at_child_exit(client: LakeClient) -> None:
     util.Finalize(client, close, exitpriority=10)
 
 
+def lake_error_of(exc: BaseException) -> E.LakeError | None:
+    """The lake error ``exc`` is or carries: the lake's shutdown runs in a nursery, which wraps
+    what it raises (a seal that could not store its bytes) in an exception group."""
+    if isinstance(exc, E.LakeError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = lake_error_of(inner)
+            if found is not None:
+                return found
+    return None
+
+
 def _unpickled(config: ClientConfig) -> LakeClient:
     return LakeClient(config, open_now=False)
 
@@ -281,8 +294,11 @@ class LakeClient:
         if portal is not None and portal.pid == os.getpid():
             try:
                 portal.close()
-            except E.LakeError as exc:
-                raise _oserror(exc) from None
+            except BaseException as exc:
+                lake_error = lake_error_of(exc)
+                if lake_error is None:
+                    raise
+                raise _oserror(lake_error) from None
         if failure is not None:
             raise failure
 
