@@ -101,9 +101,23 @@ class MetadataCorrupt(LakeError):
 
 
 class UserError(Exception):
-    """A mistake of the person at the CLI: printed as one line, exit status 1, no traceback."""
+    """A mistake of the person at the CLI: printed as one line, exit status 1, no traceback.
+    ``errno`` is what the Python client raises it as (an ``OSError``)."""
 
     exit_code = 1
+    errno: int = errno.EINVAL
+
+
+class InUse(UserError):
+    """The lake is held by another process (a mount, or a client that writes)."""
+
+    errno = errno.EBUSY
+
+
+class NoSuchLake(UserError):
+    """The lake's directory does not exist."""
+
+    errno = errno.ENOENT
 
 
 class TooBig(LakeError):

@@ -246,11 +246,11 @@ class LakeImageFolder(Dataset[tuple[Any, Any]]):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        board = self._board
-        if board is not None and board.generation != self._seen_generation:
-            self._take_plan(board)
+        self._follow_plan()
         path, target = self.samples[index]
-        sample = self.loader(path)
+        return self._transformed(self.loader(path), target)
+
+    def _transformed(self, sample: Any, target: Any) -> tuple[Any, Any]:
         if self.transform is not None:
             sample = self.transform(sample)
         if self.target_transform is not None:
@@ -263,19 +263,10 @@ class LakeImageFolder(Dataset[tuple[Any, Any]]):
         custom loader or a subclass's own ``__getitem__`` gets one call per sample instead."""
         if self.loader != self.load_image or type(self).__getitem__ is not LakeImageFolder.__getitem__:
             return [self[i] for i in indices]
-        board = self._board
-        if board is not None and board.generation != self._seen_generation:
-            self._take_plan(board)
+        self._follow_plan()
         blobs = self.lake.read_many([self.samples[i][0] for i in indices])
-        out = []
-        for i, blob in zip(indices, blobs, strict=True):
-            sample, target = pil_from_bytes(blob), self.samples[i][1]
-            if self.transform is not None:
-                sample = self.transform(sample)
-            if self.target_transform is not None:
-                target = self.target_transform(target)
-            out.append((sample, target))
-        return out
+        return [self._transformed(pil_from_bytes(blob), self.samples[i][1])
+                for i, blob in zip(indices, blobs, strict=True)]
 
     def __repr__(self) -> str:
         cc = self._client_config
@@ -294,6 +285,12 @@ class LakeImageFolder(Dataset[tuple[Any, Any]]):
                 self._warned = True
                 warnings.warn(PrefetchUnavailable(f"prefetch unavailable: {type(exc).__name__}: {exc}"),
                               stacklevel=2)
+
+    def _follow_plan(self) -> None:
+        """A new epoch's plan was published since this process read its last one: take it."""
+        board = self._board
+        if board is not None and board.generation != self._seen_generation:
+            self._take_plan(board)
 
     def _take_plan(self, board: PlanBoard) -> None:
         """A worker's first sample of a new epoch: read its share of the plan off the board."""

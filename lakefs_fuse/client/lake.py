@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 
 from .. import errors as E
 from ..config import META_TIMEOUT, MiB, MountConfig, default_cache_dir, parse_addresses, parse_size
-from ..errors import UserError
+from ..errors import InUse, UserError
 from ..lake.lake import Lake, in_use
 from ..meta.schema import Inode
 from ..mount.vfs import VFS, open_disk_cache
@@ -113,8 +113,8 @@ async def open_session(cc: ClientConfig) -> AsyncIterator[Session]:
         follow = cc.read_only is True or (cc.read_only is None and in_use(cc.data))
         try:
             lake = Lake.open(cc.data, lock=not follow, follow=follow)
-        except UserError as exc:
-            if cc.read_only is None and "already mounted" in str(exc):  # lost a race with a mount
+        except InUse:
+            if cc.read_only is None:  # lost a race with a mount
                 lake = Lake.open(cc.data, follow=True)
                 follow = True
             else:
@@ -256,7 +256,7 @@ class LakeClient:
                 try:
                     session = portal.start()
                 except UserError as exc:
-                    raise _open_error(exc) from None
+                    raise OSError(exc.errno, str(exc)) from None  # EBUSY, ENOENT, EINVAL
                 self._portal, self._session = portal, session
                 _close_at_child_exit(self)
             return portal, session
@@ -514,15 +514,6 @@ class LakeClient:
 
 def _join(top: str, name: str) -> str:
     return f"{top.rstrip('/')}/{name}" if top.strip("/") else name
-
-
-def _open_error(exc: UserError) -> OSError:
-    text = str(exc)
-    if "already mounted" in text or "in use" in text:
-        return OSError(errno.EBUSY, text)
-    if "does not exist" in text:
-        return FileNotFoundError(errno.ENOENT, text)
-    return OSError(errno.EINVAL, text)
 
 
 def stat_result(inode: Inode) -> os.stat_result:

@@ -30,6 +30,7 @@ import trio
 from .. import errors as E
 from ..lake.lake import Lake
 from ..meta.schema import ROOT_INO, Inode
+from ..meta.state import NAME_MAX
 from ..mount.control import is_control_name
 from ..mount.prefetch import Credentials
 from ..mount.vfs import VFS, Ctx
@@ -137,7 +138,7 @@ class Session:
                     dirs.pop()
                 node = dirs[-1]
                 continue
-            if len(name) > 255:
+            if len(name) > NAME_MAX:
                 raise E.NameTooLong()
             child = await self.meta.lookup(node.ino, name)
             if st.S_ISLNK(child.mode) and (follow or todo):
@@ -176,7 +177,7 @@ class Session:
             raise E.NotADir()
         if not who.cred.may(parent, os.X_OK):
             raise _err(errno.EACCES, "search permission denied")
-        if len(parts[-1]) > 255:
+        if len(parts[-1]) > NAME_MAX:
             raise E.NameTooLong()
         return parent, parts[-1]
 

@@ -40,7 +40,7 @@ from ..chunks.netstore import NetStore
 from ..chunks.s3store import S3Store
 from ..chunks.store import LocalDirStore, PeerUnavailable, ShardStore
 from ..config import IO_THREADS, META_TIMEOUT, LakeConfig
-from ..errors import LakeError, UserError
+from ..errors import InUse, LakeError, NoSuchLake, UserError
 from ..meta.client import LocalMeta
 from ..meta.remote import MetaService, RemoteMeta
 from ..meta.schema import ChunkRecord, PeerRecord
@@ -125,7 +125,7 @@ def _take_lock(data_dir: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise UserError(f"{data_dir} is already mounted by another lakefs-fuse process") from None
+        raise InUse(f"{data_dir} is already mounted by another lakefs-fuse process") from None
     return fd
 
 
@@ -218,7 +218,7 @@ class Lake:
         read_only = read_only or follow
         data_dir = Path(data_dir)
         if not data_dir.exists():
-            raise UserError(f"{data_dir} does not exist")
+            raise NoSuchLake(f"{data_dir} does not exist")
         if not is_lake(data_dir):
             raise UserError(f"{data_dir} is not a lakefs-fuse lake (no {MARKER}; run 'lakefs-fuse format')")
         try:
@@ -231,26 +231,27 @@ class Lake:
         make_private(data_dir, PRIVATE_FILES)  # a lake made before they were owner-only
         lock_fd = _take_lock(data_dir) if lock else None
         follow_dir = tempfile.mkdtemp(prefix="lakefs-follow.") if follow else None
-        try:
-            sm = StateMachine(str(data_dir / "meta"), read_only=read_only, follow=follow_dir)
-        except Exception as exc:  # rocksdict raises plain Exception for corrupt/locked DBs
+
+        def undo() -> None:  # an open that fails leaves no lock and no follower directory
             if lock_fd is not None:
                 os.close(lock_fd)
             if follow_dir is not None:
                 shutil.rmtree(follow_dir, ignore_errors=True)
+
+        try:
+            sm = StateMachine(str(data_dir / "meta"), read_only=read_only, follow=follow_dir)
+        except Exception as exc:  # rocksdict raises plain Exception for corrupt/locked DBs
+            undo()
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if "lock" in msg.lower():
-                raise UserError(f"{data_dir} is in use by another process ({msg})") from None
+                raise InUse(f"{data_dir} is in use by another process ({msg})") from None
             raise UserError(f"{data_dir}: metadata cannot be opened: {msg}") from None
         try:
             config = lake_config(sm.format_record())
             peers = sm.peers()
         except Exception as exc:
             sm.close()
-            if lock_fd is not None:
-                os.close(lock_fd)
-            if follow_dir is not None:
-                shutil.rmtree(follow_dir, ignore_errors=True)
+            undo()
             raise UserError(f"{data_dir}: metadata is corrupt or not formatted: {exc}") from None
         try:
             roots: dict[int, str] = {}
@@ -261,10 +262,7 @@ class Lake:
                        tls_ca=marker.get("tls_ca"), lake_id=marker.get("uuid"), peer_roots=roots)
         except BaseException:
             sm.close()
-            if lock_fd is not None:
-                os.close(lock_fd)
-            if follow_dir is not None:
-                shutil.rmtree(follow_dir, ignore_errors=True)
+            undo()
             raise
         lake._lock_fd = lock_fd
         lake._snapshot_dir = Path(follow_dir) if follow_dir is not None else None  # removed at close
