@@ -184,6 +184,20 @@ def helper():
 
 
 @pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB file system of its own (tmpfs) for full-disk tests, always unmounted."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.fixture
 def make_live(tmp_path):
     """Factory for lakes with other format arguments; every one is torn down."""
     made: list[LiveLake] = []

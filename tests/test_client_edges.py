@@ -144,20 +144,6 @@ def test_interpreter_exit_without_close_keeps_the_files(tmp_path):
         assert client.read_bytes("left open.txt") == b"text too"
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 MiB file system of its own (tmpfs), always unmounted (as test_fulldisk makes them)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs", str(disk)], check=True)
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-
-
 @pytest.mark.timeout(240)
 def test_full_disk_fails_a_write_or_close_and_keeps_what_was_accepted(small_disk):
     data = small_disk / "data"

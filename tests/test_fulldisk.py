@@ -12,7 +12,6 @@ import errno
 import hashlib
 import os
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,18 +21,6 @@ from conftest import LiveLake, cli, is_mountpoint, needs_fuse, wait_for
 pytestmark = [needs_fuse, pytest.mark.timeout(240)]
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 MiB file system of its own (tmpfs), always unmounted."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs", str(disk)], check=True)
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def _lake_on(disk: Path, tmp_path: Path) -> LiveLake:
