@@ -169,27 +169,34 @@ class Payload:
             finally:
                 os.close(fd)
 
+    def check_file(self, i: int, size: int, data: bytes | bytearray, got: int, name: str) -> None:
+        """File i as read (``got`` bytes into ``data``): its size, stamp and a 64-byte sample from
+        its middle; BenchError naming ``name`` otherwise."""
+        j = STAMP.size + (size - STAMP.size) // 2
+        ref = self.file_parts(i, size)[1]
+        if got != size or STAMP.unpack_from(data)[1] != i or data[j:j + 64] != ref[j - 16:j + 48]:
+            raise BenchError(f"{name}: wrong size or data ({got} bytes)")
+
+    def read_file_into(self, path: Path, i: int, size: int, buf: bytearray) -> None:
+        """File i read whole (os.open + readv into ``buf``, one byte longer than the file, +
+        close) and checked."""
+        view = memoryview(buf)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            got = 0
+            while n := os.readv(fd, [view[got:]]):
+                got += n
+        finally:
+            os.close(fd)
+        self.check_file(i, size, buf, got, str(path))
+
     def read_files(self, root: Path, rels: list[str], size: int, seed: int) -> None:
         """Every file read whole (os.open + readv into one buffer + close) in a shuffled order."""
         order = list(range(len(rels)))
         random.Random(seed).shuffle(order)
         buf = bytearray(size + 1)
-        view = memoryview(buf)
-        j = STAMP.size + (size - STAMP.size) // 2
         for i in order:
-            fd = os.open(root / rels[i], os.O_RDONLY)
-            try:
-                got = 0
-                while True:
-                    n = os.readv(fd, [view[got:]])
-                    if not n:
-                        break
-                    got += n
-            finally:
-                os.close(fd)
-            ref = self.file_parts(i, size)[1]
-            if got != size or STAMP.unpack_from(buf)[1] != i or buf[j:j + 64] != ref[j - 16:j + 48]:
-                raise BenchError(f"{rels[i]}: wrong size or data ({got} bytes)")
+            self.read_file_into(root / rels[i], i, size, buf)
 
 
 def tree_paths(files: int, classes: int) -> list[str]:

@@ -448,6 +448,17 @@ def lake_options(ap, *, examples: bool = False) -> None:
                         help=f"extra argument for `lakefs-fuse {cmd}` (repeatable{example})")
 
 
+def teardown_systems(systems: dict) -> list[str]:
+    """Tear down every system (name -> System) a benchmark started; the problems, named."""
+    problems = []
+    for key, s in systems.items():
+        try:
+            problems += [f"{key}: {p}" for p in s.teardown()]
+        except Exception as exc:
+            problems.append(f"{key}: teardown raised {exc!r}")
+    return problems
+
+
 class Bench:
     """What every benchmark that measures phases holds: its arguments, a fresh run directory, the
     cache dropper, the (started) watchdog, the phases, the failures; ``execute`` runs it under

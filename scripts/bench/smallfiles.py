@@ -82,7 +82,6 @@ from typing import Any
 import runner
 from common import (
     CLK_TCK,
-    STAMP,
     VENV_BIN,
     BenchError,
     Child,
@@ -117,39 +116,41 @@ def phase_name(threads: int) -> str:
     return f"cold read, {threads} thread{'s' * (threads > 1)}"
 
 
-def read_files(root: Path, rels: list[str], order: list[int], size: int, payload: Payload, threads: int) -> None:
-    """Every file of ``order`` read whole by ``threads`` threads (file ``order[j]`` by thread j % threads)."""
+def in_threads(order: list[int], threads: int, read_one: Callable[[int], None], name: str) -> None:
+    """``read_one(i)`` for every file of ``order``, by ``threads`` threads started together (file
+    ``order[j]`` by thread j % threads); the first failure is raised once all have stopped."""
     errors: list[str] = []
     start = threading.Barrier(threads)
 
     def worker(ids: list[int]) -> None:
-        buf = bytearray(size + 1)
-        view = memoryview(buf)
-        j = STAMP.size + (size - STAMP.size) // 2
         try:
             start.wait()
             for i in ids:
-                fd = os.open(root / rels[i], os.O_RDONLY)
-                try:
-                    got = 0
-                    while n := os.readv(fd, [view[got:]]):
-                        got += n
-                finally:
-                    os.close(fd)
-                ref = payload.file_parts(i, size)[1]
-                if got != size or STAMP.unpack_from(buf)[1] != i or buf[j:j + 64] != ref[j - 16:j + 48]:
-                    raise BenchError(f"{rels[i]}: wrong size or data ({got} bytes)")
+                read_one(i)
         except BaseException as exc:  # noqa: BLE001 -- reported by the caller
             errors.append(f"{type(exc).__name__}: {exc}")
             start.abort()
 
-    ts = [threading.Thread(target=worker, args=(order[t::threads],), name=f"reader-{t}") for t in range(threads)]
+    ts = [threading.Thread(target=worker, args=(order[t::threads],), name=f"{name}-{t}") for t in range(threads)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
     if errors:
         raise BenchError(errors[0])
+
+
+def read_files(root: Path, rels: list[str], order: list[int], size: int, payload: Payload, threads: int) -> None:
+    """Every file of ``order`` read whole (os.open + readv + close) and checked, by ``threads`` threads."""
+    buffers = threading.local()
+
+    def read_one(i: int) -> None:
+        buf = getattr(buffers, "buf", None)
+        if buf is None:
+            buf = buffers.buf = bytearray(size + 1)
+        payload.read_file_into(root / rels[i], i, size, buf)
+
+    in_threads(order, threads, read_one, "reader")
 
 
 def read_client(lake: Any, paths: list[str], order: list[int], size: int, payload: Payload, threads: int,
@@ -158,29 +159,12 @@ def read_client(lake: Any, paths: list[str], order: list[int], size: int, payloa
     checks; the threads share ``lake``. ``plan``: ``lake.prefetch`` of the whole order first."""
     if plan:
         lake.prefetch([paths[i] for i in order])
-    errors: list[str] = []
-    start = threading.Barrier(threads)
 
-    def worker(ids: list[int]) -> None:
-        j = STAMP.size + (size - STAMP.size) // 2
-        try:
-            start.wait()
-            for i in ids:
-                buf = lake.read_bytes(paths[i])
-                ref = payload.file_parts(i, size)[1]
-                if len(buf) != size or STAMP.unpack_from(buf)[1] != i or buf[j:j + 64] != ref[j - 16:j + 48]:
-                    raise BenchError(f"{paths[i]}: wrong size or data ({len(buf)} bytes)")
-        except BaseException as exc:  # noqa: BLE001 -- reported by the caller
-            errors.append(f"{type(exc).__name__}: {exc}")
-            start.abort()
+    def read_one(i: int) -> None:
+        data = lake.read_bytes(paths[i])
+        payload.check_file(i, size, data, len(data), paths[i])
 
-    ts = [threading.Thread(target=worker, args=(order[t::threads],), name=f"client-{t}") for t in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        raise BenchError(errors[0])
+    in_threads(order, threads, read_one, "client")
 
 
 class Profiler:
@@ -492,12 +476,7 @@ class Bench(runner.Bench):
             self.close_client()
         except Exception as exc:
             problems.append(f"client: close raised {exc!r}")
-        for key, s in self.systems.items():
-            try:
-                problems += [f"{key}: {p}" for p in s.teardown()]
-            except Exception as exc:
-                problems.append(f"{key}: teardown raised {exc!r}")
-        return problems
+        return problems + runner.teardown_systems(self.systems)
 
     # ---- results
 

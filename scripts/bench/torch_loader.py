@@ -313,13 +313,7 @@ class Bench(runner.Bench):
             run_system(key, fn, s.teardown, watchdog=self.watchdog, failures=self.failures, logs=s.logs())
 
     def teardown_all(self) -> list[str]:
-        problems = []
-        for key, s in self.systems.items():
-            try:
-                problems += [f"{key}: {p}" for p in s.teardown()]
-            except Exception as exc:
-                problems.append(f"{key}: teardown raised {exc!r}")
-        return problems
+        return runner.teardown_systems(self.systems)
 
     # ---- results
 

@@ -287,13 +287,7 @@ class Bench(runner.Bench):
                 raise BenchError("the local source could not be written; nothing else can run")
 
     def teardown_all(self) -> list[str]:
-        problems = []
-        for key, s in self.systems.items():
-            try:
-                problems += [f"{key}: {p}" for p in s.teardown()]
-            except Exception as exc:
-                problems.append(f"{key}: teardown raised {exc!r}")
-        return problems
+        return runner.teardown_systems(self.systems)
 
     # ---- results
 
