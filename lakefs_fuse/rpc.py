@@ -44,6 +44,7 @@ from .wire import (
     PROTOCOL_VERSION,
     AuthError,
     ConnectionLost,
+    FileSlice,
     FramedStream,
     FrameTooLarge,
     ProtocolError,
@@ -56,20 +57,48 @@ from .wire import (
 
 logger = logging.getLogger("lakefs_fuse.wire")
 
-Handler = Callable[[str, dict, bytearray], Awaitable[tuple[dict, bytes | bytearray | memoryview]]]
+#: ``handler(op, args, payload)`` -> (result, payload); a :class:`~.wire.FileSlice` payload is sent
+#: from its file with ``sendfile`` and released once sent.
+Handler = Callable[[str, dict, bytearray], Awaitable[tuple[dict, bytes | bytearray | memoryview | FileSlice]]]
 
 
 # ----------------------------------------------------------------------------------------------
 # Client
 
 
-class _PendingCall:
-    __slots__ = ("done", "lost", "response")
+#: Where a call wants its answer's payload (see :meth:`RpcClient.call`): buffers, or a function of
+#: the answer's result and payload size that returns buffers (or None: "give it to me as bytes").
+Into = list[memoryview] | Callable[[dict, int], list[memoryview] | None]
 
-    def __init__(self):
+
+class _PendingCall:
+    """A call waiting for its answer. As a :class:`~.wire.Sink` its ``views`` take the answer's
+    payload while ``open`` (the caller has not left)."""
+
+    __slots__ = ("done", "into", "lost", "open", "response", "views")
+
+    def __init__(self, into: Into | None = None):
         self.done = trio.Event()
         self.response: tuple[dict, bytearray] | None = None
         self.lost: str | None = None
+        self.into = into
+        self.views: list[memoryview] = []
+        self.open = True
+
+    def buffers(self, result: dict, size: int) -> list[memoryview] | None:
+        """The buffers for a successful answer's payload of ``size`` bytes, or None."""
+        into = self.into
+        if into is None:
+            return None
+        if callable(into):
+            try:
+                views = into(result, size)
+            except Exception:  # noqa: BLE001 -- a malformed answer: the caller gets the bytes and judges
+                logger.debug("call buffers refused an answer", exc_info=True)
+                return None
+        else:
+            views = into
+        return views if views is not None and sum(len(v) for v in views) == size else None
 
 
 def _check_response(header: dict) -> int:
@@ -151,8 +180,13 @@ class RpcClient:
         return self._fs.sending
 
     async def call(self, op: str, args: dict | None = None, payload: bytes | bytearray | memoryview = b"",
-                   *, timeout: float = 10.0) -> tuple[dict, bytearray]:
+                   *, timeout: float = 10.0, into: Into | None = None) -> tuple[dict, bytearray]:
         """Send one request and wait for its answer: returns (result, payload).
+
+        ``into``: buffers for the answer's payload, or ``into(result, size)`` returning them once
+        the answer's header is in. A successful answer whose payload is exactly their total size
+        is read straight into them (the returned payload is then empty); any other answer comes
+        back as usual. They are never written after this call returns.
 
         Raises RemoteError if the server answered with an error, trio.TooSlowError after
         ``timeout`` seconds (a late answer is dropped), ConnectionLost if the connection ends.
@@ -162,13 +196,14 @@ class RpcClient:
         if self._lost is not None:
             raise ConnectionLost(f"{self._peer}: {self._lost}")
         call_id = next(self._ids)
-        pending = self._pending[call_id] = _PendingCall()
+        pending = self._pending[call_id] = _PendingCall(into)
         try:
             with trio.fail_after(timeout):
                 await self._fs.send({"v": PROTOCOL_VERSION, "id": call_id, "op": op,
                                      "a": {} if args is None else args}, payload)
                 await pending.done.wait()
         finally:
+            pending.open = False  # the reader stops writing into ``into`` from here on
             del self._pending[call_id]
         if pending.response is None:
             raise ConnectionLost(f"{self._peer}: {pending.lost}")
@@ -192,7 +227,7 @@ class RpcClient:
         reason = "connection closed"
         try:
             while True:
-                header, payload = await self._fs.receive()
+                header, payload = await self._fs.receive(sink=self._sink)
                 pending = self._pending.get(_check_response(header))
                 if pending is not None:  # None: the caller timed out and left
                     pending.response = (header, payload)
@@ -210,6 +245,19 @@ class RpcClient:
         finally:
             self._fail_pending(reason)
             await trio.aclose_forcefully(self._fs)
+
+    def _sink(self, header: dict, size: int) -> _PendingCall | None:
+        """The waiting call whose buffers take this answer's payload, if it named buffers of
+        exactly this size and the answer is a success."""
+        pending = self._pending.get(header.get("id"))  # type: ignore[arg-type]
+        if pending is None or header.get("ok") is not True:
+            return None
+        result = header.get("r", {})
+        views = pending.buffers(result if isinstance(result, dict) else {}, size)
+        if views is None:
+            return None
+        pending.views = views
+        return pending
 
     def _fail_pending(self, reason: str) -> None:
         if self._lost is None:
@@ -341,15 +389,22 @@ class _ServerConnection:
                 except Exception as exc:  # noqa: BLE001 -- logged by _error_response
                     self._error_response(call_id, op, exc)
                 return
+            out: bytes | bytearray | memoryview | FileSlice = b""
             try:
                 result, out = await self.handler(op, args, payload)
                 if not isinstance(result, dict):
                     raise TypeError(f"handler for {op!r} returned a {type(result).__name__} result, not a dict")
                 response = {"v": PROTOCOL_VERSION, "id": call_id, "ok": True, "r": result}
             except Exception as exc:  # noqa: BLE001 -- any handler failure becomes an error answer (logged there)
+                if isinstance(out, FileSlice):
+                    out.release()
                 response, out = self._error_response(call_id, op, exc), b""
             try:
-                await self.fs.send(response, out)
+                if isinstance(out, FileSlice):
+                    sending, out = out, b""
+                    await self.fs.send_file(response, sending)
+                else:
+                    await self.fs.send(response, out)
             except (TypeError, ValueError, OverflowError) as exc:
                 # The handler's answer cannot be framed (unencodable result, payload too big);
                 # nothing was written, so the client can still get a proper error.

@@ -36,14 +36,18 @@ sync, so :class:`FramedStream` closes it (see :mod:`lakefs_fuse.rpc` for what th
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import logging
 import os
 import secrets
+import select
 import ssl
 import struct
-from typing import TypeGuard
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeGuard
 
 import msgpack
 import trio
@@ -64,6 +68,9 @@ _MAX_RECEIVE = 1024 * 1024
 # Payloads up to this size are glued to the header and written with one syscall; larger ones are
 # written straight from the caller's buffer so they are never copied.
 _COALESCE_LIMIT = 64 * 1024
+
+# A worker thread sending a file gives up when the other side has not taken a byte for this long.
+_SEND_STALL = 30.0
 
 _CHALLENGE_BYTES = 32
 _MIN_SECRET_BYTES = 16
@@ -98,6 +105,33 @@ class FrameTooLarge(ValueError):
 
     Raised before anything is written, so the connection is still usable.
     """
+
+
+@dataclass(slots=True)
+class FileSlice:
+    """A payload that is a range of an open file, sent with ``os.sendfile`` (never read into this
+    process) over a plain TCP connection, or read and sent over TLS. ``release`` runs once the
+    frame is out or has failed (the owner keeps ``fd`` open until then)."""
+
+    fd: int
+    offset: int
+    count: int
+    release: Callable[[], None]
+    #: The range is in the page cache (so sending it needs no disk): it is sent from the event
+    #: loop. Otherwise a worker thread sends it, and may wait for the disk.
+    resident: bool = False
+
+    def __len__(self) -> int:
+        return self.count
+
+
+class Sink(Protocol):
+    """Where a receiver wants a payload put: ``views`` (writable, their lengths summing to the
+    payload's) while ``open``; once ``open`` turns False (its caller gave up) the rest of the
+    payload is read and dropped, and ``views`` is never written again."""
+
+    views: list[memoryview]
+    open: bool
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,6 +232,10 @@ class FramedStream(trio.abc.AsyncResource):
         self._bytes_received = 0  # lifetime total; 0 tells a silent probe from a failed peer
         self._receive_broken: BaseException | None = None
         self._send_broken: str | None = None
+        # A plain TCP stream's socket: payloads are read straight into their buffers (readv) and
+        # file payloads sent with sendfile. None under TLS (bytes must pass through the SSL layer).
+        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._discard: memoryview | None = None  # where a payload nobody waits for any more goes
 
     @property
     def bytes_received(self) -> int:
@@ -235,16 +273,78 @@ class FramedStream(trio.abc.AsyncResource):
                     await self.stream.send_all(head)
                     await self.stream.send_all(view)
             except BaseException as exc:
-                self._send_broken = f"connection unusable: a frame write was interrupted ({exc!r})"
-                await trio.aclose_forcefully(self.stream)
-                if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
-                    raise ConnectionLost(f"connection lost while sending: {exc!r}") from exc
+                await self._send_failed(exc)
                 raise
+
+    async def send_file(self, header: dict, source: FileSlice) -> None:
+        """Write one frame whose payload is the file range ``source``, then ``source.release()``
+        (also when anything fails). On plain TCP the bytes go from the page cache to the socket
+        (``os.sendfile``): from the event loop when the range is ``resident``, else from a worker
+        thread, which may wait for the disk (it writes the frame's header first). Under TLS they
+        are read (in a thread), then sent."""
+        try:
+            body = _encode_header(header)
+            if source.count > self.max_payload:
+                raise FrameTooLarge(f"payload is {source.count} bytes; this connection allows {self.max_payload}")
+            head = _PREFIX.pack(len(body), source.count) + body
+            data = None
+            if self._sock is None:
+                data = await trio.to_thread.run_sync(_pread_exact, source.fd, source.offset, source.count)
+            async with self._send_lock:
+                if self._send_broken is not None:
+                    raise ConnectionLost(self._send_broken)
+                await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    if data is not None:
+                        await self.stream.send_all(head)
+                        await self.stream.send_all(data)
+                    elif source.resident:
+                        await self.stream.send_all(head)
+                        await self._sendfile(source.fd, source.offset, source.count)
+                    else:
+                        assert self._sock is not None
+                        await trio.to_thread.run_sync(_send_file_blocking, self._sock.fileno(), head,
+                                                      source.fd, source.offset, source.count)
+                except BaseException as exc:
+                    await self._send_failed(exc)
+                    raise
+        finally:
+            source.release()
+
+    async def _sendfile(self, fd: int, offset: int, count: int) -> None:
+        """``count`` bytes of file ``fd`` from ``offset`` to the socket, on the event loop (the
+        caller holds the send lock and knows the range is in the page cache)."""
+        sock = self._sock
+        assert sock is not None
+        while count:
+            try:
+                n = os.sendfile(sock.fileno(), fd, offset, count)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            if not n:
+                raise OSError(errno.EIO, "file ended before the range being sent")
+            offset += n
+            count -= n
+
+    async def _send_failed(self, exc: BaseException) -> None:
+        """A frame write failed part-way: the stream is out of sync, so it is closed; a broken or
+        closed stream is reported as ConnectionLost (raised from here), anything else re-raised
+        by the caller."""
+        self._send_broken = f"connection unusable: a frame write was interrupted ({exc!r})"
+        await trio.aclose_forcefully(self.stream)
+        if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError, OSError)):
+            raise ConnectionLost(f"connection lost while sending: {exc!r}") from exc
 
     # -- receiving -------------------------------------------------------------------------------
 
-    async def receive(self, *, max_payload: int | None = None) -> tuple[dict, bytearray]:
+    async def receive(self, *, max_payload: int | None = None,
+                      sink: Callable[[dict, int], Sink | None] | None = None) -> tuple[dict, bytearray]:
         """Read one frame. ``max_payload`` may lower the connection's limit for this frame.
+
+        ``sink(header, payload_len)`` may name buffers for the payload (a :class:`Sink`): it is
+        then read straight into them and the returned payload is empty. Otherwise the payload
+        comes back in a new bytearray.
 
         Raises ProtocolError for a bad frame, EOFError when the peer closed cleanly between
         frames, ConnectionLost when it closed or broke mid-frame.
@@ -270,7 +370,13 @@ class FramedStream(trio.abc.AsyncResource):
         except ProtocolError as exc:
             self._receive_broken = exc
             raise
-        payload = await self._receive_payload(payload_len)
+        target = sink(header, payload_len) if sink is not None and payload_len else None
+        if target is not None:
+            await self._receive_into(target, payload_len)
+            return header, bytearray()
+        payload = bytearray(payload_len)
+        if payload_len:
+            await self._receive_into(_Whole(payload), payload_len)
         return header, payload
 
     async def _fill(self, size: int) -> None:
@@ -283,31 +389,59 @@ class FramedStream(trio.abc.AsyncResource):
                 raise self._mark_lost(ConnectionLost("peer closed the connection in the middle of a frame"))
             self._received += data
 
-    async def _receive_payload(self, size: int) -> bytearray:
-        payload = bytearray(size)
-        got = min(size, len(self._received))
-        payload[:got] = self._received[:got]
-        del self._received[:got]
-        if got == size:
-            return payload
+    async def _receive_into(self, target: Sink, size: int) -> None:
+        """Read a payload of ``size`` bytes into ``target``: what already arrived with the header
+        is copied, the rest read straight into its buffers (one ``readv`` per wakeup on plain
+        TCP; through the stream and copied under TLS)."""
         try:
-            with memoryview(payload) as dest:
-                while got < size:
-                    want = size - got
-                    data = await self._receive_some(max(_RECEIVE_CHUNK, min(want, _MAX_RECEIVE)))
+            got = min(size, len(self._received))
+            if got:
+                with memoryview(self._received) as early:
+                    _scatter(target, 0, early[:got])
+                del self._received[:got]
+            while got < size:
+                if self._sock is None:
+                    data = await self._receive_some(max(_RECEIVE_CHUNK, min(size - got, _MAX_RECEIVE)))
                     if not data:
                         raise ConnectionLost("peer closed the connection in the middle of a payload")
-                    take = min(want, len(data))
+                    take = min(size - got, len(data))
                     with memoryview(data) as src:
-                        dest[got:got + take] = src[:take]
+                        _scatter(target, got, src[:take])
                         if take < len(data):  # the start of the next frame
                             self._received += src[take:]
                     got += take
+                    continue
+                await trio.lowlevel.wait_readable(self._sock)
+                try:  # (no await between choosing the buffers and filling them)
+                    n = os.readv(self._sock.fileno(), self._buffers(target, got, size))
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise ConnectionLost(f"connection broken: {exc!r}") from exc
+                if not n:
+                    raise ConnectionLost("peer closed the connection in the middle of a payload")
+                self._bytes_received += n
+                got += n
         except BaseException as exc:
             # Part of the payload is gone; whatever comes next is not a frame boundary.
             self._mark_lost(ConnectionLost(f"a payload read was interrupted ({exc!r})"))
             raise
-        return payload
+
+    def _buffers(self, target: Sink, got: int, size: int) -> list[memoryview]:
+        """The buffers for payload bytes [got, size): the rest of ``target``'s views, or a scratch
+        buffer once its receiver has gone (its views must not be written after it returned)."""
+        if not target.open:
+            if self._discard is None:
+                self._discard = memoryview(bytearray(_MAX_RECEIVE))
+            return [self._discard[:size - got]]
+        out = []
+        for view in target.views:
+            if got >= len(view):
+                got -= len(view)
+                continue
+            out.append(view[got:] if got else view)
+            got = 0
+        return out
 
     async def _receive_some(self, max_bytes: int) -> bytes | bytearray:
         try:
@@ -327,6 +461,78 @@ class FramedStream(trio.abc.AsyncResource):
     async def aclose(self) -> None:
         self._send_broken = self._send_broken or "connection closed locally"
         await self.stream.aclose()
+
+
+class _Whole:
+    """A sink that is one new buffer (a payload nobody named buffers for)."""
+
+    __slots__ = ("open", "views")
+
+    def __init__(self, buffer: bytearray):
+        self.views = [memoryview(buffer)]
+        self.open = True
+
+
+def _scatter(target: Sink, pos: int, data: memoryview) -> None:
+    """Copy ``data`` into ``target``'s views from payload offset ``pos`` on (nothing once closed)."""
+    if not target.open:
+        return
+    for view in target.views:
+        if pos >= len(view):
+            pos -= len(view)
+            continue
+        take = min(len(view) - pos, len(data))
+        view[pos:pos + take] = data[:take]
+        data = data[take:]
+        pos = 0
+        if not data:
+            return
+
+
+def _pread_exact(fd: int, offset: int, count: int) -> bytearray:
+    out = bytearray(count)
+    with memoryview(out) as view:
+        done = 0
+        while done < count:
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if not n:
+                raise OSError(errno.EIO, "file ended before the range being sent")
+            done += n
+    return out
+
+
+def _send_file_blocking(sock_fd: int, head: bytes, fd: int, offset: int, count: int) -> None:
+    """In a worker thread: ``head``, then ``count`` bytes of file ``fd`` from ``offset``, to the
+    (non-blocking) socket. Works on a duplicate of the socket's descriptor, so a connection
+    closed meanwhile cannot hand this thread somebody else's descriptor. Raises TimeoutError when
+    the other side takes nothing for ``_SEND_STALL`` seconds."""
+    out = os.dup(sock_fd)
+    try:
+        poller = select.poll()
+        poller.register(out, select.POLLOUT)
+        view = memoryview(head)
+        while view:
+            try:
+                view = view[os.write(out, view):]
+            except BlockingIOError:
+                _wait_writable(poller)
+        while count:
+            try:
+                n = os.sendfile(out, fd, offset, count)
+            except BlockingIOError:
+                _wait_writable(poller)
+                continue
+            if not n:
+                raise OSError(errno.EIO, "file ended before the range being sent")
+            offset += n
+            count -= n
+    finally:
+        os.close(out)
+
+
+def _wait_writable(poller: select.poll) -> None:
+    if not poller.poll(_SEND_STALL * 1000):
+        raise TimeoutError(f"the other side took nothing for {_SEND_STALL:g} s")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import struct
 
 import trio
 
 from .. import rpc, wire
 from .health import PROBE_TIMEOUT, PeerHealth
-from .shardfile import ShardCorrupt, ShardMissing
+from .shardfile import ShardCorrupt, ShardMissing, block_span, check_blocks
 from .store import ForeignLake, PeerFull, PeerUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ class _NoAnswer(Exception):
         super().__init__(message)
         self.why = why  # for last_error
         self.timed_out = timed_out
+
+
+class _Unsupported(Exception):
+    """The peer does not know this op (an older server)."""
 
 
 class NetStore(PeerHealth):
@@ -58,6 +63,7 @@ class NetStore(PeerHealth):
                                             connect_timeout=connect_timeout, ssl_context=ssl_context)
         self._init_health()
         self._unsynced = False  # shards were put since the last sync
+        self._getv = True  # the peer knows ``getv`` (until it says it does not)
 
     # ------------------------------------------------------------ connections
 
@@ -95,12 +101,13 @@ class NetStore(PeerHealth):
             raise _NoAnswer(f"cannot connect: {exc or type(exc).__name__}",
                             f"{self.name}: cannot connect: {exc}") from exc
 
-    async def _rpc(self, op: str, args: dict, payload, timeout: float, *, probe: bool = False):
+    async def _rpc(self, op: str, args: dict, payload, timeout: float, *, probe: bool = False,
+                   into: rpc.Into | None = None):
         """One request, no health bookkeeping: its answer, wire.RemoteError if the peer answered
         with an error, _NoAnswer if it did not answer."""
         client = await self._client(probe=probe)
         try:
-            return await client.call(op, args, payload, timeout=timeout)
+            return await client.call(op, args, payload, timeout=timeout, into=into)
         except trio.TooSlowError:
             await rpc.close_quietly(client)
             raise _NoAnswer(f"{op} timed out", f"{self.name}: {op} timed out after {timeout:g} s",
@@ -110,14 +117,16 @@ class NetStore(PeerHealth):
             raise _NoAnswer(f"{op} failed: {exc or type(exc).__name__}", f"{self.name}: {exc}") from None
 
     async def call(self, op: str, args: dict | None = None, payload=b"", *, timeout: float | None = None,
-                   read: bool = False):
+                   read: bool = False, into: rpc.Into | None = None):
         """A request with health kept: fails at once while the peer is down (or, for a ``read``,
-        slow); any answer marks it up, no answer marks it down."""
+        slow); any answer marks it up, no answer marks it down. ``into``: see ``RpcClient.call``."""
         await self._admit(read=read)
         try:
-            result = await self._rpc(op, args or {}, payload, timeout or self.call_timeout)
+            result = await self._rpc(op, args or {}, payload, timeout or self.call_timeout, into=into)
         except wire.RemoteError as exc:
             self._mark_up()
+            if exc.errno == errno.EOPNOTSUPP and op == "getv":
+                raise _Unsupported(str(exc)) from None
             raise _from_remote(self.name, exc) from None
         except _NoAnswer as exc:
             self._mark_down(exc.why)
@@ -146,7 +155,38 @@ class NetStore(PeerHealth):
         self._unsynced = True
 
     async def get_into(self, chunk_id: int, index: int, offset: int, length: int, out: memoryview) -> None:
-        _, data = await self.call("get", {"c": chunk_id, "i": index, "o": offset, "n": length}, read=True)
+        """Shard bytes [offset, offset+length) into ``out``, checked here: the peer sends the whole
+        64 KiB blocks holding them straight from its file with their sums (``getv``), the wanted
+        bytes land in ``out`` and the edges of the first and last block in scratch buffers."""
+        args = {"c": chunk_id, "i": index, "o": offset, "n": length}
+        if length and self._getv:
+            shape: dict = {}
+
+            def buffers(result: dict, size: int) -> list[memoryview] | None:
+                block, shard_len = result["b"], result["L"]
+                if type(block) is not int or type(shard_len) is not int or block <= 0 \
+                        or offset + length > shard_len:
+                    return None
+                _first, _last, start, end = block_span(offset, length, block, shard_len)
+                if end - start != size:
+                    return None
+                head, tail = memoryview(bytearray(offset - start)), memoryview(bytearray(end - offset - length))
+                shape.update(block=block, length=shard_len, head=head, tail=tail)
+                return [head, out[:length], tail]
+
+            try:
+                result, data = await self.call("getv", args, read=True, into=buffers)
+            except _Unsupported:
+                self._getv = False  # a peer from before getv: ask it the old way from now on
+            else:
+                sums = result.get("s")
+                if not shape or data or not isinstance(sums, bytes) or len(sums) % 8:
+                    raise ShardCorrupt(f"{self.name}: malformed answer for chunk {chunk_id} shard {index}")
+                check_blocks(f"{self.name}: chunk {chunk_id} shard {index}",
+                             struct.unpack(f"<{len(sums) // 8}Q", sums), shape["block"], shape["length"],
+                             offset, shape["head"], out[:length], shape["tail"])
+                return
+        _, data = await self.call("get", args, read=True)
         if len(data) != length:
             raise ShardCorrupt(f"{self.name}: short read of chunk {chunk_id} shard {index}")
         out[:length] = data

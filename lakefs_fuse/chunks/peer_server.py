@@ -7,6 +7,9 @@ op         arguments                       answer
 =========  ==============================  ============================================
 put        c (chunk), i (index)            payload = shard bytes; stored atomically
 get        c, i, o (offset), n (length)    payload = verified shard bytes
+getv       c, i, o, n (n > 0)              b (block size), L (shard length), s (packed
+                                           xxh3-64 of each block touched); payload = those
+                                           whole blocks, unread and unchecked (sendfile)
 verify     c, i, sum (xxh3-64)             h = 'ok' | 'missing' | 'corrupt'
 delete     c, i                            --
 sync       --                              directory entries of stored shards durable
@@ -19,6 +22,12 @@ A peer holds the shards of one lake (chunk ids are unique only within a lake): t
 lake to claim it or put a shard owns it (``shards/lake-owner.json``); puts and deletes name
 their lake (``l``) and another lake's are refused with EACCES, so a copied lake or a second
 lake formatted onto the same servers can never overwrite shards.
+
+``getv`` is how lakes read: the server neither copies nor hashes the bytes, it hands the file
+range of the whole 64 KiB blocks holding them to the kernel (``os.sendfile`` over plain TCP, see
+:class:`~lakefs_fuse.wire.FileSlice`) and the reader checks them against the block sums from the
+shard's header, which the server did check. ``get`` (verified here, copied) stays for older
+lakes.
 
 Errors travel as errnos: ENOENT (no such shard), EBADMSG (checksum mismatch), ENOSPC (full),
 EIO (anything else); their text says "peer server", since only the lake knows the peer's id.
@@ -35,6 +44,7 @@ import logging
 import os
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -61,7 +71,7 @@ def peer_identity(data_dir: Path) -> str:
         raise ValueError(f"{path} is damaged: {exc}") from None
 
 
-_OPS = frozenset({"get", "put", "verify", "delete", "sync", "list", "stat", "claim"})
+_OPS = frozenset({"get", "getv", "put", "verify", "delete", "sync", "list", "stat", "claim"})
 
 
 class PeerServer:
@@ -128,6 +138,21 @@ class PeerServer:
             out = bytearray(n)
             await self._run(self.dir.get_into, c, i, o, n, memoryview(out))
             return {}, out
+        if op == "getv":
+            c, i, o, n = int(a["c"]), int(a["i"]), int(a["o"]), int(a["n"])
+            if n <= 0 or n > wire.DEFAULT_MAX_PAYLOAD - 4096:
+                raise _errno(errno.EINVAL, "bad length")
+            # A shard held open whose bytes are in the page cache is sent without a worker thread
+            # (each hand-off to one costs ~100 us of CPU); otherwise a thread opens it and reads
+            # the range into the page cache, and the loop sends it from there.
+            now = self.dir.span_now(c, i, o, n)
+            if now is not None:
+                reader, file_off, count, sums, hot = now
+            else:
+                reader, file_off, count, sums = await self._run(self.dir.open_span, c, i, o, n)
+                hot = True
+            return {"b": reader.block, "L": reader.length, "s": sums}, wire.FileSlice(
+                reader.fd, file_off, count, partial(self.dir.open.release, reader), resident=hot)
         if op in ("put", "delete", "claim") and a.get("l") is not None:
             # only the lake that owns this peer may change it ("dry": just ask whether it could)
             self.dir.claim(str(a["l"]), dry=bool(a.get("dry")) and op == "claim")
@@ -171,7 +196,13 @@ def peer_families(server: PeerServer):
 
     from ..metrics import counter, gauge, labelled
 
-    rows = sorted(list(server.op_stats.items()))
+    merged: dict[str, list] = {}
+    for op, row in list(server.op_stats.items()):
+        name = "get" if op == "getv" else op  # one series for reads, whichever way they were asked
+        into = merged.setdefault(name, [0, 0, 0.0])
+        for k in range(3):
+            into[k] += row[k]
+    rows = sorted(merged.items())
     yield labelled(CounterMetricFamily, "lakefs_peer_server_requests", "Requests served, by op", ["op"],
                    [([op], r[0]) for op, r in rows])
     yield labelled(CounterMetricFamily, "lakefs_peer_server_errors", "Requests answered with an error, by op",

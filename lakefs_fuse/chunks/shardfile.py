@@ -17,8 +17,11 @@
 Per-block checksums (rather than one per shard) let a 100 KB read from a 1 MiB shard verify
 only the blocks it touches. A range is read straight into the caller's buffer (the untouched
 parts of its first and last block into per-thread scratch buffers) and every block it touches
-is checked whole before the call returns. A file is written to a temporary name, fsynced and renamed,
-so a crash leaves either the whole shard or none of it.
+is checked whole before the call returns. A peer server instead passes the file range of those
+whole blocks on unread (``os.sendfile``) with their sums (:meth:`ShardReader.span`), and the
+receiver checks them (:func:`check_blocks`). A file is written (header and payload in one
+``writev``) to a temporary name, fsynced and renamed, so a crash leaves either the whole shard
+or none of it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import xxhash
 
@@ -62,8 +65,7 @@ def write_shard(path: str, tmp_dir: str, chunk_id: int, index: int, payload: byt
     tmp = os.path.join(tmp_dir, f"{chunk_id:016x}.{index}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        _write_all(fd, header)
-        _write_all(fd, payload)
+        _write_all(fd, header, payload)
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -74,10 +76,16 @@ def write_shard(path: str, tmp_dir: str, chunk_id: int, index: int, payload: byt
     os.rename(tmp, path)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_all(fd: int, header: bytes, payload: bytes | memoryview) -> None:
+    """Header and payload with one ``writev`` (more only if the kernel takes less)."""
+    parts = [memoryview(header), memoryview(payload).cast("B")]
+    while parts:
+        done = os.writev(fd, parts)
+        while parts and done >= len(parts[0]):
+            done -= len(parts[0])
+            parts.pop(0)
+        if parts:
+            parts[0] = parts[0][done:]
 
 
 _HEAD_GUESS = 4096
@@ -166,14 +174,10 @@ class ShardReader:
             raise ShardCorrupt(f"{self.path}: range {offset}+{length} outside shard of {self.length}")
         if length == 0:
             return
-        block = self.block
-        first, last = offset // block, (offset + length - 1) // block
-        start = first * block
-        end = min(self.length, (last + 1) * block)
-        stop = offset + length
-        head_n, tail_n = offset - start, end - stop
+        first, last, start, end = block_span(offset, length, self.block, self.length)
+        head_n, tail_n = offset - start, end - offset - length
         dest = out[:length]
-        head, tail = _scratch(block)
+        head, tail = _scratch(self.block)
         iov = [dest]
         if head_n:
             iov.insert(0, head[:head_n])
@@ -181,21 +185,56 @@ class ShardReader:
             iov.append(tail[:tail_n])
         if os.preadv(self.fd, iov, self.data_off + start) != end - start:
             raise ShardCorrupt(f"{self.path}: truncated payload")
-        sums = self.sums
-        for b in range(first, last + 1):
-            lo, hi = b * block, min(self.length, (b + 1) * block)
-            if lo >= offset and hi <= stop:  # a whole block inside the wanted range
-                digest = xxhash.xxh3_64_intdigest(dest[lo - offset:hi - offset])
-            else:  # the first or last block: scratch head + wanted bytes + scratch tail
-                h = xxhash.xxh3_64()
-                if lo < offset:
-                    h.update(head[lo - start:head_n])
-                h.update(dest[max(lo, offset) - offset:min(hi, stop) - offset])
-                if hi > stop:
-                    h.update(tail[:hi - stop])
-                digest = h.intdigest()
-            if digest != sums[b]:
-                raise ShardCorrupt(f"{self.path}: block {b} checksum mismatch")
+        check_blocks(self.path, self.sums[first:last + 1], self.block, self.length, offset,
+                     head[:head_n], dest, tail[:tail_n])
+
+    def span(self, offset: int, length: int) -> tuple[int, int, bytes]:
+        """For sending payload bytes [offset, offset+length) unread, with what checks them: the file
+        range of the whole blocks they touch (file offset, byte count) and those blocks' sums
+        (packed ``<Q`` each). The receiver checks them with :func:`check_blocks`."""
+        if not self.parsed:
+            self.parse()
+        if offset < 0 or length <= 0 or offset + length > self.length:
+            raise ShardCorrupt(f"{self.path}: range {offset}+{length} outside shard of {self.length}")
+        first, last, start, end = block_span(offset, length, self.block, self.length)
+        if os.fstat(self.fd).st_size < self.data_off + end:
+            raise ShardCorrupt(f"{self.path}: truncated payload")
+        return self.data_off + start, end - start, struct.pack(f"<{last - first + 1}Q", *self.sums[first:last + 1])
+
+
+def block_span(offset: int, length: int, block: int, payload_len: int) -> tuple[int, int, int, int]:
+    """(first block, last block, start, end): the whole ``block``-sized blocks of a payload of
+    ``payload_len`` bytes that hold bytes [offset, offset+length), length > 0, and the payload
+    range [start, end) they cover (the last block of a payload may be short)."""
+    first, last = offset // block, (offset + length - 1) // block
+    return first, last, first * block, min(payload_len, (last + 1) * block)
+
+
+def check_blocks(where: str, sums: Sequence[int], block: int, payload_len: int, offset: int,
+                 head: memoryview, dest: memoryview, tail: memoryview) -> None:
+    """Check the blocks that hold payload bytes [offset, offset+len(dest)) against ``sums`` (one
+    per block, from the block at ``offset // block`` on): ``dest`` holds those bytes, ``head``
+    the bytes of the first block before them and ``tail`` those of the last block after them.
+    Raises ShardCorrupt naming ``where`` and the block."""
+    length = len(dest)
+    first, last, start, end = block_span(offset, length, block, payload_len)
+    stop = offset + length
+    if len(sums) != last - first + 1 or len(head) != offset - start or len(tail) != end - stop:
+        raise ShardCorrupt(f"{where}: blocks and range do not match")
+    for b in range(first, last + 1):
+        lo, hi = b * block, min(payload_len, (b + 1) * block)
+        if lo >= offset and hi <= stop:  # a whole block inside the wanted range
+            digest = xxhash.xxh3_64_intdigest(dest[lo - offset:hi - offset])
+        else:  # the first or last block: head + wanted bytes + tail
+            h = xxhash.xxh3_64()
+            if lo < offset:
+                h.update(head[lo - start:])
+            h.update(dest[max(lo, offset) - offset:min(hi, stop) - offset])
+            if hi > stop:
+                h.update(tail[:hi - stop])
+            digest = h.intdigest()
+        if digest != sums[b - first]:
+            raise ShardCorrupt(f"{where}: block {b} checksum mismatch")
 
 
 _local = threading.local()

@@ -23,7 +23,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol, TypeVar, TypeVarTuple
+from typing import Literal, Protocol, TypeVar, TypeVarTuple, overload
 
 import trio
 import xxhash
@@ -137,17 +137,28 @@ class OpenShards:
         # A store dropped without close() (a lake closed, a test's store) gives its descriptors back.
         self._finalizer = weakref.finalize(self, _close_readers, self._lru)
 
+    @overload
+    def acquire(self, path: str, chunk_id: int, index: int, *, lazy: bool = False, check: bool = True,
+                held_only: Literal[False] = False) -> ShardReader: ...
+
+    @overload
+    def acquire(self, path: str, chunk_id: int, index: int, *, lazy: bool = False, check: bool = True,
+                held_only: bool) -> ShardReader | None: ...
+
     def acquire(self, path: str, chunk_id: int, index: int, *, lazy: bool = False,
-                check: bool = True) -> ShardReader:
+                check: bool = True, held_only: bool = False) -> ShardReader | None:
         """The reader of shard (chunk_id, index) at ``path``, opened if not held or if ``path`` now
         names another file (``lazy``: its header not read yet; ``check`` False: a held reader is
-        taken without looking at the name -- for hints only, never for bytes); :meth:`release` it."""
+        taken without looking at the name -- for hints only, never for bytes; ``held_only``: None
+        instead of opening a file, which may wait for the disk); :meth:`release` it."""
         key = (chunk_id, index)
         with self._lock:
             reader = self._lru.get(key)
             if reader is not None:
                 self._lru.move_to_end(key)
                 reader.users += 1
+        if reader is None and held_only:
+            return None
         if reader is not None and not check:
             return reader
         if reader is not None:
@@ -163,6 +174,8 @@ class OpenShards:
                 self.hits += 1
                 return reader
             self._discard(key, reader)  # replaced under its name: open the file there now
+            if held_only:
+                return None
         reader = ShardReader(path, chunk_id, index, lazy=lazy)  # (I/O outside the lock)
         reader.users = 1
         closing = []
@@ -220,6 +233,36 @@ class OpenShards:
 
     def __len__(self) -> int:
         return len(self._lru)
+
+
+def resident(fd: int, offset: int, count: int) -> bool:
+    """Whether file bytes [offset, offset+count) seem to be in the page cache: one byte of each
+    64 KiB (and the last byte) read with ``RWF_NOWAIT``, which fails rather than wait for the
+    disk. (A page evicted in the middle of a block costs the sender one disk wait.)"""
+    probe = _PROBE
+    try:
+        for pos in range(offset, offset + count, BLOCK):
+            os.preadv(fd, [probe], pos, os.RWF_NOWAIT)
+        if count:
+            os.preadv(fd, [probe], offset + count - 1, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return False  # (RWF_NOWAIT unsupported here: the thread path never assumes)
+    return True
+
+
+_PROBE = bytearray(1)
+
+
+def read_in(fd: int, offset: int, count: int) -> bool:
+    """Bring file bytes [offset, offset+count) into the page cache and wait for them (blocking):
+    ``POSIX_FADV_WILLNEED`` for all of it at once, then one byte of each 64 KiB block read.
+    Returns True (resident now)."""
+    os.posix_fadvise(fd, offset, count, os.POSIX_FADV_WILLNEED)
+    for pos in range(offset, offset + count, BLOCK):
+        os.pread(fd, 1, pos)
+    return True
 
 
 class ShardDir:
@@ -303,6 +346,53 @@ class ShardDir:
             raise PeerUnavailable(f"{self.label}: {exc}") from exc
         finally:
             self.open.release(reader)
+
+    def span_now(self, chunk_id: int, index: int, offset: int,
+                 length: int) -> tuple[ShardReader, int, int, bytes, bool] | None:
+        """:meth:`open_span` without waiting for the disk, for the event loop: None unless the shard
+        is held open (a ``stat`` of its name checks it is still that file). Also says whether the
+        range is in the page cache (:func:`resident`): if so, it can be sent from the loop."""
+        try:
+            reader = self.open.acquire(self._path(chunk_id, index), chunk_id, index, held_only=True)
+        except OSError as exc:
+            raise PeerUnavailable(f"{self.label}: {exc}") from exc
+        if reader is None:
+            return None
+        if not reader.parsed:  # (its header is still to be read: that may wait for the disk)
+            self.open.release(reader)
+            return None
+        return reader, *self._span(reader, chunk_id, index, offset, length, resident)
+
+    def open_span(self, chunk_id: int, index: int, offset: int, length: int) -> tuple[ShardReader, int, int, bytes]:
+        """For a peer server that sends shard bytes [offset, offset+length) unread: the open reader
+        (:meth:`OpenShards.release` it once sent), the file range of the whole blocks holding them
+        and those blocks' sums (:meth:`ShardReader.span`). Blocking: the range is read into the
+        page cache before this returns (:func:`read_in`), so the event loop can send it."""
+        try:
+            reader = self.open.acquire(self._path(chunk_id, index), chunk_id, index)
+        except OSError as exc:
+            raise PeerUnavailable(f"{self.label}: {exc}") from exc
+        file_off, count, sums, _ = self._span(reader, chunk_id, index, offset, length, read_in)
+        return reader, file_off, count, sums
+
+    def _span(self, reader: ShardReader, chunk_id: int, index: int, offset: int, length: int,
+              then: Callable[[int, int, int], bool]) -> tuple[int, int, bytes, bool]:
+        """``reader.span`` and ``then(fd, file offset, count)`` of its range; on failure the reader
+        is released (and dropped if the file is bad)."""
+        try:
+            file_off, count, sums = reader.span(offset, length)
+            return file_off, count, sums, then(reader.fd, file_off, count)
+        except ShardCorrupt:
+            self.open.drop(chunk_id, index)
+            self.open.release(reader)
+            raise
+        except OSError as exc:
+            self.open.drop(chunk_id, index)
+            self.open.release(reader)
+            raise PeerUnavailable(f"{self.label}: {exc}") from exc
+        except BaseException:
+            self.open.release(reader)
+            raise
 
     def advise(self, chunk_id: int, index: int, offset: int, length: int, payload_len: int) -> None:
         """A read of payload bytes [offset, offset+length) is coming: have the kernel start reading

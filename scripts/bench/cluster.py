@@ -34,6 +34,9 @@ Usage (root: /dev/fuse, fusermount3 and drop_caches)::
     .venv/bin/python scripts/bench/cluster.py --quick         # 256 MiB, no read-ahead reference row
     .venv/bin/python scripts/bench/cluster.py --out cluster.md
 
+``--profile DIR`` adds two cold lakefs reads after C1's, one with py-spy and one with perf recording
+the mount daemon and peer 0; their top functions end the report.
+
 Every process started here (peers, weed mini, weed mount, the lakefs mount daemon) is stopped and
 every mount unmounted in a ``finally``, on errors and Ctrl-C too (children also get a parent-death
 signal via setpriv, should this script be SIGKILLed). A phase exceeding --phase-timeout gets thread /
@@ -54,11 +57,14 @@ from common import (
     DiskStats,
     GiB,
     Payload,
+    Profiler,
     bdi_read_ahead,
     cell,
     find_tool,
     human,
     log,
+    perf_top,
+    profile_top,
     ratio,
     read_ahead_of,
     syncfs,
@@ -83,6 +89,7 @@ class Bench(runner.Bench):
         self.sw = SeaweedFS(self.workdir / "seaweedfs", self.caches, weed, args.weed_mount_arg)
         self.facts: dict[str, str] = {}
         self.payload = Payload(b"LKFBENCH")
+        self.profiles: list[tuple[str, list[str]]] = []  # --profile: (title, top functions)
 
     def cpu_groups(self) -> dict[str, list[Daemon]]:
         g = {"lakefs daemon": list(self.lake.daemons), "lakefs peers": [c.d for c in self.cluster.children()],
@@ -155,6 +162,9 @@ class Bench(runner.Bench):
         self.run_phase("mount", LAKEFS, lake.mount)
         self.read_phase("C1 read cold", LAKEFS, path, lake.mnt)
         self.run_phase("unmount", LAKEFS, lake.umount)
+        if a.profile:
+            for tool in ("py-spy", "perf"):
+                self.profiled_read(tool, path)
         if a.kill <= 0:
             return
         victims = [cl.peers[i] for i in KILL_ORDER[:a.kill]]
@@ -166,6 +176,27 @@ class Bench(runner.Bench):
         if "'degraded read' lines" not in ph.note:
             ph.note += "; NOTE: no 'degraded read' line in mount.log"
         self.run_phase("unmount", LAKEFS, lake.umount)
+
+    def profiled_read(self, tool: str, path: Path) -> None:
+        """One more cold read with ``tool`` recording the mount daemon and peer 0 (a phase of its
+        own: the samplers' CPU stays out of the measured ones); their top functions go to the report."""
+        a, lake = self.args, self.lake
+        self.run_phase("cold prep (sync+drop)", LAKEFS, self.settle)
+        self.run_phase("mount", LAKEFS, lake.mount)
+        assert lake.current is not None
+        a.profile.mkdir(parents=True, exist_ok=True)
+        targets = {"mount daemon": lake.current.pid, "peer 0": self.cluster.peers[0].child.d.pid}
+        profs = {who: Profiler(a.profile, pid, tool, f"cluster-read-{who.replace(' ', '-')}")
+                 for who, pid in targets.items()}
+        try:
+            self.read_phase(f"C1 read cold, {tool}", LAKEFS, path, lake.mnt)
+        finally:
+            for prof in profs.values():
+                prof.stop()
+        self.run_phase("unmount", LAKEFS, lake.umount)
+        for who, prof in profs.items():
+            top = profile_top(prof.out, 25) if tool == "py-spy" else perf_top(prof.out, 25)
+            self.profiles.append((f"{tool} of the {who}, cold read ({prof.out})", top))
 
     def _record_layout(self, path: Path) -> None:
         try:
@@ -293,6 +324,8 @@ class Bench(runner.Bench):
                        f"{' | '.join(c)} | {ph.other_cpu:.2f} | {busy} | {cell(ph.disk_write_mb, '{:,.0f}')} | "
                        f"{cell(ph.disk_flushes, '{:,}')} | {ph.note} |")
         rss = rss_line("lakefs daemon", self.lake.daemons) + rss_line("weed mount", [c.d for c in self.sw.mounts])
+        for title, lines in self.profiles:
+            out += ["", f"### {title}", "", "```", *lines, "```"]
         return "\n".join(out + ([""] + rss if rss else [])) + "\n"
 
 
@@ -312,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
                          "--quick: off; 0 disables)")
     common_options(ap, phase_timeout=300)
     lake_options(ap)
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="after lakefs's C1 read, two more cold reads: one with py-spy, one with perf recording "
+                         "the mount daemon and peer 0 (raw files in DIR, top functions in the report)")
     ap.add_argument("--weed-mount-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for `weed mount` (repeatable)")
     args = ap.parse_args(argv)

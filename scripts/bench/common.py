@@ -37,6 +37,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -679,3 +680,80 @@ def tool_version(argv: list[str], last_word: bool = False) -> str:
         return line.split()[-1] if last_word else line
     except (OSError, subprocess.TimeoutExpired, IndexError):
         return "?"
+
+
+# ----------------------------------------------------------------------------------------------
+# Profiles of a phase
+
+
+class Profiler:
+    """py-spy (``record -r 200 -f raw``: Python stacks) or perf (``record -F 999 -g``: native and
+    kernel stacks) recording one process until stopped (SIGINT makes either write its output)."""
+
+    def __init__(self, out_dir: Path, pid: int, tool: str, name: str):
+        """Record ``pid`` into ``out_dir``/``name``.raw (py-spy) or .perf.data (perf)."""
+        if tool == "py-spy":
+            self.out = out_dir / f"{name}.raw"
+            argv = [str(VENV_BIN / "py-spy"), "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(self.out)]
+        else:
+            self.out = out_dir / f"{name}.perf.data"
+            argv = ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(self.out)]
+        self.child = Child(tool, argv, self.out.with_suffix(".log"), deathsig="INT")
+        time.sleep(1.0)  # attached before the phase starts (no readiness signal to wait for)
+
+    def stop(self) -> None:
+        self.child.send(signal.SIGINT)
+        if not self.child.d.reap(120):
+            self.child.stop(signal.SIGKILL, 10)
+            raise BenchError(f"{self.child.name} did not exit after SIGINT")
+
+
+def perf_top(data: Path, n: int = 30) -> list[str]:
+    """The top ``n`` symbols (self) of a perf recording, kernel and native together."""
+    res = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,sym", "--stdio",
+                          "--percent-limit", "0.5", "-g", "none"], capture_output=True, text=True, timeout=300)
+    rows = [ln for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+    return rows[:n] or [res.stderr.strip()[:500]]
+
+
+_FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
+
+
+def frame_name(frame: str) -> str:
+    """'fn (path/to/lakefs_fuse/x.py:12)' -> 'fn (lakefs_fuse/x.py)' (summed by function)."""
+    m = _FRAME.match(frame)
+    if not m:
+        return frame
+    path = m.group(2)
+    for marker in ("lakefs_fuse/", "site-packages/", "lib/python"):
+        k = path.find(marker)
+        if k >= 0:
+            path = path[k + (0 if marker == "lakefs_fuse/" else len(marker)):]
+            break
+    return f"{m.group(1)} ({path.lstrip('/')})"
+
+
+def profile_top(raw: Path, n: int = 30) -> list[str]:
+    """The top ``n`` functions of a py-spy raw (folded) file, by self and by inclusive samples."""
+    self_c: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        frames = [frame_name(f) for f in stack.split(";")]
+        if frames[-1].startswith("WorkerThread._work "):
+            continue  # an idle trio worker thread waiting for a job (py-spy cannot tell it is idle)
+        total += c
+        self_c[frames[-1]] += c
+        for f in set(frames):
+            incl[f] += c
+    if not total:
+        return ["(no samples)"]
+    out = [f"{total} samples (daemon threads not idle; idle trio workers left out)", "", "self %  function"]
+    out += [f"{100 * c / total:6.1f}  {f}" for f, c in self_c.most_common(n)]
+    out += ["", "incl %  function"]
+    out += [f"{100 * c / total:6.1f}  {f}" for f, c in incl.most_common(n)]
+    return out

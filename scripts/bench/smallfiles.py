@@ -69,12 +69,9 @@ import argparse
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,15 +81,17 @@ from common import (
     CLK_TCK,
     VENV_BIN,
     BenchError,
-    Child,
     Daemon,
     Payload,
+    Profiler,
     cell,
     close_fds_under,
     find_tool,
     is_mountpoint,
     log,
     noproxy_env,
+    perf_top,
+    profile_top,
     ratio,
     split_opts,
     syncfs,
@@ -165,78 +164,6 @@ def read_client(lake: Any, paths: list[str], order: list[int], size: int, payloa
         payload.check_file(i, size, data, len(data), paths[i])
 
     in_threads(order, threads, read_one, "client")
-
-
-class Profiler:
-    """py-spy (``record -r 200 -f raw``: Python stacks) or perf (``record -F 999 -g``: native and
-    kernel stacks) recording one process until stopped (SIGINT makes either write its output)."""
-
-    def __init__(self, out_dir: Path, pid: int, tool: str):
-        if tool == "py-spy":
-            self.out = out_dir / "lakefs-4threads.raw"
-            argv = [str(VENV_BIN / "py-spy"), "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(self.out)]
-        else:
-            self.out = out_dir / "lakefs-4threads.perf.data"
-            argv = ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(self.out)]
-        self.child = Child(tool, argv, self.out.with_suffix(".log"), deathsig="INT")
-        time.sleep(1.0)  # attached before the phase starts (no readiness signal to wait for)
-
-    def stop(self) -> None:
-        self.child.send(signal.SIGINT)
-        if not self.child.d.reap(120):
-            self.child.stop(signal.SIGKILL, 10)
-            raise BenchError(f"{self.child.name} did not exit after SIGINT")
-
-
-def perf_top(data: Path, n: int = 30) -> list[str]:
-    """The top ``n`` symbols (self) of a perf recording, kernel and native together."""
-    res = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,sym", "--stdio",
-                          "--percent-limit", "0.5", "-g", "none"], capture_output=True, text=True, timeout=300)
-    rows = [ln for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
-    return rows[:n] or [res.stderr.strip()[:500]]
-
-
-_FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
-
-
-def frame_name(frame: str) -> str:
-    """'fn (path/to/lakefs_fuse/x.py:12)' -> 'fn (lakefs_fuse/x.py)' (summed by function)."""
-    m = _FRAME.match(frame)
-    if not m:
-        return frame
-    path = m.group(2)
-    for marker in ("lakefs_fuse/", "site-packages/", "lib/python"):
-        k = path.find(marker)
-        if k >= 0:
-            path = path[k + (0 if marker == "lakefs_fuse/" else len(marker)):]
-            break
-    return f"{m.group(1)} ({path.lstrip('/')})"
-
-
-def profile_top(raw: Path, n: int = 30) -> list[str]:
-    """The top ``n`` functions of a py-spy raw (folded) file, by self and by inclusive samples."""
-    self_c: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        c = int(count)
-        frames = [frame_name(f) for f in stack.split(";")]
-        if frames[-1].startswith("WorkerThread._work "):
-            continue  # an idle trio worker thread waiting for a job (py-spy cannot tell it is idle)
-        total += c
-        self_c[frames[-1]] += c
-        for f in set(frames):
-            incl[f] += c
-    if not total:
-        return ["(no samples)"]
-    out = [f"{total} samples (daemon threads not idle; idle trio workers left out)", "", "self %  function"]
-    out += [f"{100 * c / total:6.1f}  {f}" for f, c in self_c.most_common(n)]
-    out += ["", "incl %  function"]
-    out += [f"{100 * c / total:6.1f}  {f}" for f, c in incl.most_common(n)]
-    return out
 
 
 def daemon_pid(s: System) -> int | None:
@@ -442,7 +369,7 @@ class Bench(runner.Bench):
             prof: Profiler | None = None
             if profiled:
                 assert isinstance(s, LakeSystem) and s.lake.current is not None
-                prof = Profiler(a.profile, s.lake.current.pid, tool)
+                prof = Profiler(a.profile, s.lake.current.pid, tool, "lakefs-4threads")
             name = phase_name(threads) + (f", {tool}" if profiled else "")
             pid = daemon_pid(s) if not key.startswith("client") else os.getpid()
             t0 = user_sys(pid) if pid else None
