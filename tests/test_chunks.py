@@ -11,7 +11,7 @@ import trio
 
 from lakefs_fuse.chunks.client import ChunkClient
 from lakefs_fuse.chunks.layout import ChunkLayout, data_shards_for, shard_len_for
-from lakefs_fuse.chunks.placement import PeerChoice, place
+from lakefs_fuse.chunks.placement import PeerChoice, place, place_spare
 from lakefs_fuse.chunks.shardfile import ShardCorrupt, ShardMissing, ShardReader, write_shard
 from lakefs_fuse.chunks.store import LocalDirStore, PeerFull, ShardDir
 from lakefs_fuse.errors import DataUnavailable, NoSpace
@@ -265,3 +265,25 @@ def test_small_reads_across_two_local_shards_take_the_straight_path(tmp_path):
         assert await client.read(lay, edge - 50_000, 100_000) == data[edge - 50_000:edge + 50_000]
         assert client.degraded_reads == 1
     trio.run(main)
+
+
+def test_a_spare_peer_keeps_the_zone_rule():
+    """A replacement for one shard of a 6+3 chunk over 3 zones (at most 3 shards per zone) goes to
+    the zone holding fewer than 3 of the others, counting holders that are down (not offered)."""
+    peers = [PeerChoice(pid, f"z{pid % 3}") for pid in range(12)]
+    zone_of = {p.peer_id: p.zone for p in peers}
+    for chunk_id in range(300):
+        layout = place(chunk_id, peers, 9)
+        lost = layout[0]
+        holders = layout[1:]
+        up = [p for p in peers if p.peer_id != lost]
+        spare = place_spare(chunk_id, up, 1, holders, 9, zone_of)
+        assert spare and spare[0] not in layout and zone_of[spare[0]] == zone_of[lost]
+        # a holder that is down still counts for its zone: the spare never joins a full zone
+        down = holders[0]
+        spare = place_spare(chunk_id, [p for p in up if p.peer_id != down], 1, holders, 9, zone_of)
+        assert zone_of[spare[0]] == zone_of[lost]
+        # ``exclude`` (peers that refused) is never offered; with no room left in that zone, any peer
+        free = [p.peer_id for p in up if p.zone == zone_of[lost] and p.peer_id not in holders]
+        spare = place_spare(chunk_id, up, 1, holders, 9, zone_of, exclude=free)
+        assert spare and spare[0] not in free and spare[0] not in layout

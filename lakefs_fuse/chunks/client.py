@@ -44,7 +44,7 @@ import xxhash
 from ..errors import DataUnavailable, NoSpace
 from .codec import NotEnoughShards, get_codec
 from .layout import ChunkLayout, data_shards_for, shard_len_for
-from .placement import PeerChoice, place
+from .placement import PeerChoice, place, place_spare
 from .shardfile import ShardCorrupt, ShardMissing, header_size
 from .store import INLINE_READ, LocalDirStore, PeerFull, PeerUnavailable, ShardStore
 
@@ -100,6 +100,8 @@ class ChunkClient:
         # Peers without a weight (removed, draining) still serve reads but get no new shards.
         self.choices = [PeerChoice(pid, (zones or {}).get(pid, ""), weights[pid] if weights is not None else 1.0)
                         for pid in self.stores if weights is None or pid in weights]
+        #: Every peer's zone, those that take no shards included (a spare keeps clear of their zones).
+        self.zone_of: dict[int, str] = dict(zones or {})
         self.limiter = trio.CapacityLimiter(threads)
         self.degraded_reads = 0
         self.partial_writes = 0
@@ -158,7 +160,9 @@ class ChunkClient:
                         self._refused(peer_id, exc, len(shards[index]), f"chunk {chunk_id} shard {index}")
                 else:
                     log.debug("chunk %d shard %d: peer %d is full", chunk_id, index, peer_id)
-                spare = place(chunk_id, self._placeable(), 1, exclude=sorted(tried | set(peers)))
+                others = [p for j, p in enumerate(peers) if j != index]
+                spare = place_spare(chunk_id, self._placeable(), 1, others, width, self.zone_of,
+                                    exclude=tried | set(peers))
                 if not spare:
                     failed.append(index)
                     return
@@ -283,6 +287,7 @@ class ChunkClient:
         for pid in added:
             self._peer_stats(pid)
         self.choices = [PeerChoice(pid, zones.get(pid, ""), weights[pid]) for pid in self.stores if pid in weights]
+        self.zone_of = dict(zones)
 
     def writable_peers(self) -> int:
         """Peers that take new shards and are not known to be down or full right now."""
@@ -626,8 +631,9 @@ class ChunkClient:
                             log.warning("chunk %d: rebuilt shard %d refused by peer %d: %s", layout.chunk_id,
                                         index, peer, exc)
                 refused.add(peer)
-                busy = holders | refused | set(claimed.values())
-                spare = place(layout.chunk_id, self._placeable(), 1, exclude=sorted(busy))
+                others = holders | {p for i, p in claimed.items() if i != index}
+                spare = place_spare(layout.chunk_id, self._placeable(), 1, others, layout.width, self.zone_of,
+                                    exclude=refused | {peer})
                 if not spare:
                     unplaced[index] = f"no peer could take it (last refusal: {why})"
                     return

@@ -3,14 +3,17 @@
 Each peer scores ``weight / -ln(u)`` with ``u`` a hash of (chunk id, peer id) in (0, 1):
 adding or removing a peer only changes the chunks whose top choices involve it. Shards are
 spread across zones round-robin (best-scoring zone first), so losing a zone loses at most
-``ceil(width / zones)`` shards. The chosen peers are recorded in the chunk's record, so
+``ceil(width / zones)`` shards. A shard placed later beside the others (a write's replacement for
+a refusing peer, a repair's target) keeps that rule: :func:`place_spare` only offers zones that
+hold fewer than ``ceil(width / zones)`` of the chunk's shards. The chosen peers are recorded in the chunk's record, so
 reads never depend on the peer set of the day.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import xxhash
@@ -47,3 +50,19 @@ def place(chunk_id: int, peers: Iterable[PeerChoice], width: int, exclude: Seque
                 chosen.append(ranked[depth][1])
         depth += 1
     return chosen
+
+
+def place_spare(chunk_id: int, peers: Sequence[PeerChoice], n: int, holders: Iterable[int],
+                width: int, zone_of: Mapping[int, str], exclude: Iterable[int] = ()) -> list[int]:
+    """Up to ``n`` more peers for a chunk of ``width`` shards whose other shards are on ``holders``
+    (never one of them, nor of ``exclude``): only peers in zones holding fewer than
+    ``ceil(width / zones)`` of those shards, so losing a zone still loses no more than placement
+    allows; if that leaves fewer than ``n``, any peer. ``zone_of`` is every peer's zone (a holder
+    that is down or removed, and so not among ``peers``, still counts for its zone)."""
+    held_by = set(holders)
+    barred = sorted(held_by | set(exclude))
+    zones = {p.zone for p in peers if p.weight > 0}
+    cap = -(-width // max(1, len(zones)))
+    held = Counter(zone_of.get(h, "") for h in held_by)
+    spare = place(chunk_id, [p for p in peers if held[p.zone] < cap], n, exclude=barred)
+    return spare if len(spare) >= n else place(chunk_id, peers, n, exclude=barred)

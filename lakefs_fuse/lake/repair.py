@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..chunks.layout import ChunkLayout
-from ..chunks.placement import place
+from ..chunks.placement import place, place_spare
 from ..chunks.store import ShardStore
 from ..errors import DataUnavailable, LakeError
 from ..meta.commands import MoveShard
@@ -130,7 +130,8 @@ async def _run_batch(fn, batch: list[ChunkLayout]) -> None:
 def _targets(lake: Lake, layout: ChunkLayout, bad: list[int]) -> dict[int, int]:
     keep = [p for i, p in enumerate(layout.peers) if i not in bad]
     usable = [c for c in lake.chunks.choices if getattr(lake.chunks.stores[c.peer_id], "up", True)]
-    spare = place(layout.chunk_id, usable, len(bad), exclude=keep)
+    # (zones of the kept shards' peers count even when those peers are down: ``zone_of`` has all)
+    spare = place_spare(layout.chunk_id, usable, len(bad), keep, layout.width, lake.chunks.zone_of)
     if len(spare) < len(bad):
         # No spare peer: put a shard back where it was if that peer answers (corrupt/missing
         # shard on a live peer), never on a peer that already holds another shard of the chunk.
