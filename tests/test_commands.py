@@ -46,6 +46,7 @@ WIRE = [
     ["set_meta_member", 2, "127.0.0.1:7001"],
     ["set_meta_member", 2, None],
     ["load_keys", [[b"F", b"\x80"], [b"I" + S.u64(1), b"\x90"]], True],
+    ["import_files", [CHUNK], [[ROOT_INO, b"n", 0o644, 0, 0, [[0, 100, 7, 0]]], [ROOT_INO, b"e", 0o600, 1, 2, []]], 70],
     ["fsck", [["drop_dentry", ROOT_INO, b"x"], ["set_nlink", 5, 1], ["relink", 6, 9, b"#6"],
               ["drop_extent", 5, 0, 4096], ["drop_extents", 8], ["set_refs", 7, 0]], 26],
 ]

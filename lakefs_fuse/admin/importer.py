@@ -1,12 +1,25 @@
 """Bulk ingest: ``lakefs-fuse import SRC DEST`` copies a local tree into a lake without FUSE.
 
-The importer drives the same :class:`~.vfs.VFS` a mount uses -- so packing, erasure coding,
-placement and metadata commands are exactly a mount's -- but without the kernel in between:
-no 7 FUSE requests per small file, and files are read from disk by ``jobs`` worker threads while
-the writer packs whatever arrives together into shared chunks (the pack delay is the writer's
-grouping window). At the end every buffer is sealed and the shards and metadata are synced, so a
-finished import is durable. An interrupted one leaves whole files only: each file is committed
-as a unit, and a rerun skips files that are already there with the same size.
+*Small files go in batches.* Files up to :data:`SMALL_FILE` (and a quarter of the lake's chunk
+size) are cut into batches of up to :data:`BATCH_FILES` files and one chunk's worth of bytes,
+one EC profile each (their directories'). A batch is read by a worker thread, stored on the peers
+as one chunk (``put_chunk``: erasure coding and shard writes), then created by ONE metadata
+command, :class:`~..meta.commands.ImportFiles` -- one RocksDB WriteBatch, on a cluster one Raft
+entry -- instead of a lookup, a ``mknod`` and a share of a ``commit`` per file. ``jobs`` batches
+are in flight at once (each worker's chunk upload and command overlap the others'; a cluster
+lake's metadata client spreads the commands over its sessions, and the leader's group commit
+shares their fsyncs). The command's results are per file: a name that exists by then, or any
+other refusal, fails that file alone, and the report names it. A batch whose chunk or command
+fails (peers full, metadata unavailable past ``--meta-timeout``) reports each of its files as
+not imported -- it may have committed after all; a rerun skips what is there.
+
+Before any batch, each destination directory is listed once: a file already there with the same
+size is skipped (a rerun resumes), one with another size (or with ``overwrite``) is unlinked and
+imported again, a non-file of the same name fails. Bigger files are written through the same
+:class:`~.vfs.VFS` a mount uses (packing, erasure coding, placement and metadata commands are
+exactly a mount's), ``jobs`` at a time beside the batches. At the end every buffer is sealed and
+the shards and metadata are synced, so a finished import is durable; an interrupted one leaves
+whole files only.
 
 Symbolic links are copied as links (the link and its target text, never what it points to: a
 link to a directory does not become a copy of that directory). What a lake cannot hold -- sockets,
@@ -18,6 +31,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as st
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +39,17 @@ from pathlib import Path
 import trio
 
 from .. import errors as E
-from ..meta.schema import ROOT_INO
+from ..lake.records import record_of
+from ..meta.commands import ImportFile, ImportFiles
+from ..meta.schema import ROOT_INO, Inode
 from ..meta.state import EC_XATTR
 from ..mount.vfs import VFS, Ctx
 
 PIECE = 1 << 20
+#: Files up to this size (and up to a quarter of the lake's chunk size) are imported in batches.
+SMALL_FILE = 1 << 20
+#: Most files in one batch: one chunk, one ``import_files`` command (one Raft entry).
+BATCH_FILES = 256
 
 
 @dataclass
@@ -109,34 +129,29 @@ async def _mkdirs(vfs: VFS, parent: int, rel: Path, ctx: Ctx) -> int:
 
 
 async def import_tree(vfs: VFS, src: Path, dest: str, *, jobs: int = 8, overwrite: bool = False,
-                      on_file: Callable[[int], None] | None = None) -> ImportReport:
-    """Copy ``src`` (a local directory) to ``dest`` (a path inside the lake, created if missing)."""
+                      on_file: Callable[[int], None] | None = None, tree: SourceTree | None = None) -> ImportReport:
+    """Copy ``src`` (a local directory) to ``dest`` (a path inside the lake, created if missing).
+    ``tree``: what :func:`scan` found there, if the caller scanned already."""
     ctx = Ctx(os.getuid(), os.getgid(), os.getpid(), 0o022)
-    tree = await trio.to_thread.run_sync(scan, src)
+    if tree is None:
+        tree = await trio.to_thread.run_sync(scan, src)
     report = ImportReport(not_copied=tree.not_copied)
-    files = tree.files
     top = await _mkdirs(vfs, ROOT_INO, Path(dest.strip("/")) if dest.strip("/") else Path(), ctx)
     inos: dict[Path, int] = {Path(): top}
-    for rel in tree.dirs:
+
+    async def mkdir(rel: Path) -> None:
         inos[rel] = await _mkdirs(vfs, inos[rel.parent], Path(rel.name), ctx)
-        report.dirs += 1
+    for depth in sorted({len(rel.parts) for rel in tree.dirs}):  # parents first, siblings at once
+        await _each([(rel,) for rel in tree.dirs if len(rel.parts) == depth], mkdir, jobs)
+    report.dirs += len(tree.dirs)
     for rel in tree.symlinks:
         await _symlink(vfs, src, rel, inos[rel.parent], ctx, report)
+    small, big = await _sort_files(vfs, tree.files, inos, overwrite, ctx, report, on_file, jobs)
+    batches = _batches(small, small_limit(vfs.chunk_size))
 
-    async def one(rel: Path, size: int) -> None:
+    async def one(rel: Path, size: int) -> None:  # a big file: written through the VFS like a mount's
         parent, name = inos[rel.parent], os.fsencode(rel.name)
         try:
-            try:
-                existing = await vfs.meta.lookup(parent, name)
-            except E.NotFound:
-                existing = None
-            if existing is not None:
-                if not overwrite and existing.is_reg and existing.size == size:
-                    report.skipped += 1
-                    return
-                if not existing.is_reg:
-                    raise E.Exists("exists and is not a regular file")
-                await vfs.unlink(parent, name, ctx)
             data = await trio.to_thread.run_sync((src / rel).read_bytes)
             fh, inode, _ = await vfs.create(parent, name, 0o644, os.O_WRONLY, ctx)
             try:
@@ -150,26 +165,202 @@ async def import_tree(vfs: VFS, src: Path, dest: str, *, jobs: int = 8, overwrit
             report.files += 1
             report.bytes += len(data)
         except (E.LakeError, OSError) as exc:
-            report.failed.append((str(rel), str(exc) or os.strerror(getattr(exc, "errno", errno.EIO))))
+            report.failed.append((str(rel), _why(exc)))
         finally:
             if on_file:
                 on_file(size)
 
-    send, receive = trio.open_memory_channel(jobs * 4)
+    too_old: list[bool] = []
 
-    async def worker(items: trio.MemoryReceiveChannel) -> None:
-        async with items:
-            async for rel, size in items:
-                await one(rel, size)
+    async def batch(b: _Batch) -> None:
+        try:
+            await _import_batch(vfs, src, b, inos, ctx, report, on_file)
+        except _ServersTooOld:  # (raised below, outside the nurseries: one line at the CLI)
+            too_old.append(True)
+            scope.cancel()
+
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_each, [(b,) for b in batches], batch, jobs)
+            nursery.start_soon(_each, big, one, jobs)
+    if too_old:
+        raise E.UserError("the metadata servers run an older lakefs-fuse that does not know import_files: "
+                          "upgrade them before importing")
+    return report
+
+
+class _ServersTooOld(Exception):
+    """The metadata servers refused ``import_files`` as an unknown command."""
+
+
+async def _each(items: list, run: Callable, n: int) -> None:
+    """``await run(*item)`` for every item, ``n`` at a time."""
+    send, receive = trio.open_memory_channel(n)
+
+    async def worker(channel: trio.MemoryReceiveChannel) -> None:
+        async with channel:
+            async for item in channel:
+                await run(*item)
 
     async with trio.open_nursery() as nursery:
         async with receive:
-            for _ in range(jobs):
+            for _ in range(n):
                 nursery.start_soon(worker, receive.clone())
         async with send:
-            for item in files:
+            for item in items:
                 await send.send(item)
-    return report
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or os.strerror(getattr(exc, "errno", None) or errno.EIO)
+
+
+def small_limit(chunk_size: int) -> int:
+    """Files up to this size are imported in batches (one chunk each); bigger ones one at a time."""
+    return min(SMALL_FILE, chunk_size // 4)
+
+
+@dataclass
+class _Batch:
+    """Small files that go into one chunk and one ``import_files`` command."""
+
+    profile: tuple[int, int] | None     # their directories' EC profile (a chunk has one)
+    files: list[tuple[Path, int]] = field(default_factory=list)
+    nbytes: int = 0
+
+
+def _batches(files: list[tuple[Path, int, tuple[int, int] | None]], limit: int) -> list[_Batch]:
+    """Cut ``files`` (path, size, profile) into batches of at most :data:`BATCH_FILES` files and
+    ``4 * limit`` bytes, one EC profile each, in the order given."""
+    out: list[_Batch] = []
+    open_: dict[tuple[int, int] | None, _Batch] = {}
+    for rel, size, profile in files:
+        b = open_.get(profile)
+        if b is None or len(b.files) >= BATCH_FILES or b.nbytes + size > 4 * limit:
+            b = open_[profile] = _Batch(profile)
+            out.append(b)
+        b.files.append((rel, size))
+        b.nbytes += size
+    return out
+
+
+async def _sort_files(vfs: VFS, files: list[tuple[Path, int]], inos: dict[Path, int], overwrite: bool, ctx: Ctx,
+                      report: ImportReport, on_file: Callable[[int], None] | None, jobs: int
+                      ) -> tuple[list[tuple[Path, int, tuple[int, int] | None]], list[tuple[Path, int]]]:
+    """Decide each file's fate against what its directory holds (one listing per directory, ``jobs``
+    directories at once): skipped (same size, no ``overwrite``), failed (exists and is not a file),
+    replaced (the old one unlinked first), or imported -- small ones in batches, big ones one at a
+    time."""
+    limit = small_limit(vfs.chunk_size)
+    listings: dict[int, dict[bytes, Inode]] = {}
+    profiles: dict[int, tuple[int, int] | None] = {}
+
+    async def look(parent: int) -> None:
+        listings[parent] = await _listing(vfs, parent)
+        profiles[parent] = (await vfs.meta.getattr(parent)).profile
+    await _each([(ino,) for ino in {inos[rel.parent] for rel, _ in files}], look, jobs)
+    small: list[tuple[Path, int, tuple[int, int] | None]] = []
+    big: list[tuple[Path, int]] = []
+    for rel, size in files:
+        parent, name = inos[rel.parent], os.fsencode(rel.name)
+        existing = listings[parent].get(name)
+        try:
+            if existing is not None:
+                if not overwrite and existing.is_reg and existing.size == size:
+                    report.skipped += 1
+                    if on_file:
+                        on_file(size)
+                    continue
+                if not existing.is_reg:
+                    raise E.Exists("exists and is not a regular file")
+                await vfs.unlink(parent, name, ctx)
+        except (E.LakeError, OSError) as exc:
+            report.failed.append((str(rel), _why(exc)))
+            if on_file:
+                on_file(size)
+            continue
+        if size <= limit:
+            small.append((rel, size, profiles[parent]))
+        else:
+            big.append((rel, size))
+    return small, big
+
+
+async def _listing(vfs: VFS, ino: int) -> dict[bytes, Inode]:
+    """Every entry of directory ``ino``: name -> inode."""
+    out: dict[bytes, Inode] = {}
+    cookie = 0
+    while page := await vfs.meta.readdir(ino, cookie, 1000):
+        for name, inode, _cookie in page:
+            out[name] = inode
+        cookie = page[-1][2]  # the next page starts after the last entry
+    return out
+
+
+def _read_batch(src: Path, files: list[tuple[Path, int]], limit: int) -> list[bytes | OSError]:
+    """The bytes of each file, or why it could not be read (in a worker thread)."""
+    out: list[bytes | OSError] = []
+    base = os.fspath(src)
+    for rel, _size in files:
+        try:
+            with open(os.path.join(base, rel), "rb", buffering=0) as f:
+                data = f.readall()
+            if len(data) > limit:
+                raise OSError(errno.EFBIG, "grew while being imported; import it again")
+            out.append(data)
+        except OSError as exc:
+            out.append(exc)
+    return out
+
+
+async def _import_batch(vfs: VFS, src: Path, b: _Batch, inos: dict[Path, int], ctx: Ctx, report: ImportReport,
+                        on_file: Callable[[int], None] | None) -> None:
+    """Read a batch's files, store them as one chunk, create them with one ``import_files``."""
+    contents = await trio.to_thread.run_sync(_read_batch, src, b.files, small_limit(vfs.chunk_size))
+    entries: list[ImportFile] = []
+    sent: list[tuple[Path, int]] = []
+    parts: list[bytes] = []
+    pos = 0
+    chunk_id = 0
+    try:
+        for (rel, size), data in zip(b.files, contents, strict=True):
+            if isinstance(data, OSError):
+                report.failed.append((str(rel), _why(data)))
+                if on_file:
+                    on_file(size)
+                continue
+            if data and not chunk_id:
+                chunk_id = await vfs.writer.next_chunk_id()
+            entries.append(ImportFile(inos[rel.parent], os.fsencode(rel.name), 0o644 & ~ctx.umask, ctx.uid, ctx.gid,
+                                      [[0, len(data), chunk_id, pos]] if data else []))
+            sent.append((rel, len(data)))
+            parts.append(data)
+            pos += len(data)
+        if not entries:
+            return
+        chunks = []
+        if pos:
+            layout = await vfs.chunks.put_chunk(chunk_id, b"".join(parts), b.profile)
+            chunks.append(record_of(layout))
+        del parts[:]
+        results = await vfs.meta.apply(ImportFiles(chunks, entries, time.time_ns()))
+    except (E.LakeError, OSError) as exc:
+        if isinstance(exc, E.Invalid) and "unknown metadata command" in str(exc):
+            raise _ServersTooOld() from None
+        # Not known to be committed: a rerun imports whatever is missing (and skips the rest).
+        for rel, size in sent:
+            report.failed.append((str(rel), f"not imported: {_why(exc)}"))
+            if on_file:
+                on_file(size)
+        return
+    for (rel, size), result in zip(sent, results, strict=True):
+        if isinstance(result, int):
+            report.files += 1
+            report.bytes += size
+        else:
+            report.failed.append((str(rel), f"{result[1]} (errno {result[0]})"))
+        if on_file:
+            on_file(size)
 
 
 async def _symlink(vfs: VFS, src: Path, rel: Path, parent: int, ctx: Ctx, report: ImportReport) -> None:

@@ -250,11 +250,13 @@ def import_cmd(src: Path, dest: str, data_dir, meta, secret_file, tls_ca, jobs: 
     opening = open_lake(data_dir, meta, secret_file, tls_ca, change="import into it (or copy into the mount)")
 
     async def run(lake):
-        files = (await trio.to_thread.run_sync(scan, src)).files
+        tree = await trio.to_thread.run_sync(scan, src)
+        files = tree.files
         async with ingest.writing(lake, pack_delay=ingest.IMPORT_PACK_DELAY) as vfs:
             with click.progressbar(length=sum(size for _, size in files), label=f"import {len(files)} files",
                                    file=sys.stderr, show_pos=False, show_percent=True) as bar:
-                report = await import_tree(vfs, src, dest, jobs=jobs, overwrite=overwrite, on_file=bar.update)
+                report = await import_tree(vfs, src, dest, jobs=jobs, overwrite=overwrite, on_file=bar.update,
+                                           tree=tree)
         return report
     report = run_on(opening, run)
     if as_json:

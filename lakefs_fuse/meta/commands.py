@@ -337,6 +337,55 @@ class GcDone(Command):
     chunk_ids: list[int]
 
 
+class ImportFile(NamedTuple):
+    """One file of :class:`ImportFiles`: regular file ``name`` in directory ``parent`` with
+    permission bits ``mode``, owned by ``uid``/``gid``, whose bytes are ``extents`` -- each
+    ``[file_off, length, chunk_id, chunk_off]`` into a chunk of the same command."""
+
+    parent: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    extents: list[list[int]]
+
+
+#: Most files one :class:`ImportFiles` may create (a few hundred bytes each on the wire: a full
+#: command stays far below a metadata frame and a Raft message, and one apply well under a second).
+IMPORT_MAX_FILES = 1024
+#: Most chunks one :class:`ImportFiles` may record.
+IMPORT_MAX_CHUNKS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ImportFiles(Command):
+    """Bulk ingest (``lakefs-fuse import``): record the freshly stored ``chunks`` and create the
+    regular ``files`` whose bytes they hold, in one WriteBatch (one Raft entry). Results are per
+    file, and each file is all or nothing: a file whose name exists (EEXIST), whose directory is
+    gone, whose name or mode is invalid, or whose extents are not in file order without overlaps
+    inside this command's chunks is not created at all and the others still are. Files are
+    created as :class:`Mknod` would (a setgid directory's group, the directory's EC profile) with
+    sizes from their extents and times ``now``. A chunk no created file uses is queued for deletion. At most
+    :data:`IMPORT_MAX_FILES` files and :data:`IMPORT_MAX_CHUNKS` chunks (else EINVAL, nothing
+    applied). Returns one item per file, in order: its inode number, or ``[errno, message]``."""
+
+    op = "import_files"
+    chunks: list[ChunkRecord]
+    files: list[ImportFile]
+    now: int
+
+    def to_wire(self) -> list[Any]:
+        return ["import_files", [c.to_wire() for c in self.chunks],
+                [[f.parent, f.name, f.mode, f.uid, f.gid, [list(e) for e in f.extents]] for f in self.files],
+                self.now]
+
+    @classmethod
+    def from_args(cls, args: list[Any]) -> ImportFiles:
+        chunks, files, now = args
+        return cls([_chunk(c) for c in chunks],
+                   [ImportFile(p, n, m, u, g, [list(e) for e in ext]) for p, n, m, u, g, ext in files], now)
+
+
 # ----------------------------------------------------------------------------- the lake as a whole
 
 
@@ -465,7 +514,7 @@ class Fsck(Command):
 #: Every command, by its wire name.
 COMMANDS: dict[str, type[Command]] = {cls.op: cls for cls in (
     Format, Mknod, Symlink, Link, Unlink, Rmdir, Rename, Setattr, Setxattr, Removexattr, Release,
-    Commit, Relocate, InitUsage, MoveShard, AllocChunks, GcDone,
+    Commit, Relocate, InitUsage, MoveShard, AllocChunks, GcDone, ImportFiles,
     RegisterPeer, SetMetaMember, LoadKeys, Fsck,
 )}
 

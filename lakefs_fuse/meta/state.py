@@ -11,9 +11,10 @@ written: failed commands change nothing.
 
 The handlers live beside this module, by what they own: :mod:`.namespace` (names, inodes,
 attributes, xattrs), :mod:`.data` (extents, chunk records and their references),
-:mod:`.fsck` (the repairs fsck found); the few that concern the lake as a whole (format, peers,
-metadata members, a dump loaded into servers) are here, with :data:`HANDLERS`, the table from
-command to handler. Queries (lookup, getattr, readdir, extents...) are plain synchronous reads.
+:mod:`.fsck` (the repairs fsck found), :mod:`.bulk` (an import's many files in one command);
+the few that concern the lake as a whole (format, peers, metadata members, a dump loaded into
+servers) are here, with :data:`HANDLERS`, the table from command to handler. Queries (lookup,
+getattr, readdir, extents...) are plain synchronous reads.
 
 Imports: ``errors``, ``private`` and the modules of this package named above.
 """
@@ -30,8 +31,8 @@ import rocksdict
 
 from .. import errors as E
 from ..private import make_private, owner_only_umask
+from . import bulk, data, namespace
 from . import commands as C
-from . import data, namespace
 from . import schema as S
 from .commands import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
 from .fsck import apply_fixes
@@ -104,6 +105,7 @@ HANDLERS: dict[type[C.Command], Callable[..., Any]] = {
     C.MoveShard: data.move_shard,
     C.AllocChunks: data.alloc_chunks,
     C.GcDone: data.gc_done,
+    C.ImportFiles: bulk.import_files,
     C.RegisterPeer: _register_peer,
     C.SetMetaMember: _set_meta_member,
     C.LoadKeys: _load_keys,
@@ -394,6 +396,13 @@ class StateMachine:
             count += 1
         parts[0] = packer.pack_array_header(count)
         return b"".join(parts), count
+
+    @rocks_errors
+    def checkpoint(self, directory: str) -> None:
+        """A RocksDB checkpoint of the state as of now in ``directory`` (which must not exist):
+        the memtable is flushed, every SST file hard-linked, the small others copied (a Raft
+        snapshot, ``meta/snapshots.py``)."""
+        rocksdict.Checkpoint(self.db).create_checkpoint(directory)
 
     def put_all(self, pairs, on_batch=None) -> int:
         """Raw [key, value] pairs written in batches of 10,000 (restoring a snapshot or a dump);

@@ -1,12 +1,14 @@
 """One command's transaction over the metadata RocksDB, and the record steps commands share.
 
-:class:`Txn` reads through its own pending writes and collects them into one ``WriteBatch``,
-which :meth:`~.state.StateMachine.apply` writes only if the command's handler returns: a command
-that raises changes nothing. Its methods are the record-level steps the handlers in
+:class:`Txn` reads through its own pending writes and collects them into one ``WriteBatch``
+(the last write of each key), which :meth:`~.state.StateMachine.apply` writes only if the
+command's handler returns: a command that raises changes nothing. Its methods are the record-level steps the handlers in
 :mod:`.namespace`, :mod:`.data` and :mod:`.fsck` are made of (an inode read or written, a
 directory entry added with its readdir cookie, a counter advanced, chunk references moved), so
 each rule -- an unlinked inode becomes an orphan, a chunk at zero references is queued for
-deletion -- lives once.
+deletion -- lives once. :meth:`Txn.nested` opens a :class:`NestedTxn` for a part of a command
+that must apply whole or not at all while its siblings go ahead (one file of an import): its
+writes reach the batch only when it joins.
 
 Also here: RocksDB's read failures turned into :class:`~lakefs_fuse.errors.LakeError`
 (:func:`rocks_errors`, :func:`items`).
@@ -91,14 +93,28 @@ def touch(inode: Inode, now: int, *, m: bool = True, c: bool = True) -> None:
 
 
 class Txn:
-    """A read-your-writes view over the DB that collects writes into one WriteBatch."""
+    """A read-your-writes view over the DB whose writes become one WriteBatch.
 
-    __slots__ = ("db", "batch", "pending")
+    Writes collect in ``pending`` (key -> value, None: deleted), the last one of each key
+    winning; :attr:`batch` is built from them once, when the command is done (a key written many
+    times -- a directory's inode by each of an import's files -- is written once)."""
+
+    __slots__ = ("db", "pending")
 
     def __init__(self, db: rocksdict.Rdict):
         self.db = db
-        self.batch = rocksdict.WriteBatch(raw_mode=True)
         self.pending: dict[bytes, bytes | None] = {}
+
+    @property
+    def batch(self) -> rocksdict.WriteBatch:
+        """The WriteBatch of every pending write."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in self.pending.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        return batch
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.pending:
@@ -107,11 +123,9 @@ class Txn:
 
     def put(self, key: bytes, value: bytes) -> None:
         self.pending[key] = value
-        self.batch.put(key, value)
 
     def delete(self, key: bytes) -> None:
         self.pending[key] = None
-        self.batch.delete(key)
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Committed keys under ``prefix`` (pending writes are not merged: callers scan first)."""
@@ -119,6 +133,11 @@ class Txn:
             if not key.startswith(prefix):
                 break
             yield key, value
+
+    def nested(self) -> NestedTxn:
+        """A transaction inside this one whose writes join it only by :meth:`NestedTxn.join`: a
+        part of a command that must apply whole or not at all (one file of an import)."""
+        return NestedTxn(self)
 
     # -------------------------------------------------------------- records
 
@@ -214,3 +233,27 @@ class Txn:
         if inode.stored < 0:
             inode.stored = sum(e.length for _k, value in self.scan(S.extent_prefix(inode.ino))
                                for e in S.unpack_extents(value))
+
+
+class NestedTxn(Txn):
+    """Writes kept apart from the enclosing :class:`Txn` (reads see both, its own first) until
+    :meth:`join` hands them over; dropped unjoined, they leave the enclosing one as it was."""
+
+    __slots__ = ("outer",)
+
+    def __init__(self, outer: Txn):
+        self.db, self.pending, self.outer = outer.db, {}, outer
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.pending:
+            return self.pending[key]
+        return self.outer.get(key)
+
+    def join(self) -> None:
+        """Hand every write to the enclosing transaction (the last value of each key)."""
+        for key, value in self.pending.items():
+            if value is None:
+                self.outer.delete(key)
+            else:
+                self.outer.put(key, value)
+        self.pending = {}
