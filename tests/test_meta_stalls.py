@@ -419,3 +419,50 @@ def test_frozen_leader_during_storm_history_is_linearizable_and_stalls_are_short
         # An election, then RESUME_WITHIN, with room for a loaded machine; the old client waited
         # out its 10 s call timeout on the frozen connection.
         assert slowest < ELECTION + RESUME_WITHIN + 2 * MARGIN, f"an operation took {slowest:.1f}s"
+
+
+@pytest.mark.timeout(60)
+def test_an_expired_session_resends_its_command_as_a_new_session():
+    """A mount unseen for longer than the servers' session_ttl gets ESTALE (the command was not
+    applied); it sends it once more under a new client id with seq 1, and goes on from there."""
+    from lakefs_fuse.meta.commands import AllocChunks
+    from lakefs_fuse.meta.remote import RemoteMeta
+
+    class Expiring(FakeMember):
+        def __init__(self) -> None:
+            super().__init__()
+            self.known: set[int] = set()  # client ids with a live session on the "servers"
+
+        async def handle(self, op, args, payload):
+            if op == "apply" and args["c"] not in self.known:
+                if args["s"] != 1:
+                    self.applies.append((args["c"], args["s"]))
+                    raise OSError(errno.ESTALE, "no session: expired; not applied")
+                self.known.add(args["c"])
+            return await super().handle(op, args, payload)
+
+    async def main():
+        a = Expiring()
+        async with trio.open_nursery() as nursery:
+            await a.serve(nursery)
+            a.leader = a.address
+            service = MetaService([a.address], SECRET, op_timeout=20)
+            service.bind(nursery)
+            try:
+                meta = RemoteMeta(service, sessions=1)
+                await meta.apply(AllocChunks(1))
+                await meta.apply(AllocChunks(1))
+                first = a.applies[0][0]
+                assert a.applies == [(first, 1), (first, 2)]
+                a.known.clear()  # an hour passes: the servers drop the session
+                await meta.apply(AllocChunks(1))
+                assert a.applies[2] == (first, 3)  # refused with ESTALE ...
+                renewed = a.applies[3][0]
+                assert renewed != first and a.applies[3] == (renewed, 1)  # ... and sent again once
+                await meta.apply(AllocChunks(1))
+                assert a.applies[4:] == [(renewed, 2)] and len(a.applies) == 5
+            finally:
+                await service.aclose()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -11,7 +11,10 @@ How it works
 *Atomic between awaits.* All protocol state is changed by synchronous methods: a receive loop hands
 each message to ``_handle``; a timer loop fires elections and heartbeats; ``submit`` and friends
 append to the log without awaiting. Storage writes are synchronous too, so "persist, then reply"
-holds trivially: a reply is queued only after ``RaftStorage`` returned.
+holds trivially: a reply is queued only after ``RaftStorage`` returned. Two refinements: the
+leader's own log (see *The leader's fsync* below), and follower group commit: messages that are
+already queued are handled as one batch (no await between them), their appends are written
+unsynced, one fsync covers them all, and only then do the replies they caused go out.
 
 *Messages are one-way.* Every message is a msgpack-able dict ``{"t": type, "src": sender id,
 "term": sender's term, ...}`` (see ``_MESSAGE_FIELDS``). Answers are separate messages, so a lost
@@ -35,11 +38,23 @@ the leader jumps ``next`` back over whole terms, bumps the follower's *epoch* (s
 messages sent before the jump are ignored) and probes with one message at a time until an append
 succeeds. An in-flight message that makes no progress for ``retransmit_timeout`` is resent from
 ``match + 1``. Heartbeats carry ``min(commit, match)`` so a follower never commits what it was not
-shown. A follower whose ``next`` falls below the leader's snapshot receives the whole snapshot in
-one message (chunking is a later increment).
+shown. A follower whose ``next`` falls below the leader's snapshot is sent that snapshot instead,
+in chunks (see *Snapshots*).
 
-*Commit and apply.* An index commits when a majority of the current voters store it *and* it is of
-the leader's current term (earlier entries ride along; a new leader appends a no-op to get there).
+*The leader's fsync, overlapped.* The leader appends new entries with ``sync=False`` (into the
+OS page cache), sends them at once, and a log-sync task makes them durable (``RaftStorage.sync``
+in a worker thread) while the followers fsync their copies. The leader counts itself toward an
+index's majority only once it is durable (``logsync.py``), so a commit always rests on a
+majority of *durable* copies: with 3 voters two fast followers commit without the leader's disk.
+Writes are one ordered log, so a sync covers every earlier write. Only a leader holds unsynced
+entries: stepping down syncs them first (one blocking fsync), so every follower's ack, vote
+and reply rests on durable state. A leader that crashes before its sync loses at most the
+entries no one else acknowledged -- never committed, so never answered to a client (who retries
+after ``CommitUnknown``); what the followers acknowledged commits without it.
+
+*Commit and apply.* An index commits when a majority of the current voters store it durably *and*
+it is of the leader's current term (earlier entries ride along; a new leader appends a no-op to
+get there).
 Committed entries are applied in order, once per index per node, through :class:`ClientSessions`.
 A ``LakeError`` from ``apply`` is that command's result; any other exception is a bug in a
 deterministic state machine and stops the node (``run`` raises), as does an exception from an
@@ -50,7 +65,10 @@ remembers each client's last ``seq`` and its result (a value, or the ``LakeError
 command raised). A duplicate of the last ``seq`` returns the stored result without applying again;
 an older ``seq`` gets :class:`StaleRequest`. So a client keeps one command in flight per
 ``client_id`` (use several ids to pipeline) and retries with the *same* ``seq`` after
-:class:`NotLeader` or :class:`CommitUnknown`. The table is part of every snapshot.
+:class:`NotLeader` or :class:`CommitUnknown`. The table is part of every snapshot. The leader
+stamps each command entry with its wall clock; a client unseen for ``session_ttl`` by that
+clock loses its entry, and its next command other than a new session's first gets
+:class:`SessionExpired` and is not applied (``sessions.py`` says why that is the safe answer).
 
 *Linearizable reads: ReadIndex.* ``read_index()`` records the commit index (after the leader has
 committed an entry of its own term, so the commit index is current), then waits for a majority to
@@ -70,9 +88,15 @@ assumption the message-only round does not: the servers' clocks run at rates wit
 ``1 - lease_fraction`` (20 %) of each other (durations only; the clocks need not agree). When the
 lease has lapsed the round is used.
 
-*Snapshots.* Every ``snapshot_every`` applied entries the node asks the state machine for a snapshot
-(with the session table) and truncates its log up to it. ``restore`` replaces the state machine's
-state from such bytes (when a snapshot is installed, and when a node restarts).
+*Snapshots* (``snapshots.py``). Every ``snapshot_every`` applied entries the node snapshots
+the state machine with the session table and truncates its log up to it. A state machine with
+``checkpoint``/``restore_files`` (a :class:`~.snapshots.FileSnapshotMachine`, on a storage with a
+``snapshot_dir``) snapshots into a directory of files (RocksDB: a checkpoint, hard links); any
+other gives ``snapshot(index) -> bytes``. A follower behind the snapshot receives it as a stream
+of ``snapshot_chunk``-byte messages, at most ``snapshot_window`` unacknowledged, resumable from
+the follower's position after lost messages or a dropped connection; it writes them to files as
+they come and installs by opening those files. A node restores its snapshot at start
+(``load``), then replays the log after it.
 
 *Membership.* One voter is added or removed at a time; a CONFIG entry carries the full new voter
 list and takes effect on every node as soon as it is *appended* (and reverts if a follower truncates
@@ -86,22 +110,27 @@ Plugging in a real transport
 Implement :class:`Transport`: ``incoming`` is a receive channel of message dicts addressed to this
 node, ``send(to, message)`` delivers best-effort. ``meta/server.py``'s ``WireTransport`` sends each
 message as the payload of a one-way ``wire`` request, ``client.post("raft", {...},
-pack_message(msg))`` (msgpack; a snapshot message holds the state bytes, so it does not fit the
-64 KiB header), and the server hands ``unpack_message(payload)`` to ``incoming``. Node ids are
+pack_message(msg))`` (msgpack; a message may carry entries or a snapshot chunk, so it does not fit
+the 64 KiB header), and the server hands ``unpack_message(payload)`` to ``incoming``. Node ids are
 ints, which map to addresses outside this module.
 
 Known limitations (this increment)
 ----------------------------------
-* Storage writes (RocksDB ``sync=True``) run on the event loop. Commands submitted in one
-  scheduling round share a write (group commit), but the leader's own fsync is not yet overlapped
-  with replication (it could run in a thread, counting the leader in the majority once durable).
-* Snapshots are built and restored synchronously in memory, and sent whole in one message.
-* The session table grows with the number of client ids; expiry needs a leader-stamped clock.
+* A follower's fsync (one per batch of queued messages), terms and votes are synced on the
+  event loop; only the leader's fsync runs in a thread. Commands submitted in one scheduling
+  round share a leader write (group commit).
+* Taking a file snapshot (a RocksDB checkpoint: a memtable flush and hard links), fsyncing each
+  received file, and installing run on the event loop; a chunk is read and written there too.
+* A leader defers compaction while it sends a snapshot; a transfer slower than
+  ``DEFER_LIMIT`` x ``snapshot_every`` entries of traffic starts over from the newer snapshot.
+* Session expiry assumes no client retries a command longer than ``session_ttl`` after first
+  sending it (a session's first command is the one case that could apply twice).
 * No leadership transfer, no non-voting learner phase for new servers.
 * A node that became a candidate (passed pre-vote) and was then cut off keeps its higher term; on
   return its answers still depose the leader once (pre-vote only stops the term from rising again).
-* ``restore`` is also used at startup: a durable state machine that could skip the replay is a
-  later increment.
+* The state machine is derived state: a start restores the snapshot (for RocksDB, hard links of
+  the checkpoint) and replays the log after it (at most ``snapshot_every`` entries); a state
+  machine durable with its applied index could skip the replay.
 """
 
 from __future__ import annotations
@@ -110,6 +139,7 @@ import errno
 import logging
 import math
 import random
+import time
 from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -119,6 +149,7 @@ from typing import Any, Protocol
 import trio
 
 from .. import errors as E
+from .logsync import LogSync
 from .raftlog import (
     ENTRY_COMMAND,
     ENTRY_CONFIG,
@@ -132,11 +163,13 @@ from .raftlog import (
     pack,
     unpack,
 )
+from .sessions import ClientSessions, Outcome, SessionExpired, StaleRequest
+from .snapshots import DEFER_LIMIT, Outgoing, SnapshotKeeper
 
 __all__ = [
     "ClientSessions", "CommitUnknown", "ConfigChangeInProgress", "Entry",
     "MemoryStorage", "NotLeader", "Outcome", "RaftConfig", "RaftError", "RaftNode",
-    "RaftObserver", "RaftStateMachine", "RaftStorage", "RocksStorage", "Snapshot", "StaleRequest",
+    "RaftObserver", "RaftStateMachine", "RaftStorage", "RocksStorage", "SessionExpired", "Snapshot", "StaleRequest",
     "Transport", "pack_message", "unpack_message",
 ]
 
@@ -168,6 +201,11 @@ class RaftConfig:
     retransmit_timeout: float = 0.2
     #: Snapshot and truncate the log every this many applied entries (0 = never).
     snapshot_every: int = 1000
+    #: Most bytes of a snapshot in one message, and most such messages unacknowledged per follower.
+    snapshot_chunk: int = 1 << 20
+    snapshot_window: int = 4
+    #: A client unseen for this many seconds (by the leader-stamped log clock) loses its session.
+    session_ttl: float = 3600.0
     #: Ask "could I win?" before bumping the term (a rejoining node does not disrupt the leader).
     pre_vote: bool = True
     #: A leader that has not heard from a majority for election_timeout_max seconds steps down.
@@ -200,6 +238,8 @@ class RaftConfig:
             raise E.UserError("raft batch, inflight and send queue sizes must be >= 1")
         if self.snapshot_every < 0:
             raise E.UserError("raft snapshot_every must be >= 0")
+        if self.snapshot_chunk < 1 or self.snapshot_window < 1 or not self.session_ttl > 0:
+            raise E.UserError("raft snapshot chunk and window must be >= 1, the session ttl > 0")
         if not (self.send_timeout > 0 and self.request_timeout > 0):
             raise E.UserError("raft send and request timeouts must be > 0")
         if not 0 < self.lease_fraction < 1:
@@ -232,17 +272,12 @@ class ConfigChangeInProgress(RaftError):
     errno = errno.EBUSY
 
 
-class StaleRequest(E.LakeError):
-    """A command's ``seq`` is older than its client's last applied one; that result is not kept."""
-
-    errno = errno.EINVAL
-
-
 # ------------------------------------------------------------------------------ state machine
 
 
 class RaftStateMachine(Protocol):
-    """What the replicated application supplies. All three are synchronous and deterministic."""
+    """What the replicated application supplies. All three are synchronous and deterministic. A
+    machine whose state is big also implements :class:`~.snapshots.FileSnapshotMachine`."""
 
     def apply(self, index: int, command: Any) -> Any:
         """Apply one committed command; a failed command raises a ``LakeError`` (its result)."""
@@ -252,88 +287,6 @@ class RaftStateMachine(Protocol):
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's."""
-
-
-class Outcome:
-    """The result of one applied command: a value, or the ``LakeError`` it raised."""
-
-    __slots__ = ("error", "value")
-
-    def __init__(self, value: Any = None, error: E.LakeError | None = None):
-        self.value = value
-        self.error = error
-
-    def unwrap(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Outcome):
-            return NotImplemented
-        if self.error is not None or other.error is not None:
-            return _error_key(self.error) == _error_key(other.error)
-        return self.value == other.value
-
-    def __repr__(self) -> str:
-        return f"Outcome(error={self.error!r})" if self.error is not None else f"Outcome({self.value!r})"
-
-
-def _error_key(exc: E.LakeError | None):
-    return None if exc is None else (type(exc).__name__, exc.errno, str(exc))
-
-
-def _encode_error(exc: E.LakeError) -> list:
-    return [type(exc).__name__, exc.errno, str(exc)]
-
-
-def _decode_error(raw: list) -> E.LakeError:
-    name, err, message = raw
-    cls = getattr(E, name, None) or globals().get(name)
-    if not (isinstance(cls, type) and issubclass(cls, E.LakeError)):
-        cls = E.LakeError
-    exc = cls(message)
-    exc.errno = err
-    return exc
-
-
-class ClientSessions:
-    """Exactly-once application: the last ``(seq, outcome)`` of every client, over a state machine."""
-
-    def __init__(self, machine: RaftStateMachine):
-        self.machine = machine
-        self._last: dict[Any, tuple[int, Outcome]] = {}
-
-    def cached(self, client_id: Any, seq: int) -> Outcome | None:
-        last = self._last.get(client_id)
-        return last[1] if last is not None and last[0] == seq else None
-
-    def apply(self, index: int, client_id: Any, seq: int, command: Any) -> Outcome:
-        last = self._last.get(client_id)
-        if last is not None:
-            if seq == last[0]:
-                return last[1]
-            if seq < last[0]:
-                return Outcome(error=StaleRequest(f"client {client_id!r} seq {seq} < last applied {last[0]}"))
-        try:
-            outcome = Outcome(self.machine.apply(index, command))
-        except E.LakeError as exc:  # a failed command is still a committed entry; this is its result
-            outcome = Outcome(error=exc)
-        self._last[client_id] = (seq, outcome)
-        return outcome
-
-    def snapshot(self, index: int) -> bytes:
-        table = [[cid, seq, 0, out.value] if out.error is None else [cid, seq, 1, _encode_error(out.error)]
-                 for cid, (seq, out) in self._last.items()]
-        return pack([self.machine.snapshot(index), table])
-
-    def restore(self, data: bytes) -> None:
-        machine_data, table = unpack(data)
-        self.machine.restore(machine_data)
-        self._last = {}
-        for cid, seq, failed, value in table:
-            cid = tuple(cid) if isinstance(cid, list) else cid
-            self._last[cid] = (seq, Outcome(error=_decode_error(value)) if failed else Outcome(value))
 
 
 class RaftObserver:
@@ -388,10 +341,12 @@ _MESSAGE_FIELDS = {
     "append_reply": ("ok", "match", "epoch", "round", "reject", "hint_index", "hint_term"),
     "heartbeat": ("commit", "round"),
     "heartbeat_reply": ("round",),
-    "snapshot": ("index", "last_term", "voters", "data", "round"),
-    "snapshot_reply": ("match", "round"),
+    "snapshot": ("index", "last_term", "voters", "manifest", "offset", "data", "round"),
+    "snapshot_reply": ("match", "index", "offset", "round"),
 }
 _FROM_LEADER = frozenset({"append", "heartbeat", "snapshot"})
+#: Most queued messages handled as one batch (one fsync for their appends; see _receive_loop).
+_RECEIVE_BATCH = 64
 
 
 def _well_formed(msg: Any) -> bool:
@@ -418,7 +373,7 @@ class _Progress:
         "match",
         "next",
         "probing",
-        "snapshot_sent",
+        "transfer",
     )
 
     def __init__(self, next_index: int, now: float):
@@ -430,7 +385,7 @@ class _Progress:
         self.last_progress = now
         self.last_ack = now
         self.acked_round = 0
-        self.snapshot_sent: float | None = None
+        self.transfer: Outgoing | None = None  # a snapshot on its way to this follower
 
 
 class _Waiter:
@@ -459,7 +414,8 @@ class RaftNode:
         self.id = node_id
         self._storage = storage
         self._transport = transport
-        self._sessions = ClientSessions(machine)
+        self._sessions = ClientSessions(machine, self.config.session_ttl)
+        self._snapshots = SnapshotKeeper(storage, self._sessions)
         self._rng = rng or random.Random()
         self.observer = observer or RaftObserver()
 
@@ -485,8 +441,7 @@ class RaftNode:
             (snap.index + 1 + i, tuple(e.data)) for i, e in enumerate(self._log) if e.kind == ENTRY_CONFIG]
         self.voters: frozenset[NodeId] = frozenset()
         self._set_voters()
-        if snap.index > 0:
-            self._sessions.restore(snap.data)
+        self._snapshots.load(snap)  # the machine's state and the session table, as of the snapshot
         self.commit_index = snap.index
         self.last_applied = snap.index
 
@@ -503,6 +458,12 @@ class RaftNode:
         self._changed = trio.Event()
         self._batch: list[Entry] = []  # commands submitted but not yet appended (group commit)
         self._batch_ready = trio.Event()
+        # Unsynced log writes (the leader's appends, a follower's batch): none between batches
+        # on a non-leader.
+        self._log_sync = LogSync(storage)
+        # Messages to send once the batch being received is durable; None outside a batch.
+        self._held: list[tuple[NodeId, dict]] | None = None
+        self._held_writes = False  # the batch wrote the log without a sync
         self._outboxes: dict[NodeId, trio.MemorySendChannel] = {}
         self._nursery: trio.Nursery | None = None
         self._stopped = False
@@ -517,6 +478,11 @@ class RaftNode:
     @property
     def last_index(self) -> int:
         return self._snap_index + len(self._log)
+
+    @property
+    def durable_index(self) -> int:
+        """The last index of this node's log known to be on disk (the leader's may lag)."""
+        return self._log_sync.durable_index(self.last_index)
 
     @property
     def snapshot_index(self) -> int:
@@ -552,6 +518,7 @@ class RaftNode:
                 nursery.start_soon(self._receive_loop, name=f"raft-{self.id}-receive")
                 nursery.start_soon(self._timer_loop, name=f"raft-{self.id}-timer")
                 nursery.start_soon(self._flush_loop, name=f"raft-{self.id}-flush")
+                nursery.start_soon(self._log_sync.run, self._log_synced, name=f"raft-{self.id}-log-sync")
                 task_status.started()
         finally:
             self._stopped = True
@@ -569,7 +536,8 @@ class RaftNode:
         cached = self._sessions.cached(client_id, seq)
         if cached is not None:
             return cached.unwrap()
-        data = unpack(pack([client_id, seq, command]))  # apply exactly what followers will decode
+        # Apply exactly what followers will decode; the stamp is the sessions' clock (expiry).
+        data = unpack(pack([client_id, seq, command, round(time.time(), 3)]))
         return (await self._append_and_wait(Entry(self.term, ENTRY_COMMAND, data), timeout,
                                             batch=True)).unwrap()
 
@@ -688,13 +656,40 @@ class RaftNode:
                 self.stats["group_committed_entries"] += len(self._batch)
                 self._append_as_leader([])
 
+    def _log_synced(self) -> None:
+        """The log-sync task made the leader's appends durable: they may count now."""
+        self.stats["log_syncs"] += 1
+        self._maybe_commit()
+
     async def _receive_loop(self) -> None:
-        async for msg in self._transport.incoming:
-            if not _well_formed(msg):
-                self.stats["malformed"] += 1
-                logger.warning("raft %s: dropping malformed message %.200r", self.id, msg)
-                continue
-            self._handle(msg)
+        """Handle messages; those already queued are handled together, without an await between
+        them (follower group commit): their log writes share one fsync, and every message they
+        cause (acks included) is held until that fsync has returned."""
+        incoming = self._transport.incoming
+        more = getattr(incoming, "receive_nowait", None)
+        async for first in incoming:
+            self._held, held = [], 1
+            msg = first
+            while True:
+                if _well_formed(msg):
+                    self._handle(msg)
+                else:
+                    self.stats["malformed"] += 1
+                    logger.warning("raft %s: dropping malformed message %.200r", self.id, msg)
+                if more is None or held >= _RECEIVE_BATCH:
+                    break
+                try:
+                    msg = more()
+                except trio.WouldBlock:
+                    break
+                held += 1
+            if self._held_writes:
+                self._held_writes = False
+                self._log_sync.sync_now()  # one fsync for the batch's appends, before any ack
+                self.stats["follower_syncs"] += 1
+            out, self._held = self._held, None
+            for to, message in out:
+                self._enqueue(to, message)
 
     async def _timer_loop(self) -> None:
         while True:
@@ -731,7 +726,15 @@ class RaftNode:
                     logger.warning("raft %s: send to %s failed", self.id, to, exc_info=True)
 
     def _send(self, to: NodeId, kind: str, **fields: Any) -> None:
-        """Queue a message (stamped with our id and term unless ``term`` is given)."""
+        """Queue a message (stamped with our id and term unless ``term`` is given); while a batch
+        of received messages is handled, hold it until the batch's fsync (``_receive_loop``)."""
+        message = {"t": kind, "src": self.id, "term": self.term, **fields}  # fields may set "term"
+        if self._held is not None:
+            self._held.append((to, message))
+        else:
+            self._enqueue(to, message)
+
+    def _enqueue(self, to: NodeId, message: dict) -> None:
         if self._nursery is None:
             return
         box = self._outboxes.get(to)
@@ -740,17 +743,19 @@ class RaftNode:
             self._outboxes[to] = box
             self._nursery.start_soon(self._sender, to, queue, name=f"raft-{self.id}-send-{to}")
         try:
-            box.send_nowait({"t": kind, "src": self.id, "term": self.term, **fields})  # fields may set "term"
+            box.send_nowait(message)
         except trio.WouldBlock:
             self.stats["send_queue_full"] += 1
 
     # ------------------------------------------------------------------ log and configuration
 
-    def _store(self, index: int, entries: list[Entry]) -> None:
-        """Durably replace the log from ``index`` on with ``entries``; track configurations."""
+    def _store(self, index: int, entries: list[Entry], *, sync: bool = True) -> None:
+        """Replace the log from ``index`` on with ``entries``, durably unless ``sync=False``
+        (the leader's appends, and a follower's batch: see ``logsync.py``); track configurations."""
         if index <= self.commit_index:
             raise RuntimeError(f"raft {self.id}: would overwrite committed entry {index}")
-        self._storage.append(index, entries)
+        self._storage.append(index, entries, sync=sync)
+        self._log_sync.wrote(index, synced=sync)
         del self._log[index - self._snap_index - 1:]
         self._log.extend(entries)
         changed = False
@@ -803,6 +808,8 @@ class RaftNode:
             self.stats["leader_changes"] += 1  # as seen by this member (metrics: flapping)
         self.leader_id = leader
         if was == LEADER:
+            if self._log_sync.sync_now():  # a follower's acks and votes rest on durable state
+                self.stats["log_syncs_on_step_down"] += 1
             self._progress = {}
             self._term_start = math.inf
             self._fail_waiters("leadership lost")
@@ -877,7 +884,7 @@ class RaftNode:
             self._batch = []
         if not entries:
             return
-        self._store(self.last_index + 1, entries)
+        self._store(self.last_index + 1, entries, sync=False)  # sent before our own fsync is done
         for peer in list(self._progress):
             self._replicate(peer)
         self._maybe_commit()
@@ -900,8 +907,8 @@ class RaftNode:
             if pr.inflight and now - pr.last_progress >= cfg.retransmit_timeout:
                 self._restart_probe(pr, pr.match + 1)
                 self.stats["retransmits"] += 1
-            if pr.snapshot_sent is not None and now - pr.snapshot_sent >= cfg.election_timeout_max:
-                pr.snapshot_sent = None
+            if pr.transfer is not None and pr.transfer.stalled(now, cfg.election_timeout_max):
+                self.stats["snapshot_probes"] += 1
             self._send(peer, "heartbeat", commit=min(self.commit_index, pr.match), round=self._round)
             self._replicate(peer)
         self._pulse()
@@ -920,12 +927,7 @@ class RaftNode:
             return
         now = trio.current_time()
         if pr.next <= self._snap_index:
-            if pr.snapshot_sent is None:
-                snap = self._snapshot
-                pr.snapshot_sent = now
-                self.stats["snapshots_sent"] += 1
-                self._send(peer, "snapshot", index=snap.index, last_term=snap.term, voters=list(snap.voters),
-                           data=snap.data, round=self._round)
+            self._send_snapshot(peer, pr, now)
             return
         window = 1 if pr.probing else self.config.max_inflight
         # A probing follower gets an append even when ``next`` is past our log (an empty one):
@@ -965,7 +967,7 @@ class RaftNode:
             return
         matches = [pr.match for pr in self._progress.values()]
         if self.id in self.voters:
-            matches.append(self.last_index)
+            matches.append(self.durable_index)
         matches.sort(reverse=True)
         candidate = matches[len(self.voters) // 2]
         if candidate > self.commit_index and self.entry_term(candidate) == self.term:
@@ -1027,10 +1029,10 @@ class RaftNode:
             index = self.last_applied + 1
             entry = self._log[index - self._snap_index - 1]
             if entry.kind == ENTRY_COMMAND:
-                client_id, seq, command = entry.data
+                client_id, seq, command, *stamp = entry.data  # no stamp in entries of older versions
                 if isinstance(client_id, list):
                     client_id = tuple(client_id)
-                outcome = self._sessions.apply(index, client_id, seq, command)
+                outcome = self._sessions.apply(index, client_id, seq, command, stamp[0] if stamp else None)
             else:
                 outcome = Outcome(list(entry.data) if entry.kind == ENTRY_CONFIG else None)
             self.last_applied = index
@@ -1048,11 +1050,16 @@ class RaftNode:
             self._take_snapshot()
 
     def _take_snapshot(self) -> None:
+        now = trio.current_time()
+        if any(pr.transfer is not None and pr.transfer.active(now) for pr in self._progress.values()):
+            if len(self._log) < DEFER_LIMIT * self.config.snapshot_every:
+                return  # a follower is reading the current snapshot's files: keep them
+            for pr in self._progress.values():
+                pr.transfer = None  # they start over from the new snapshot
         index = self.last_applied
         term = self.entry_term(index)
         assert term is not None  # applied entries are in the log (or are the snapshot's last)
-        snap = Snapshot(index, term, tuple(sorted(self._voters_at(index))), self._sessions.snapshot(index))
-        self._storage.save_snapshot(snap, keep_log=True)
+        snap = self._snapshots.take(index, term, tuple(sorted(self._voters_at(index))))
         del self._log[:index - self._snap_index]
         self._install(snap, keep_configs=True)
         self.stats["snapshots_taken"] += 1
@@ -1063,6 +1070,26 @@ class RaftNode:
         self._base_voters = snap.voters
         self._configs = [c for c in self._configs if c[0] > snap.index] if keep_configs else []
         self._set_voters()
+
+    def _send_snapshot(self, peer: NodeId, pr: _Progress, now: float) -> None:
+        """Stream our snapshot to ``peer``: the chunks its window allows (``snapshots.py``)."""
+        snap = self._snapshot
+        cfg = self.config
+        if pr.transfer is None or pr.transfer.snap is not snap:
+            pr.transfer = self._snapshots.outgoing(snap, chunk=cfg.snapshot_chunk, window=cfg.snapshot_window,
+                                                   now=now)
+            self.stats["snapshots_sent"] += 1
+        transfer = pr.transfer
+        try:
+            chunks = transfer.chunks()
+        except OSError as exc:  # its files went (compaction): start over from the current snapshot
+            logger.warning("raft %s: snapshot %d for %s: %s", self.id, snap.index, peer, exc)
+            pr.transfer = None
+            return
+        for offset, data in chunks:
+            self._send(peer, "snapshot", index=snap.index, last_term=snap.term, voters=list(snap.voters),
+                       manifest=transfer.manifest, offset=offset, data=data, round=self._round)
+            self.stats["snapshot_bytes_sent"] += len(data)
 
     # ------------------------------------------------------------------ message handling
 
@@ -1147,7 +1174,10 @@ class RaftNode:
                 continue
             if index <= self.last_index and self.entry_term(index) == raw[0]:
                 continue
-            self._store(index, [Entry.from_wire(r) for r in entries[pos:]])  # durable before the ack
+            # Durable before the ack: synced now, or with the rest of the batch before it is sent.
+            self._store(index, [Entry.from_wire(r) for r in entries[pos:]], sync=self._held is None)
+            if self._held is not None:
+                self._held_writes = True
             break
         match = max(prev + len(entries), self._snap_index)
         self._commit_to(min(msg["commit"], match))
@@ -1182,30 +1212,34 @@ class RaftNode:
 
     def _on_snapshot(self, msg: dict) -> None:
         self._follow(msg["src"])
-        index = msg["index"]
+        index, offset = msg["index"], 0
         if index > self.commit_index:
-            snap = Snapshot(index, msg["last_term"], tuple(msg["voters"]), bytes(msg["data"]))
-            keep = self.entry_term(index) == snap.term  # our log agrees there: keep what follows
-            self._storage.save_snapshot(snap, keep_log=keep)
-            if keep:
-                del self._log[:index - self._snap_index]
-            else:
-                self._log = []
-            self._install(snap, keep_configs=keep)
-            self._sessions.restore(snap.data)
-            self.commit_index = self.last_applied = index
-            self.stats["snapshots_installed"] += 1
-            self.observer.restored(self, snap)
-            self._pulse()
-        self._send(msg["src"], "snapshot_reply", match=index, round=msg["round"])
+            offset, snap = self._snapshots.receive(msg)
+            if snap is not None:
+                keep = self.entry_term(index) == snap.term  # our log agrees there: keep what follows
+                self._snapshots.install(snap, keep_log=keep)  # stored, and the machine restored
+                if keep:
+                    del self._log[:index - self._snap_index]
+                else:
+                    self._log = []
+                self._install(snap, keep_configs=keep)
+                self.commit_index = self.last_applied = index
+                self.stats["snapshots_installed"] += 1
+                self.observer.restored(self, snap)
+                self._pulse()
+        match = index if index <= self.commit_index else 0
+        self._send(msg["src"], "snapshot_reply", match=match, index=index, offset=offset, round=msg["round"])
 
     def _on_snapshot_reply(self, msg: dict) -> None:
         pr = self._leader_progress(msg)
         if pr is None:
             return
         self._acknowledged(pr, msg["round"])
-        pr.snapshot_sent = None
-        self._matched(pr, msg["match"])
+        if msg["match"]:
+            pr.transfer = None
+            self._matched(pr, msg["match"])
+        elif pr.transfer is not None and msg["index"] == pr.transfer.snap.index and type(msg["offset"]) is int:
+            pr.transfer.on_reply(msg["offset"], trio.current_time())
         self._replicate(msg["src"])
 
     def _leader_progress(self, msg: dict) -> _Progress | None:
@@ -1219,5 +1253,5 @@ def _rejection(reply: str) -> dict:
     if reply == "append_reply":
         return {"ok": False, "match": 0, "epoch": -1, "round": 0, "reject": 0, "hint_index": 0, "hint_term": None}
     if reply == "snapshot_reply":
-        return {"match": 0, "round": 0}
+        return {"match": 0, "index": 0, "offset": 0, "round": 0}
     return {"round": 0}

@@ -4,14 +4,25 @@ This module owns the :class:`RaftStorage` interface and its two implementations:
 
 * :class:`MemoryStorage` keeps everything in Python objects. A test simulates a crash by
   dropping the :class:`~lakefs_fuse.meta.raft.RaftNode` and building a new one on the *same*
-  storage object: what was written survives, nothing else does.
+  storage object: what was written *durably* survives, nothing else does (``load`` first drops
+  the log writes made with ``sync=False`` since the last sync, as a power loss would).
 * :class:`RocksStorage` keeps everything in one RocksDB directory. Every method writes one
-  ``WriteBatch`` with ``sync=True``, so when it returns the write is on disk; the node calls
-  these methods before it sends any reply that promises durability (a vote, an append ack).
+  ``WriteBatch``; with ``sync=True`` the WAL is fsynced before it returns. The node makes a
+  write durable (synced, or unsynced and then ``sync``) before it sends any reply that promises
+  durability (a vote, an append ack).
+
+*Unsynced appends.* The leader appends with ``sync=False`` (the write reaches the OS, not the
+disk), sends the entries at once, and makes them durable with :meth:`RaftStorage.sync` from a
+separate task; only then does it count itself toward their majority. A follower appends a batch
+of received messages unsynced and calls ``sync`` once before it acks them. Writes are one ordered
+log (RocksDB's WAL; MemoryStorage models the same): a sync, or any write with ``sync=True``,
+makes every earlier write durable too, and a crash loses at most a suffix of the unsynced ones.
+``sync_delay`` tells the node how to run ``sync``: ``None`` -- a real fsync, run it in a worker
+thread; a number -- simulated, wait that many seconds on the node's clock, then call it.
 
 Every method is synchronous (no ``await``), so a storage write is atomic with respect to the
-event loop. The fsync does block the loop for its duration; see the limitations in
-``raft.py``'s docstring.
+event loop. A synced write, or ``sync`` called on the loop, blocks it for the fsync (a
+follower's batch, terms, votes, snapshots); ``sync`` is thread-safe against the loop's writes.
 
 Log indexes start at 1. A snapshot at index ``i`` replaces entries ``1..i``; the log then holds
 ``i+1..last``. A snapshot at index 0 with empty data is how a node records the cluster it was
@@ -23,6 +34,10 @@ RocksDB key layout (raw bytes keys; values msgpack)::
     b"m"                    [index, term, voters]    meta of the latest snapshot
     b"s"                    snapshot data (raw bytes)
     b"l" + !Q index         [term, kind, data]       one log entry
+
+A snapshot of a file-based state machine keeps only the session table in ``b"s"``; its state is
+the directory ``<snapshot_dir>/snap-<index>-<term>`` (``snapshots.py``). ``snapshot_dir`` is None
+for a storage that keeps snapshots as bytes only.
 
 May import only the standard library, msgpack and rocksdict (bottom of ``meta``).
 """
@@ -103,7 +118,14 @@ def unpack(data: bytes | bytearray | memoryview) -> Any:
 
 
 class RaftStorage(ABC):
-    """Durable term, vote, log and snapshot of one Raft node. Every write is durable on return."""
+    """Durable term, vote, log and snapshot of one Raft node. Every write is durable on return,
+    except ``append(..., sync=False)``, which is durable once ``sync`` (or a later synced write)
+    has returned."""
+
+    #: How the node runs ``sync``: None = a real fsync (in a worker thread); seconds = simulated.
+    sync_delay: float | None = None
+    #: Where file snapshots live (``snapshots.py``); None: snapshots are bytes in the record.
+    snapshot_dir: str | None = None
 
     @abstractmethod
     def load(self) -> StoredState:
@@ -114,11 +136,17 @@ class RaftStorage(ABC):
         """Record the current term and the vote cast in it."""
 
     @abstractmethod
-    def append(self, index: int, entries: Sequence[Entry]) -> None:
+    def append(self, index: int, entries: Sequence[Entry], *, sync: bool = True) -> None:
         """Drop every entry at ``index`` or later, then store ``entries`` at ``index, index+1, ...``.
 
-        ``index`` is at most one past the last stored entry.
+        ``index`` is at most one past the last stored entry. With ``sync=False`` the write is
+        not durable on return (a crash may lose it and every unsynced write after it).
         """
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Make every write so far durable. Safe to call from a worker thread while the event
+        loop keeps writing (those later writes may or may not be covered)."""
 
     @abstractmethod
     def save_snapshot(self, snapshot: Snapshot, *, keep_log: bool) -> None:
@@ -137,32 +165,53 @@ class RaftStorage(ABC):
 
 
 class MemoryStorage(RaftStorage):
-    """Volatile storage for tests: survives a node object, not the process."""
+    """Volatile storage for tests: survives a node object, not the process.
 
-    def __init__(self) -> None:
+    ``sync_delay`` is the simulated fsync time (seconds on the node's clock). ``load`` -- a
+    restart after a crash -- first drops every log write made with ``sync=False`` since the
+    last sync, the worst a power loss could do.
+    """
+
+    def __init__(self, *, sync_delay: float = 0.0) -> None:
+        self.sync_delay = sync_delay
         self.term = 0
         self.voted_for: NodeId | None = None
         self._snapshot: Snapshot | None = None
         self._first = 1  # index of self._entries[0]
         self._entries: list[Entry] = []
+        #: The log as of the last sync, kept while unsynced appends exist (what a crash leaves).
+        self._durable_log: list[Entry] | None = None
         self.writes = 0  # number of durable writes (tests look at it)
+        self.lost_on_crash = 0  # entries that load() dropped as unsynced (tests look at it)
 
     def load(self) -> StoredState:
+        if self._durable_log is not None:
+            self.lost_on_crash += max(0, len(self._entries) - len(self._durable_log))
+            self._entries, self._durable_log = self._durable_log, None
         return StoredState(self.term, self.voted_for, self._snapshot, list(self._entries))
 
+    def sync(self) -> None:
+        self._durable_log = None
+
     def save_term(self, term: int, voted_for: NodeId | None) -> None:
+        self.sync()  # a synced write: everything before it is durable too
         self.term, self.voted_for = term, voted_for
         self.writes += 1
 
-    def append(self, index: int, entries: Sequence[Entry]) -> None:
+    def append(self, index: int, entries: Sequence[Entry], *, sync: bool = True) -> None:
         last = self._first + len(self._entries) - 1
         if not self._first <= index <= last + 1:
             raise ValueError(f"append at {index}, log holds {self._first}..{last}")
+        if sync:
+            self.sync()
+        elif self._durable_log is None:
+            self._durable_log = list(self._entries)
         del self._entries[index - self._first:]
         self._entries.extend(entries)
-        self.writes += 1
+        self.writes += int(sync)
 
     def save_snapshot(self, snapshot: Snapshot, *, keep_log: bool) -> None:
+        self.sync()  # a synced write: everything before it is durable too
         if keep_log:
             drop = max(0, snapshot.index - self._first + 1)
             del self._entries[:drop]
@@ -188,15 +237,19 @@ def _log_key(index: int) -> bytes:
 
 
 class RocksStorage(RaftStorage):
-    """Raft state in a RocksDB directory; every write is one synced WriteBatch."""
+    """Raft state in a RocksDB directory; every write is one WriteBatch, synced unless it is an
+    ``append(..., sync=False)``."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, snapshot_dir: str | None = None):
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(True)
         self.path = path
+        self.snapshot_dir = snapshot_dir
         self.db = rocksdict.Rdict(path, options=opts)
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
+        self._no_sync = rocksdict.WriteOptions()
+        self._no_sync.sync = False
         # The stored log range, kept in memory so truncation knows what to delete.
         self._first, self._last = 1, 0
         try:
@@ -215,8 +268,11 @@ class RocksStorage(RaftStorage):
     def close(self) -> None:
         self.db.close()
 
-    def _write(self, batch: rocksdict.WriteBatch) -> None:
-        self.db.write(batch, self._sync)
+    def _write(self, batch: rocksdict.WriteBatch, sync: bool = True) -> None:
+        self.db.write(batch, self._sync if sync else self._no_sync)
+
+    def sync(self) -> None:
+        self.db.flush_wal(True)  # fsyncs the WAL: every write before it is durable
 
     def load(self) -> StoredState:
         state = StoredState()
@@ -245,7 +301,7 @@ class RocksStorage(RaftStorage):
         batch.put(_HARD_KEY, pack([term, voted_for]))
         self._write(batch)
 
-    def append(self, index: int, entries: Sequence[Entry]) -> None:
+    def append(self, index: int, entries: Sequence[Entry], *, sync: bool = True) -> None:
         if not self._first <= index <= self._last + 1:
             raise ValueError(f"append at {index}, log holds {self._first}..{self._last}")
         batch = rocksdict.WriteBatch(raw_mode=True)
@@ -253,7 +309,7 @@ class RocksStorage(RaftStorage):
             batch.delete_range(_log_key(index), _log_key(self._last + 1))
         for offset, entry in enumerate(entries):
             batch.put(_log_key(index + offset), pack(entry.to_wire()))
-        self._write(batch)
+        self._write(batch, sync)
         self._last = index + len(entries) - 1
 
     def save_snapshot(self, snapshot: Snapshot, *, keep_log: bool) -> None:

@@ -380,8 +380,18 @@ class RemoteMeta:
             session = self._free.pop()
             try:
                 session.seq += 1
-                _, body = await self.service.call("apply", {"c": session.client_id, "s": session.seq},
-                                                  S.pack(wire_form))
+                try:
+                    _, body = await self.service.call("apply", {"c": session.client_id, "s": session.seq},
+                                                      S.pack(wire_form))
+                except E.LakeError as exc:
+                    if exc.errno != errno.ESTALE:
+                        raise
+                    # The servers expired this session (unused for longer than their session_ttl,
+                    # meta/sessions.py): the refusal says the command was not applied, and it was
+                    # first sent just now, so it goes again as the first command of a new session.
+                    session.client_id, session.seq = secrets.randbits(62), 1
+                    _, body = await self.service.call("apply", {"c": session.client_id, "s": 1},
+                                                      S.pack(wire_form))
             finally:
                 self._free.append(session)
         return unpack(body)

@@ -3,10 +3,12 @@
 ``lakefs-fuse meta serve`` runs :class:`MetaServer`. It joins three things:
 
 * a :class:`~.raft.RaftNode` whose log lives in ``<data>/raft`` (:class:`~.raftlog.RocksStorage`,
-  synced before any answer);
+  synced before any answer) and whose snapshots -- RocksDB checkpoints of the state, streamed to
+  a follower in 1 MiB chunks (``snapshots.py``) -- in ``<data>/snapshots``;
 * :class:`~.replica.ReplicatedState`, the issue-2 :class:`~.state.StateMachine` in ``<data>/state``
   as Raft's state machine. Committed commands are applied to it unchanged. It is rebuilt at every
-  start from the newest snapshot plus the log, so it needs no fsync of its own;
+  start from the newest snapshot (hard links of its checkpoint) plus the log, so it needs no
+  fsync of its own;
 * :class:`~.replica.WireTransport`, Raft messages as one-way ``raft`` calls over authenticated
   ``wire`` connections between the servers.
 
@@ -25,7 +27,8 @@ apply      c (client id), s (seq);            payload = msgpack result. A failed
 query      q (name); payload = msgpack args   payload = msgpack result, read on the leader under
                                               its lease (else after a ReadIndex round)
 dump       --                                 payload = the whole state (dataset-mode mounts)
-status     --                                 this member's Raft view (+ followers if leader)
+status     --                                 this member's Raft view (+ followers if leader;
+                                              ``frames``: largest Raft frame sent/received by type)
 members    --                                 {id: address} of the voters
 add        id, address                        adds a voter (leader only)
 remove     id                                 removes a voter (leader only)
@@ -70,6 +73,7 @@ from .raft import (
     RaftError,
     RaftNode,
     RaftObserver,
+    SessionExpired,
 )
 from .raftlog import RocksStorage, StorageCorrupt, unpack
 from .replica import MAX_PAYLOAD, ReplicatedState, WireTransport
@@ -148,7 +152,8 @@ class MetaServer:
         self.founders: dict[int, str] = {int(k): v for k, v in self.identity.get("founders", {}).items()}
         try:
             with owner_only_umask():
-                self.storage = RocksStorage(str(self.data_dir / "raft"))
+                self.storage = RocksStorage(str(self.data_dir / "raft"),
+                                            snapshot_dir=str(self.data_dir / "snapshots"))
             make_private(self.data_dir / "raft")
         except StorageCorrupt as exc:
             raise _corrupt_member(node_id, self.data_dir, exc) from None
@@ -168,6 +173,7 @@ class MetaServer:
             raise _corrupt_member(node_id, self.data_dir, exc) from None
         self._members_wanted = trio.Event()
         self._internal_seq = 0
+        self._internal_lock = trio.Lock()  # one internal command at a time: one session, in order
         self.wire_stats = rpc.ServerStats()
         self.op_counts: dict[str, int] = {}
         self.bound_port: int | None = None
@@ -300,8 +306,15 @@ class MetaServer:
     async def _submit_internal(self, command: Command) -> Any:
         # Server-internal commands use the server's own session id (negative: never a client's);
         # the seq is the clock so it keeps rising across restarts.
-        self._internal_seq = max(self._internal_seq + 1, time.time_ns())
-        return await self.node.submit(-self.id, self._internal_seq, command.to_wire())
+        async with self._internal_lock:
+            self._internal_seq = max(self._internal_seq + 1, time.time_ns())
+            try:
+                return await self.node.submit(-self.id, self._internal_seq, command.to_wire())
+            except SessionExpired:
+                # No session (the first internal command, or none for session_ttl): the refusal
+                # proves this command was not applied, so it opens the session as seq 1.
+                self._internal_seq = 1
+                return await self.node.submit(-self.id, 1, command.to_wire())
 
     async def _join(self) -> None:
         """A new server asks the cluster (through any member) to add it as a voter. A member
@@ -427,7 +440,8 @@ class MetaServer:
                "commit_index": node.commit_index, "last_applied": node.last_applied,
                "last_index": node.last_index, "snapshot_index": node.snapshot_index,
                "voters": sorted(node.voters), "cluster": self.identity.get("cluster"),
-               "members": {str(k): v for k, v in self.members().items()}, "stats": dict(node.stats)}
+               "members": {str(k): v for k, v in self.members().items()}, "stats": dict(node.stats),
+               "frames": self.transport.max_frames}
         if node.role == LEADER:
             now = trio.current_time()
             out["followers"] = {
@@ -540,7 +554,7 @@ async def rebuild_member(data_dir: Path, addresses: list[str], secret: bytes) ->
             raise E.UserError(f"metadata servers {','.join(addresses)}: {exc}") from None
     aside = data_dir / f"corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
     aside.mkdir()
-    for name in ("raft", "state"):
+    for name in ("raft", "state", "snapshots"):
         if (data_dir / name).exists():
             os.replace(data_dir / name, aside / name)
     ident = {"id": node_id, "cluster": ident.get("cluster") or hello.get("cluster"), "founders": {},
