@@ -67,15 +67,7 @@ def import_files(txn: Txn, *, chunks: list[ChunkRecord], files: list[ImportFile]
         results.append(ino)
         for chunk_id in pieces:
             refs[chunk_id] += 1
-    for chunk_id, n in refs.items():  # the references of every created file at once
-        data = txn.get(S.chunk_key(chunk_id))
-        if data is None:
-            continue
-        rec = ChunkRecord.from_bytes(chunk_id, data)
-        rec.refs += n
-        txn.put(S.chunk_key(chunk_id), rec.to_bytes())
-        if rec.refs <= 0:
-            txn.put(S.queue_key(chunk_id), S.pack([now]))  # nothing points into it
+    txn.chunk_refs(refs, now, zero_too=True)  # every created file's references at once; unused: queued
     return results
 
 

@@ -213,10 +213,11 @@ class Txn:
         if data is not None:
             self.put(key, max(0, int.from_bytes(data, "big") + delta).to_bytes(8, "big"))
 
-    def chunk_refs(self, deltas: dict[int, int], now: int) -> None:
-        """Move chunk reference counts by ``deltas``; a chunk left at zero is queued for deletion."""
+    def chunk_refs(self, deltas: dict[int, int], now: int, *, zero_too: bool = False) -> None:
+        """Move chunk reference counts by ``deltas``; a chunk left at zero is queued for deletion
+        (``zero_too``: a zero delta is looked at as well: a chunk nothing references is queued)."""
         for chunk_id, delta in deltas.items():
-            if delta == 0:
+            if delta == 0 and not zero_too:
                 continue
             data = self.get(S.chunk_key(chunk_id))
             if data is None:
