@@ -1,22 +1,20 @@
 """The chunk client: seals bytes into erasure-coded chunks and reads byte ranges back.
 
-Writes: pad, cut into contiguous data shards, encode parity (ISA-L, in a worker thread),
-place the shards on distinct peers (rendezvous), and put them all in parallel. A shard
-whose peer refuses (full, failing) is placed on another peer; if fewer than ``k + m``
-distinct peers can take the shards, the write fails -- the embedded lake never commits a
-chunk below full redundancy (issue 3 relaxes this to ``k + 1`` plus a repair queue).
+Writes: pad, cut into contiguous data shards, encode parity (ISA-L, in a worker thread), place
+the shards on distinct peers (rendezvous), and put them all in parallel. A shard whose peer
+refuses (full, failing) goes to a spare peer that keeps the zone rule (``placement.place_spare``,
+as a rebuild's do); a chunk is stored with all ``k + m`` shards, or with at least ``k + 1`` and
+queued for repair, else the write fails.
 
-Reads: fetch only the data-shard ranges that cover the request. If any of them fails
-(missing, corrupt, peer error), read the same intra-shard range from the surviving
-shards and decode just that range. More than ``m`` bad shards -> :class:`DataUnavailable`
-(EIO): never wrong bytes, never a hang (local peers answer or fail; issue 3 adds timeouts).
+Reads: fetch only the data-shard ranges that cover the request. If any of them fails (missing,
+corrupt, peer error), read the same intra-shard range from the surviving shards and decode just
+that range. More than ``m`` bad shards -> :class:`DataUnavailable` (EIO): never wrong bytes.
 
-Hedged reads: a shard fetch from a remote peer that has not answered after ``hedge_after``
-(1 s, or four times the peer's mean shard-read time if that is longer: a store that is always
-slow, such as a bucket far away, is not hedged on every read) is given up when the other shards
-can decode without it: the read decodes around it and the peer is marked slow (``health``), so
-later reads skip it at once until it answers a probe. A frozen peer costs one read about a
-second, not a call timeout.
+Hedged reads: a shard fetch from a remote peer that has not answered after ``hedge_after`` (1 s, or
+four times the peer's mean shard-read time if that is longer: a store that is always slow, such as
+a bucket far away, is not hedged on every read) is given up when the other shards can decode
+without it: the read decodes around it and the peer is marked slow (``health``), so later reads
+skip it at once until it answers a probe: a frozen peer costs one read about a second.
 
 Full peers: a peer that refuses a shard for lack of space (:class:`PeerFull`) gets no new shards
 for a backoff (5 s doubling to 2 min), with one WARNING per full episode. The free-space figures
@@ -160,9 +158,8 @@ class ChunkClient:
                         self._refused(peer_id, exc, len(shards[index]), f"chunk {chunk_id} shard {index}")
                 else:
                     log.debug("chunk %d shard %d: peer %d is full", chunk_id, index, peer_id)
-                others = [p for j, p in enumerate(peers) if j != index]
-                spare = place_spare(chunk_id, self._placeable(), 1, others, width, self.zone_of,
-                                    exclude=tried | set(peers))
+                spare = place_spare(chunk_id, self._placeable(), 1, [p for j, p in enumerate(peers) if j != index],
+                                    width, self.zone_of, exclude=tried | set(peers))
                 if not spare:
                     failed.append(index)
                     return
@@ -178,9 +175,8 @@ class ChunkClient:
             raise NoSpace(f"chunk {chunk_id}: only {width - len(failed)} of {width} shards could be stored "
                           f"(at least {k + 1} needed)")
         if failed:
-            # Committed with at least k+1 shards: still readable if one more peer dies. The
-            # record names the intended peers of the missing shards, so the chunk shows up as
-            # degraded and repair rebuilds exactly those shards.
+            # Committed with at least k+1 shards (readable if one more peer dies); the record names
+            # the intended peers of the missing shards, so repair rebuilds exactly those.
             self.partial_writes += 1
             self.note_needs_repair(chunk_id)
             now = trio.current_time()
