@@ -281,7 +281,8 @@ class FramedStream(trio.abc.AsyncResource):
         (also when anything fails). On plain TCP the bytes go from the page cache to the socket
         (``os.sendfile``): from the event loop when the range is ``resident``, else from a worker
         thread, which may wait for the disk (it writes the frame's header first). Under TLS they
-        are read (in a thread), then sent."""
+        are read (in a thread), then sent; a read that fails raises ValueError before anything is
+        written, as an unencodable frame does."""
         try:
             body = _encode_header(header)
             if source.count > self.max_payload:
@@ -289,7 +290,10 @@ class FramedStream(trio.abc.AsyncResource):
             head = _PREFIX.pack(len(body), source.count) + body
             data = None
             if self._sock is None:
-                data = await trio.to_thread.run_sync(_pread_exact, source.fd, source.offset, source.count)
+                try:
+                    data = await trio.to_thread.run_sync(_pread_exact, source.fd, source.offset, source.count)
+                except OSError as exc:  # nothing written yet: the caller can still answer with an error
+                    raise ValueError(f"cannot read the file range to send: {exc}") from exc
             async with self._send_lock:
                 if self._send_broken is not None:
                     raise ConnectionLost(self._send_broken)

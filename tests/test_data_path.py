@@ -149,6 +149,49 @@ def test_file_slice_answers_send_the_file_range_and_release_once(tmp_path):
         os.close(fd)
 
 
+def test_file_slices_over_tls_are_read_and_sent_and_a_short_file_is_an_error_answer(tmp_path):
+    """Under TLS the range is read, then sent; a file shorter than its range is an error answer
+    (nothing was written), and the connection keeps serving."""
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    path = tmp_path / "f"
+    data = os.urandom(200_000)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    released = []
+
+    async def handler(op, args, payload):
+        return {}, FileSlice(fd, args["o"], args["n"], lambda: released.append(op))
+
+    async def main():
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(partial(rpc.serve, handler, "127.0.0.1", 0, SECRET,
+                                                   ssl_context=wire.server_tls_context(str(cert), str(key))))
+                client = await RpcClient.connect("127.0.0.1", port, SECRET, nursery,
+                                                 ssl_context=wire.client_tls_context(str(cert)))
+                _, payload = await client.call("slice", {"o": 7, "n": 150_000})
+                assert bytes(payload) == data[7:150_007]
+                with pytest.raises(wire.RemoteError) as err:
+                    await client.call("short", {"o": 100_000, "n": 150_000})
+                assert err.value.errno == errno.EIO
+                out = bytearray(1000)
+                _, payload = await client.call("slice", {"o": 0, "n": 1000}, into=[memoryview(out)])
+                assert payload == b"" and bytes(out) == data[:1000] and not client.closed
+                assert released == ["slice", "short", "slice"]
+                await client.aclose()
+                nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        os.close(fd)
+
+
 # ----------------------------------------------------------------------------------------------
 # Peer reads: getv, checked by the reader
 
