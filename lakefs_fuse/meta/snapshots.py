@@ -95,16 +95,9 @@ class FileSnapshotMachine(Protocol):
         """Replace the whole state with the one in ``directory`` (left in place: link or copy)."""
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _fsync(path: str, flags: int = 0) -> None:
+    """fsync a file, or a directory with ``flags=os.O_DIRECTORY``."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
@@ -135,10 +128,10 @@ class SnapshotDirs:
 
     def seal(self, staged: str, final: str) -> None:
         """Make ``staged`` durable and move it to ``final`` (replacing a leftover)."""
-        _fsync_dir(staged)
+        _fsync(staged, os.O_DIRECTORY)
         shutil.rmtree(final, ignore_errors=True)
         os.rename(staged, final)
-        _fsync_dir(self.root)
+        _fsync(self.root, os.O_DIRECTORY)
 
     def clean(self, keep: set[str]) -> None:
         """Delete every directory under the root whose path is not in ``keep``."""
@@ -279,7 +272,7 @@ class Incoming:
         while self._file_no < len(self.manifest) and \
                 self._file_start + self.manifest[self._file_no][1] <= self.position:
             if self.directory is not None and self.manifest[self._file_no][1] > 0:
-                _fsync_file(self._local(self.manifest[self._file_no][0]))
+                _fsync(self._local(self.manifest[self._file_no][0]))
             self._file_start += self.manifest[self._file_no][1]
             self._file_no += 1
 
